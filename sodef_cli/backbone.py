@@ -1,0 +1,237 @@
+"""timm backbones: create or load a model, freeze it, and take its pre-logits features.
+
+Features always come from timm's contract, ``forward_head(forward_features(x), pre_logits=True)``.
+Normalization lives inside the models built here, so every model maps [0,1] images to logits.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ModelError, ModelFileError, UsageError
+from .io import load_tensors, load_weights, read_metadata
+
+__all__ = [
+    "ModelSpec",
+    "Normalize",
+    "BaseClassifier",
+    "create_timm",
+    "build_backbone",
+    "backbone_features",
+    "freeze",
+    "load_base_file",
+]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a timm backbone with nothing but a state dict."""
+
+    timm_name: str
+    num_classes: int
+    in_chans: int
+    input_size: list[int]  # [C, H, W]
+    mean: list[float]
+    std: list[float]
+    classes: list[str] = field(default_factory=list)  # class names the backbone's own head was trained for
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        try:
+            return cls(
+                timm_name=str(d["timm_name"]),
+                num_classes=int(d["num_classes"]),
+                in_chans=int(d["in_chans"]),
+                input_size=[int(v) for v in d["input_size"]],
+                mean=[float(v) for v in d["mean"]],
+                std=[float(v) for v in d["std"]],
+                classes=[str(c) for c in d.get("classes", [])],
+                model_kwargs=dict(d.get("model_kwargs", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"model metadata is incomplete or malformed ({exc})") from None
+
+
+class Normalize(nn.Module):
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled pre-logits features, (N, num_features)."""
+    return model.forward_head(model.forward_features(x), pre_logits=True)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def _check_name(name: str) -> None:
+    import timm
+
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        return
+    base = name.split(".")[0]
+    if not timm.is_model(base):
+        close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `python -c \"import timm; print(timm.list_models('*resnet*'))\"` lists names"
+        raise ModelError(f"unknown timm model {name!r}{hint}")
+
+
+def create_timm(name: str, *, num_classes: int | None, in_chans: int, pretrained: bool = False, kwargs: dict | None = None) -> nn.Module:
+    """``timm.create_model`` with clear errors for unknown names and offline hub access.
+
+    ``num_classes=None`` keeps the model's default head (hub weights).
+    """
+    import timm
+
+    _check_name(name)
+    extra = dict(kwargs or {})
+    if num_classes is not None:
+        extra["num_classes"] = num_classes
+    try:
+        return timm.create_model(name, pretrained=pretrained, in_chans=in_chans, **extra)
+    except TypeError as exc:
+        raise UsageError(f"timm rejected the model arguments for {name}: {exc}") from None
+    except Exception as exc:
+        if pretrained:
+            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+            why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+            raise ModelError(
+                f"--pretrained needs hub weights for {name} but {why} ({type(exc).__name__}); "
+                "download them on a connected machine or pass --checkpoint FILE"
+            ) from None
+        raise ModelError(f"timm could not create {name}: {exc}") from None
+
+
+def _hub_cfg(name: str) -> dict:
+    """timm's pretrained config for a name (mean, std, classifier key), without building the model."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name.split(":")[-1])
+    if cfg is None:
+        return {}
+    d = cfg.to_dict()
+    clf = d.get("classifier")
+    if isinstance(clf, (list, tuple)):
+        d["classifier"] = clf[0] if clf else None
+    return d
+
+
+def build_backbone(
+    name: str,
+    *,
+    data_classes: list[str],
+    in_chans: int,
+    image_size: int,
+    pretrained: bool = False,
+    checkpoint: str = "",
+    kwargs: dict | None = None,
+) -> tuple[nn.Module, ModelSpec]:
+    """A timm model for ``harden``: by name (random or hub weights) or with a local checkpoint.
+
+    The model's classifier keeps the size it was trained with (hub: its own classes; checkpoint: the
+    size of its classifier weight); whether it fits the data is decided by the caller.
+    """
+    kwargs = dict(kwargs or {})
+    _check_name(name)
+    hub_cfg = _hub_cfg(name)
+    if checkpoint:
+        sd = load_weights(checkpoint)
+        key = hub_cfg.get("classifier") if hub_cfg else None
+        w = sd.get(f"{key}.weight") if key else None
+        num_classes = int(w.shape[0]) if isinstance(w, torch.Tensor) and w.ndim == 2 else 0
+        model = create_timm(name, num_classes=num_classes, in_chans=in_chans, kwargs=kwargs)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ModelFileError(
+                f"checkpoint {checkpoint} does not fit timm {name}: {len(missing)} missing keys "
+                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
+    elif pretrained:
+        model = create_timm(name, num_classes=None, in_chans=in_chans, pretrained=True, kwargs=kwargs)
+    else:
+        model = create_timm(name, num_classes=len(data_classes), in_chans=in_chans, kwargs=kwargs)
+    # hub or third-party weights expect the model's own normalization; models trained from scratch here
+    # use a neutral 0.5/0.5 (the data is normalized inside the model either way)
+    if (pretrained or checkpoint) and hub_cfg:
+        mean, std = list(hub_cfg.get("mean") or [0.5] * in_chans), list(hub_cfg.get("std") or [0.5] * in_chans)
+    else:
+        mean, std = [0.5] * in_chans, [0.5] * in_chans
+    if len(mean) != in_chans:
+        mean, std = [sum(mean) / len(mean)] * in_chans, [sum(std) / len(std)] * in_chans
+    classes = list(data_classes) if (not pretrained and not checkpoint) else []
+    spec = ModelSpec(
+        timm_name=name,
+        num_classes=int(getattr(model, "num_classes", 0)),
+        in_chans=in_chans,
+        input_size=[in_chans, image_size, image_size],
+        mean=[float(v) for v in mean],
+        std=[float(v) for v in std],
+        classes=classes,
+        model_kwargs=kwargs,
+    )
+    return model, spec
+
+
+def rebuild(spec: ModelSpec, state: dict[str, torch.Tensor]) -> nn.Module:
+    model = create_timm(spec.timm_name, num_classes=spec.num_classes, in_chans=spec.in_chans, kwargs=spec.model_kwargs)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelFileError(f"weights do not fit timm {spec.timm_name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+def split_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    n = len(prefix)
+    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+class BaseClassifier(nn.Module):
+    """[0,1] images -> logits of the backbone with its own head, or with a linear probe on its features."""
+
+    def __init__(self, backbone: nn.Module, spec: ModelSpec, probe: nn.Linear | None = None):
+        super().__init__()
+        self.normalize = Normalize(spec.mean, spec.std)
+        self.backbone = backbone
+        self.probe = probe
+        self.spec = spec
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return backbone_features(self.backbone, self.normalize(x))
+
+    def classify_features(self, h: torch.Tensor) -> torch.Tensor:
+        if self.probe is not None:
+            return self.probe(h)
+        return self.backbone.get_classifier()(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.probe is not None:
+            return self.probe(self.features(x))
+        return self.backbone(self.normalize(x))
+
+
+def load_base_file(path: str | Path) -> tuple[nn.Module, ModelSpec, dict]:
+    """Rebuild the timm model of a ``sodef pretrain`` file. Returns (model, spec, metadata)."""
+    meta = read_metadata(path, expect="sodef_cli/base")
+    spec = ModelSpec.from_dict(meta.get("backbone", {}))
+    tensors = load_tensors(path)
+    model = rebuild(spec, split_state(tensors, "backbone."))
+    return model, spec, meta

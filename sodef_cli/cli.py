@@ -1,0 +1,252 @@
+"""The ``sodef`` command line (Typer). The only module that imports typer.
+
+Each command parses options, builds a config, calls one domain function and prints. Errors of the
+:class:`~sodef_cli.errors.SodefError` family become one line on stderr and the exit code of their class
+(0 ok, 1 runtime error, 2 usage error, 130 interrupted); ``--debug`` shows the traceback.
+Progress bars go to stderr; tables and ``--json`` go to stdout.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SodefError, UsageError
+
+app = typer.Typer(
+    name="sodef",
+    help="Harden timm classifiers with a SODEF head and evaluate them honestly (adaptive attacks included).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"debug": False}
+err_console = Console(stderr=True)
+
+
+def _out_console() -> Console:
+    return Console()
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Adversarial(str, Enum):
+    none = "none"
+    fgsm = "fgsm"
+
+
+DataOpt = Annotated[Optional[str], typer.Option("--data", help="demo | folder with train/ and test/ | cifar10, cifar100, mnist, fashion-mnist, svhn.")]
+DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Root folder for torchvision data sets.")]
+DownloadOpt = Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download a torchvision data set into --data-dir.")]
+RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", help="Recipe TOML supplying defaults; flags win.", exists=True, dir_okay=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any recipe key: --set phase2.epochs=3 (repeatable).")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+DeviceOpt = Annotated[Optional[Device], typer.Option("--device", help="auto, cpu or cuda.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
+ImageSizeOpt = Annotated[Optional[int], typer.Option("--image-size", min=1, help="Resize images to this size (default: the data's own).")]
+
+
+class RichReporter:
+    """Progress callbacks rendered as rich progress bars on stderr."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, transient=False,
+            disable=not console.is_terminal and os.environ.get("SODEF_PROGRESS") != "1",
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def start(self, task: str, total: int) -> None:
+        self.tasks[task] = self.progress.add_task(task, total=total, info="")
+
+    def advance(self, task: str, n: int = 1, **metrics: Any) -> None:
+        if task in self.tasks:
+            info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+            self.progress.update(self.tasks[task], advance=n, info=info)
+
+    def end(self, task: str, **metrics: Any) -> None:
+        if task in self.tasks:
+            info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+            tid = self.tasks[task]
+            total = next(t.total for t in self.progress.tasks if t.id == tid)
+            self.progress.update(tid, completed=total, info=info)
+
+    def log(self, message: str) -> None:
+        self.console.print(message, markup=False, highlight=False)
+
+
+def _handle(fn):
+    """Map every failure to one line on stderr and an exit code, in one place."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except SodefError as exc:
+            if _state["debug"]:
+                traceback.print_exc()
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]: no partial output was left behind")
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
+        except Exception as exc:  # noqa: BLE001 - the last resort: never a bare traceback
+            import torch
+
+            if _state["debug"]:
+                traceback.print_exc()
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                msg = "out of GPU memory; lower --batch-size (attack) or --set feature_batch_size=... / phaseN.batch_size=... (harden)"
+            else:
+                msg = f"internal error: {type(exc).__name__}: {exc}" + ("" if _state["debug"] else " (run with --debug for the traceback)")
+            err_console.print(f"[bold red]error:[/] {msg}", highlight=False)
+            raise typer.Exit(code=EXIT_RUNTIME) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
+) -> None:
+    """sodef: SODEF hardening for timm models, with adaptive evaluation."""
+    _state["debug"] = debug
+    if version:
+        from . import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+def _print_json(doc: Any) -> None:
+    sys.stdout.write(json.dumps(doc, indent=1, default=str) + "\n")
+    sys.stdout.flush()
+
+
+@app.command()
+@_handle
+def pretrain(
+    model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet18 or test_resnet.")],
+    out: Annotated[Path, typer.Option("--out", help="Output safetensors file.")] = Path("base.safetensors"),
+    data: DataOpt = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = None,
+    recipe: RecipeOpt = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", min=0.0)] = None,
+    adversarial: Annotated[Optional[Adversarial], typer.Option("--adversarial", help="none or fgsm (fast adversarial training, random start).")] = None,
+    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from hub weights (needs the network).")] = None,
+    image_size: ImageSizeOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Train or fine-tune a timm classifier for a data set and save it with its metadata."""
+    from .config import PretrainConfig, parse_set_options, resolve
+    from .pretrain import pretrain as run
+
+    overrides: dict[str, Any] = {
+        "model": model, "data": data, "data_dir": data_dir, "download": download, "epochs": epochs,
+        "batch_size": batch_size, "lr": lr, "adversarial": adversarial.value if adversarial else None,
+        "pretrained": pretrained, "image_size": image_size, "seed": seed, "device": device.value if device else None,
+    }
+    overrides.update(parse_set_options(set_))
+    cfg = resolve(PretrainConfig, recipe=recipe, overrides=overrides)
+    with RichReporter(err_console) as rep:
+        summary = run(cfg, out, reporter=rep)
+    if json_:
+        _print_json(summary)
+    else:
+        _out_console().print(
+            f"wrote {out}: {cfg.model} on {summary['data']['name']}, clean test accuracy "
+            f"{100 * summary['test_clean_acc']:.1f}% (best epoch {summary['best_epoch']}/{cfg.epochs}, {summary['seconds']:.0f} s)"
+        )
+
+
+@app.command()
+@_handle
+def harden(
+    model: Annotated[Optional[str], typer.Argument(help="timm model name, or a file made by `sodef pretrain`.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output safetensors file.")] = Path("hardened.safetensors"),
+    data: DataOpt = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = None,
+    recipe: RecipeOpt = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Weights for a timm name: .safetensors, or .pth read with weights_only=True.")] = None,
+    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Hub weights for a timm name (needs the network).")] = None,
+    dim: Annotated[Optional[int], typer.Option("--dim", min=2, help="ODE state size n.")] = None,
+    solver: Annotated[Optional[str], typer.Option("--solver", help="dopri5 (default), rk4, euler, ...")] = None,
+    t1: Annotated[Optional[float], typer.Option("--t1", help="Integration time T.")] = None,
+    image_size: ImageSizeOpt = None,
+    set_: SetOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    no_check: Annotated[bool, typer.Option("--no-check", help="Skip the hardening guard (adaptive check on validation images).")] = False,
+    require_gain: Annotated[bool, typer.Option("--require-gain", help="Exit 1 when the guard finds the hardened model less robust than its base.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Freeze a timm model, fit a SODEF head on its features and save the hardened model."""
+    from .config import HardenConfig, parse_set_options, resolve
+    from .harden import harden as run
+
+    overrides: dict[str, Any] = {
+        "model": model, "data": data, "data_dir": data_dir, "download": download,
+        "checkpoint": str(checkpoint) if checkpoint else None, "pretrained": pretrained, "image_size": image_size,
+        "seed": seed, "device": device.value if device else None,
+        "head.dim": dim, "head.solver": solver, "head.t1": t1,
+    }
+    if no_check:
+        overrides["check.enabled"] = False
+    if require_gain:
+        overrides["check.require_gain"] = True
+    overrides.update(parse_set_options(set_))
+    cfg = resolve(HardenConfig, recipe=recipe, overrides=overrides)
+    if not cfg.model:
+        raise UsageError("no MODEL given and the recipe names none")
+    with RichReporter(err_console) as rep:
+        summary = run(cfg, out, reporter=rep)
+    if json_:
+        _print_json(summary)
+    else:
+        from .report import render_harden_summary
+
+        _out_console().print(render_harden_summary(summary))
+    check = summary.get("check") or {}
+    if cfg.check.require_gain and check and check.get("gain_points", 0.0) < 0:
+        err_console.print("[bold red]--require-gain:[/] the hardened model is less robust than its base (file written, marked in metadata)")
+        raise typer.Exit(code=EXIT_RUNTIME)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")  # never hang on an unreachable hub
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    app()

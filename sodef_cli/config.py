@@ -1,0 +1,363 @@
+"""Typed, frozen configuration for every stage, and recipe loading.
+
+Precedence is written down once, here: dataclass defaults < recipe TOML < command-line flags
+(including ``--set section.key=value``). The resolved config is saved with every output.
+
+A recipe is TOML data whose top-level keys and tables mirror the dataclasses below, e.g.::
+
+    seed = 0
+    [head]
+    solver = "rk4"
+    [phase2]
+    epochs = 5
+
+Unknown keys are rejected with the list of valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+__all__ = [
+    "HeadConfig",
+    "RegularizerConfig",
+    "Phase1Config",
+    "Phase2Config",
+    "Phase3Config",
+    "ProbeConfig",
+    "CheckConfig",
+    "HardenConfig",
+    "PretrainConfig",
+    "load_recipe",
+    "resolve",
+    "to_dict",
+    "from_dict",
+    "parse_fraction",
+]
+
+ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_SOLVERS = ("rk4", "euler", "midpoint", "explicit_adams")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The SODEF head: projection -> ODE -> linear classifier (SODEF.md sections 1 and 4.5)."""
+
+    dim: int = 64  # n, the ODE state size
+    odefunc: str = "sin"  # "sin": f(z)=sin(-(Wz+b)); "sin3": 3 layers n->hidden->hidden->n
+    hidden: int = 256  # width of the "sin3" family
+    t1: float = 5.0  # integration time T
+    solver: str = "dopri5"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    step_size: float = 0.5  # fixed-step solvers, and the fixed-step attack copy
+    adjoint: bool = True  # odeint_adjoint in training (O(1) memory, inexact gradients)
+
+
+@dataclass(frozen=True)
+class RegularizerConfig:
+    """Stability terms. ``form="code"`` is the released code's loss, ``"paper"`` eq. 7 of the paper."""
+
+    form: str = "code"  # "code" | "paper"
+    convention: str = "column"  # diagonal dominance over "column" (code) or "row" (paper) sums
+    # code form (SODEF.md 3.2): w_f*mean((e_f f)^2) + w_d*mean exp(e(J_ii+tau)) + w_o*mean exp(e_o(off-|J_jj|+tau_o))
+    weight_f: float = 0.1
+    weight_diag: float = 10.0
+    weight_offdiag: float = 0.0
+    exponent: float = 1.0
+    trans: float = 1.0
+    exponent_off: float = 0.1
+    trans_off: float = 1.0
+    exponent_f: float = 50.0
+    # paper form (SODEF.md 3.1): a1*||f|| + a2*exp(sum_i J_ii) + a3*exp(sum_i(-|J_ii| + sum_j!=i |J_ij|))
+    alpha_f: float = 1.0
+    alpha_diag: float = 0.05
+    alpha_offdiag: float = 0.05
+    jacobian_samples: int = 0  # points per batch used for Jacobian terms; 0 = all (the code used 16)
+
+
+@dataclass(frozen=True)
+class Phase1Config:
+    """Projection against the fixed simplex classifier V, cross-entropy, on cached features."""
+
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 0.1
+    eps: float = 1e-2
+    amsgrad: bool = True
+
+
+@dataclass(frozen=True)
+class Phase2Config:
+    """Regularizers alone on cached z(0); no integration (as the released code)."""
+
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-2
+    eps: float = 1e-3
+    amsgrad: bool = True
+
+
+@dataclass(frozen=True)
+class Phase3Config:
+    """New linear classifier, f fine-tuned through the integrated ODE, mixup."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr_fc: float = 1e-2
+    eps_fc: float = 1e-4
+    lr_f: float = 1e-5
+    eps_f: float = 1e-6
+    amsgrad: bool = True
+    mixup_alpha: float = 1.0
+    train_odefunc: bool = True
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Linear probe fitted on the same cached features when the backbone's own head does not fit."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """The hardening guard: the quick adaptive suite on held-out validation images."""
+
+    enabled: bool = True
+    n: int = 256
+    norm: str = "Linf"
+    eps: float = 8 / 255
+    steps: int = 50  # APGD-CE iterations of the check's attacks
+    batch_size: int = 128
+    require_gain: bool = False
+
+
+@dataclass(frozen=True)
+class HardenConfig:
+    model: str = ""  # timm name, or a file made by `sodef pretrain`
+    checkpoint: str = ""  # optional weights (.safetensors, or .pth loaded weights_only)
+    pretrained: bool = False  # hub weights for a timm name
+    data: str = "demo"
+    data_dir: str = ""
+    download: bool = False
+    image_size: int = 0  # 0 = the data's own size
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    feature_batch_size: int = 256
+    head: HeadConfig = field(default_factory=HeadConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    phase1: Phase1Config = field(default_factory=Phase1Config)
+    phase2: Phase2Config = field(default_factory=Phase2Config)
+    phase3: Phase3Config = field(default_factory=Phase3Config)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    check: CheckConfig = field(default_factory=CheckConfig)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    model: str = ""
+    data: str = "demo"
+    data_dir: str = ""
+    download: bool = False
+    image_size: int = 0
+    pretrained: bool = False
+    model_kwargs: dict = field(default_factory=dict)  # extra timm.create_model kwargs
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1  # peak of the one-cycle schedule
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    augment: bool = True  # random crop (pad 4) + horizontal flip
+    adversarial: str = "none"  # "none" | "fgsm" (fast adversarial training, random start)
+    adv_eps: float = 8 / 255
+    adv_alpha: float = 10 / 255
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+
+def parse_fraction(text: str | float) -> float:
+    """Parse ``"8/255"``, ``"0.031"`` or a number into a float."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip()
+    try:
+        if "/" in s:
+            num, den = s.split("/", 1)
+            return float(num) / float(den)
+        return float(s)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"cannot read {text!r} as a number or a fraction like 8/255") from None
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise UsageError(f"{where} must be a table, got {value!r}")
+        return from_dict(typ, value, where=where)
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise UsageError(f"{where} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise UsageError(f"{where} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UsageError(f"{where} must be an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise UsageError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            return parse_fraction(value)
+        raise UsageError(f"{where} must be a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise UsageError(f"{where} must be a string, got {value!r}")
+    if typ is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise UsageError(f"{where} must be a table, got {value!r}")
+    if isinstance(typ, types.UnionType):  # pragma: no cover - not used by the configs
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict, *, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a (possibly partial) dict, rejecting unknown keys."""
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise UsageError(
+            f"unknown key(s) {', '.join(prefix + k for k in unknown)}; valid keys: {', '.join(sorted(types_))}"
+        )
+    kwargs = {}
+    for name, typ in types_.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], typ, f"{where}.{name}" if where else name)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_recipe(path: str | Path) -> dict:
+    """Read a recipe TOML file into a plain dict (validated when merged by :func:`resolve`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"recipe {p} does not exist")
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"recipe {p} is not valid TOML: {exc}") from None
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _dotted(overrides: dict[str, Any]) -> dict:
+    nested: dict = {}
+    for key, value in overrides.items():
+        parts = key.split(".")
+        cur = nested
+        for p in parts[:-1]:
+            cur = cur.setdefault(p, {})
+        cur[parts[-1]] = value
+    return nested
+
+
+def parse_set_options(items: list[str] | None) -> dict[str, str]:
+    """``["phase2.epochs=3", "head.solver=rk4"]`` -> ``{"phase2.epochs": "3", ...}``."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--set expects section.key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def resolve(cls: type, *, recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
+    """defaults < recipe < overrides (dotted keys, ``None`` values ignored)."""
+    data: dict = {}
+    if recipe:
+        data = load_recipe(recipe)
+    flat = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data = _merge(data, _dotted(flat))
+    cfg = from_dict(cls, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Any) -> None:
+    """Value checks that a type alone does not express."""
+    if isinstance(cfg, HardenConfig):
+        h = cfg.head
+        if h.solver not in ADAPTIVE_SOLVERS + FIXED_SOLVERS:
+            raise UsageError(f"head.solver {h.solver!r} unknown; choose one of {', '.join(ADAPTIVE_SOLVERS + FIXED_SOLVERS)}")
+        if h.odefunc not in ("sin", "sin3"):
+            raise UsageError(f"head.odefunc {h.odefunc!r} unknown; choose one of sin, sin3")
+        if h.dim < 2 or h.t1 <= 0 or h.step_size <= 0 or h.rtol <= 0 or h.atol <= 0:
+            raise UsageError("head.dim must be >= 2 and head.t1, step_size, rtol, atol must be > 0")
+        if cfg.regularizer.form not in ("code", "paper"):
+            raise UsageError("regularizer.form must be 'code' or 'paper'")
+        if cfg.regularizer.convention not in ("column", "row"):
+            raise UsageError("regularizer.convention must be 'column' or 'row'")
+        if not 0.0 < cfg.val_fraction < 0.9:
+            raise UsageError("val_fraction must be in (0, 0.9)")
+        for name in ("phase1", "phase2", "phase3", "probe"):
+            ph = getattr(cfg, name)
+            if ph.epochs < 0 or ph.batch_size < 1:
+                raise UsageError(f"{name}.epochs must be >= 0 and {name}.batch_size >= 1")
+        if cfg.check.norm not in ("Linf", "L2") or not 0.0 <= cfg.check.eps <= 1.0:
+            raise UsageError("check.norm must be Linf or L2 and check.eps in [0, 1]")
+    if isinstance(cfg, PretrainConfig):
+        if cfg.adversarial not in ("none", "fgsm"):
+            raise UsageError("adversarial must be 'none' or 'fgsm'")
+        if cfg.epochs < 1 or cfg.batch_size < 1:
+            raise UsageError("epochs and batch_size must be >= 1")
+        if not 0.0 <= cfg.adv_eps <= 1.0:
+            raise UsageError("adv_eps must be in [0, 1]")
+        if not 0.0 < cfg.val_fraction < 0.9:
+            raise UsageError("val_fraction must be in (0, 0.9)")

@@ -1,0 +1,303 @@
+"""Data sets as in-memory uint8 tensors that reach models as float [0,1] images.
+
+Sources (``--data``):
+- ``demo``: the embedded CIFAR-10 subset (200 train + 50 test images per class, JPEG, in the package);
+- a folder in ImageFolder layout with ``train/`` and ``test/`` (or ``val/``) subfolders;
+- a torchvision data set name (``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist``, ``svhn``) with
+  ``--data-dir`` and ``--download``.
+
+Everything is decoded once and held in memory as uint8 (N, C, H, W): 50,000 CIFAR images are 150 MB.
+Validation splits are carved from train (stratified, seeded); the test split is never used for selection.
+"""
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .errors import DataError, UsageError
+
+__all__ = [
+    "ImageSet",
+    "DataBundle",
+    "load_data",
+    "stratified_split",
+    "select_samples",
+    "DEMO_ZIP",
+    "TORCHVISION_SETS",
+]
+
+DEMO_ZIP = Path(__file__).parent / "assets" / "cifar10_demo.zip"
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+TORCHVISION_SETS = ("cifar10", "cifar100", "mnist", "fashion-mnist", "svhn")
+MAX_BYTES = 8 * 1024**3  # refuse to decode more than this into memory
+
+Progress = Callable[[str, int, int], None]  # (task, done, total)
+
+
+@dataclass
+class ImageSet:
+    """A split held in memory: uint8 images (N, C, H, W), int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def floats(self, idx: torch.Tensor | slice | None = None) -> torch.Tensor:
+        x = self.images if idx is None else self.images[idx]
+        return x.float().div_(255.0)
+
+    def subset(self, idx: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[idx], self.labels[idx])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(0, len(self), batch_size):
+            yield self.floats(slice(i, i + batch_size)), self.labels[i : i + batch_size]
+
+
+@dataclass
+class DataBundle:
+    name: str
+    classes: list[str]
+    train: ImageSet
+    test: ImageSet
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.images.shape[-1])
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "train": len(self.train),
+            "test": len(self.test),
+            "input_size": [self.channels, self.image_size, self.image_size],
+        }
+
+
+def _decode(raw: bytes, channels: int, size: int, where: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(raw))
+        img = img.convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot decode image {where}: {exc}") from None
+    if size and img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return arr.transpose(2, 0, 1)
+
+
+class _FolderSource:
+    """File listing of an ImageFolder tree, either a directory or a zip archive."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.zip = zipfile.ZipFile(root) if root.is_file() else None
+        if self.zip is not None:
+            names = [n for n in self.zip.namelist() if n.lower().endswith(IMAGE_EXTS)]
+            self.files = {}
+            for n in names:
+                parts = n.split("/")
+                if len(parts) >= 3:
+                    self.files.setdefault(parts[-3], {}).setdefault(parts[-2], []).append(n)
+        else:
+            self.files = {}
+            for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+                for cls_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+                    imgs = sorted(str(p) for p in cls_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+                    self.files.setdefault(split_dir.name, {})[cls_dir.name] = imgs
+
+    def read(self, name: str) -> bytes:
+        if self.zip is not None:
+            return self.zip.read(name)
+        return Path(name).read_bytes()
+
+
+def _load_folder(root: Path, name: str, channels: int | None, size: int, progress: Progress | None) -> DataBundle:
+    src = _FolderSource(root)
+    if "train" not in src.files:
+        raise DataError(
+            f"{root} is not in ImageFolder layout: expected subfolders train/<class>/*.jpg and test/<class>/ "
+            f"(or val/<class>/); found {sorted(src.files) or 'no image folders'}"
+        )
+    test_key = "test" if "test" in src.files else "val" if "val" in src.files else None
+    if test_key is None:
+        raise DataError(f"{root} has train/ but no test/ or val/ subfolder")
+    classes = sorted(src.files["train"])
+    if len(classes) < 2:
+        raise DataError(f"{root}/train has {len(classes)} class folder(s); at least 2 are needed")
+    extra = sorted(set(src.files[test_key]) - set(classes))
+    if extra:
+        raise DataError(f"{root}/{test_key} has classes missing from train/: {extra}")
+    # decide channels and size from the first image when not given
+    first = src.files["train"][classes[0]]
+    if not first:
+        raise DataError(f"{root}/train/{classes[0]} holds no images")
+    from PIL import Image
+
+    with Image.open(io.BytesIO(src.read(first[0]))) as im0:
+        mode, size0 = im0.mode, im0.size
+    if channels is None:
+        channels = 1 if mode in ("L", "1", "I;16", "I") else 3
+    size = size or (size0[0] if size0[0] == size0[1] else min(size0))
+    if size * size * channels * sum(len(v) for s in src.files.values() for v in s.values()) > MAX_BYTES:
+        raise DataError(f"{root} would need more than {MAX_BYTES // 1024**3} GiB in memory; use --image-size to shrink it")
+
+    def split(key: str) -> ImageSet:
+        items = [(c, f) for ci, c in enumerate(classes) for f in src.files[key].get(c, [])]
+        if not items:
+            raise DataError(f"{root}/{key} holds no images")
+        imgs = np.empty((len(items), channels, size, size), dtype=np.uint8)
+        labels = np.empty(len(items), dtype=np.int64)
+        cidx = {c: i for i, c in enumerate(classes)}
+        for i, (c, f) in enumerate(items):
+            imgs[i] = _decode(src.read(f), channels, size, f)
+            labels[i] = cidx[c]
+            if progress and (i % 500 == 0 or i == len(items) - 1):
+                progress(f"decoding {key}", i + 1, len(items))
+        return ImageSet(torch.from_numpy(imgs), torch.from_numpy(labels))
+
+    return DataBundle(name=name, classes=classes, train=split("train"), test=split(test_key))
+
+
+def _load_torchvision(name: str, data_dir: str, download: bool) -> DataBundle:
+    import torchvision.datasets as tvd
+
+    if not data_dir:
+        raise UsageError(f"--data {name} needs --data-dir DIR (and --download to fetch it there)")
+    root = Path(data_dir)
+    try:
+        if name == "svhn":
+            tr = tvd.SVHN(str(root), split="train", download=download)
+            te = tvd.SVHN(str(root), split="test", download=download)
+            xtr, ytr = tr.data, tr.labels
+            xte, yte = te.data, te.labels
+            classes = [str(i) for i in range(10)]
+        else:
+            cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[name]
+            tr = cls(str(root), train=True, download=download)
+            te = cls(str(root), train=False, download=download)
+            classes = list(tr.classes)
+
+            def arr(ds):
+                x = np.asarray(ds.data)
+                x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+                return x, np.asarray(ds.targets)
+
+            (xtr, ytr), (xte, yte) = arr(tr), arr(te)
+    except RuntimeError as exc:
+        hint = "" if download else " (pass --download to fetch it)"
+        raise DataError(f"cannot load {name} from {root}: {exc}{hint}") from None
+    mk = lambda x, y: ImageSet(torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)), torch.as_tensor(np.asarray(y), dtype=torch.int64))
+    return DataBundle(name=name, classes=classes, train=mk(xtr, ytr), test=mk(xte, yte))
+
+
+def _convert(bundle: DataBundle, channels: int | None, size: int) -> DataBundle:
+    """Match the channels and size a model expects (gray<->RGB, bilinear resize)."""
+
+    def conv(s: ImageSet) -> ImageSet:
+        x = s.images
+        if channels and x.shape[1] != channels:
+            if channels == 3 and x.shape[1] == 1:
+                x = x.expand(-1, 3, -1, -1).contiguous()
+            elif channels == 1 and x.shape[1] == 3:
+                w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+                x = (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+            else:
+                raise DataError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
+        if size and x.shape[-1] != size:
+            x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            x = x.round().clamp(0, 255).to(torch.uint8)
+        return ImageSet(x, s.labels)
+
+    return DataBundle(bundle.name, bundle.classes, conv(bundle.train), conv(bundle.test))
+
+
+def load_data(
+    spec: str,
+    *,
+    data_dir: str = "",
+    download: bool = False,
+    channels: int | None = None,
+    image_size: int = 0,
+    progress: Progress | None = None,
+) -> DataBundle:
+    """Load a data set by ``--data`` spec (see module docstring)."""
+    if not spec:
+        raise UsageError("--data is required (demo, a folder with train/ and test/, or cifar10|cifar100|mnist|fashion-mnist|svhn)")
+    if image_size < 0:
+        raise UsageError("--image-size must be positive")
+    key = spec.lower()
+    if key == "demo":
+        if not DEMO_ZIP.is_file():
+            raise DataError(f"the embedded demo data {DEMO_ZIP} is missing from the installation")
+        bundle = _load_folder(DEMO_ZIP, "demo", channels, image_size, progress)
+    elif key in TORCHVISION_SETS:
+        bundle = _load_torchvision(key, data_dir, download)
+    else:
+        root = Path(spec)
+        if not root.exists():
+            raise DataError(
+                f"--data {spec!r} is neither a folder nor a known data set; use demo, a folder with train/ and test/, "
+                f"or one of {', '.join(TORCHVISION_SETS)}"
+            )
+        if root.is_file() and not zipfile.is_zipfile(root):
+            raise DataError(f"--data {spec} is a file but not a zip archive in ImageFolder layout")
+        bundle = _load_folder(root, root.name, channels, image_size, progress)
+    return _convert(bundle, channels, image_size)
+
+
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded, per-class split of indices into (train, val); val gets ``fraction`` of each class (>= 1)."""
+    g = torch.Generator().manual_seed(seed)
+    train, val = [], []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = max(1, int(round(fraction * len(idx)))) if len(idx) > 1 else 0
+        val.append(idx[:k])
+        train.append(idx[k:])
+    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values
+
+
+def select_samples(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` indices drawn class by class in turn (stratified), seeded; returned sorted.
+
+    Folders are class-sorted, so the first N images would all be one class: never take those.
+    """
+    total = int(labels.shape[0])
+    if n <= 0:
+        raise UsageError("--n must be positive")
+    n = min(n, total)
+    g = torch.Generator().manual_seed(seed)
+    pools = []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
+        pools.append(idx[torch.randperm(len(idx), generator=g)].tolist())
+    order = torch.randperm(len(pools), generator=g).tolist()
+    out: list[int] = []
+    depth = 0
+    while len(out) < n:
+        for p in order:
+            if depth < len(pools[p]):
+                out.append(pools[p][depth])
+                if len(out) == n:
+                    break
+        depth += 1
+    return torch.tensor(sorted(out), dtype=torch.int64)

@@ -1,0 +1,66 @@
+"""Stability diagnostics of a SODEF head on a sample of features (SODEF.md sections 3.4 and 5).
+
+All figures are data (a dict of floats); rendering lives in ``report.py``.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["jacobian_stability", "head_diagnostics"]
+
+
+@torch.no_grad()
+def jacobian_stability(odefunc, z: torch.Tensor, *, batch_size: int = 512) -> dict[str, float]:
+    """Eigenvalue and diagonal-dominance statistics of J(z) at the given points.
+
+    - ``frac_eig_negative``: fraction of points whose Jacobian has every eigenvalue with Re < 0
+      (Lyapunov-stable if z were an equilibrium);
+    - ``frac_diag_dominant_col`` / ``_row``: fraction whose J is strictly column/row diagonally dominant
+      with a negative diagonal (the Levy-Desplanques sufficient condition);
+    - ``mean_max_real_eig``, ``mean_diag``.
+    """
+    n_neg = n_col = n_row = 0
+    max_re, mean_diag = [], []
+    for i in range(0, z.shape[0], batch_size):
+        jac = odefunc.jacobian(z[i : i + batch_size]).double()
+        eig = torch.linalg.eigvals(jac).real.amax(dim=-1)
+        max_re.append(eig)
+        n_neg += int((eig < 0).sum())
+        d = torch.diagonal(jac, dim1=-2, dim2=-1)
+        a = jac.abs()
+        off_col = a.sum(dim=-2) - d.abs()
+        off_row = a.sum(dim=-1) - d.abs()
+        neg = (d < 0).all(dim=-1)
+        n_col += int((neg & (d.abs() > off_col).all(dim=-1)).sum())
+        n_row += int((neg & (d.abs() > off_row).all(dim=-1)).sum())
+        mean_diag.append(d.mean(dim=-1))
+    n = max(1, z.shape[0])
+    return {
+        "points": int(z.shape[0]),
+        "frac_eig_negative": n_neg / n,
+        "frac_diag_dominant_col": n_col / n,
+        "frac_diag_dominant_row": n_row / n,
+        "mean_max_real_eig": float(torch.cat(max_re).mean()) if max_re else float("nan"),
+        "mean_diag": float(torch.cat(mean_diag).mean()) if mean_diag else float("nan"),
+    }
+
+
+@torch.no_grad()
+def head_diagnostics(head, z0: torch.Tensor) -> dict[str, float]:
+    """Model-card figures on z(0) points: ||f(z0)||, ||f(zT)||, ||zT - z0||, NFE per solve, Jacobian stats."""
+    func = head.odefunc
+    fz0 = func.f(z0).norm(dim=-1)
+    func.nfe = 0
+    zt = head.block(z0)
+    nfe = func.nfe
+    fzt = func.f(zt).norm(dim=-1)
+    out = {
+        "mean_norm_f_z0": float(fz0.mean()),
+        "mean_norm_f_zT": float(fzt.mean()),
+        "mean_norm_zT_minus_z0": float((zt - z0).norm(dim=-1).mean()),
+        "mean_norm_z0": float(z0.norm(dim=-1).mean()),
+        "nfe_per_solve": int(nfe),
+        "solver": head.block.solver,
+    }
+    out.update(jacobian_stability(func, z0))
+    return out
