@@ -245,6 +245,72 @@ def harden(
         raise typer.Exit(code=EXIT_RUNTIME)
 
 
+class Suite(str, Enum):
+    quick = "quick"
+    standard = "standard"
+    adaptive = "adaptive"
+
+
+class Norm(str, Enum):
+    Linf = "Linf"
+    L2 = "L2"
+
+
+@app.command()
+@_handle
+def attack(
+    model: Annotated[Path, typer.Argument(help="A hardened safetensors file made by `sodef harden`.")],
+    data: DataOpt = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = None,
+    suite: Annotated[Suite, typer.Option("--suite", help="quick, standard (AutoAttack at reference settings) or adaptive (default).")] = Suite.adaptive,
+    attacks: Annotated[Optional[str], typer.Option("--attacks", help="Comma-separated attack names instead of a suite.")] = None,
+    norm: Annotated[Norm, typer.Option("--norm", help="Threat model.")] = Norm.Linf,
+    eps: Annotated[str, typer.Option("--eps", help="Budget(s) in [0,1] pixel units, e.g. 8/255 or 4/255,8/255,16/255.")] = "8/255",
+    n: Annotated[int, typer.Option("--n", min=1, help="Test samples, drawn class by class with --seed.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Sample selection and attack seed.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Override the iterations of every iterative attack (recorded; lower than reference = weaker).")] = None,
+    queries: Annotated[Optional[int], typer.Option("--queries", min=1, help="Override Square's query budget (reference 5000).")] = None,
+    all_samples: Annotated[bool, typer.Option("--all-samples", help="Run every attack on every clean-correct sample (per-attack figures) instead of the cascade.")] = False,
+    no_checks: Annotated[bool, typer.Option("--no-checks", help="Skip the large-eps and batch-composition checks.")] = False,
+    image_size: ImageSizeOpt = None,
+    device: DeviceOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Results JSON (atomic; rerun with the same file to resume).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Attack the base and the hardened model of a file over the same samples; report the worst case."""
+    from .config import parse_fraction
+    from .data import load_data
+    from .evaluate import AttackConfig, run_evaluation, summarize
+    from .models import hardened_meta
+    from .runtime import resolve_device
+
+    names = tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else ()
+    eps_list = tuple(parse_fraction(e) for e in eps.split(",") if e.strip())
+    cfg = AttackConfig(suite=suite.value, attacks=names, norm=norm.value, eps=eps_list, n=n, seed=seed, batch_size=batch_size,
+                       all_samples=all_samples, steps=steps, queries=queries, checks=not no_checks)
+    cfg.validate()
+    meta = hardened_meta(model)
+    dev = resolve_device(device.value if device else "auto")
+    spec = meta["backbone"]
+    if not data:
+        raise UsageError("--data is required (the data the model was hardened on, e.g. demo)")
+    ds = load_data(data, data_dir=data_dir or "", download=bool(download), channels=int(spec["in_chans"]),
+                   image_size=image_size or int(spec["input_size"][-1]))
+    with RichReporter(err_console) as rep:
+        doc = run_evaluation(model, ds, cfg, out=out, device=dev, reporter=rep, data_spec=data)
+    summary = summarize(doc)
+    if out:
+        summary["out"] = str(out)
+    if json_:
+        _print_json(summary)
+    else:
+        from .report import render_results
+
+        _out_console().print(render_results([doc]))
+
+
 def run() -> None:
     """Console-script entry point."""
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")  # never hang on an unreachable hub

@@ -277,9 +277,10 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 
 
 def select_samples(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """``n`` indices drawn class by class in turn (stratified), seeded; returned sorted.
+    """``n`` indices drawn class by class in turn (stratified), seeded, in that interleaved order.
 
-    Folders are class-sorted, so the first N images would all be one class: never take those.
+    Folders are class-sorted, so the first N images would all be one class: never take those. The
+    interleaved order also gives every attack batch a mix of classes.
     """
     total = int(labels.shape[0])
     if n <= 0:
@@ -300,4 +301,4 @@ def select_samples(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
                 if len(out) == n:
                     break
         depth += 1
-    return torch.tensor(sorted(out), dtype=torch.int64)
+    return torch.tensor(out, dtype=torch.int64)

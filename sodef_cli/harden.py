@@ -170,6 +170,9 @@ def harden(cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = No
 
         t0 = time.perf_counter()
         check = run_check(backbone, spec, head, probe, data.train.subset(val_idx), cfg, device=device, reporter=reporter)
+        check["train_indices"] = [int(val_idx[i]) for i in check.pop("val_positions")]  # indices into the train split
+        if cfg.check.require_gain and check["gain_points"] < 0:
+            check["require_gain_failed"] = True  # the file is still written, marked as failing the guard
         timings["check"] = time.perf_counter() - t0
     summary["check"] = check
     timings["total"] = time.perf_counter() - t_all

@@ -34,3 +34,30 @@ def render_harden_summary(s: dict) -> Group:
     else:
         parts.append(Text("hardening guard skipped (--no-check): evaluate with `sodef attack` before deploying", style="yellow"))
     return Group(*parts)
+
+
+def render_results(docs: list[dict]) -> Group:
+    """Minimal side-by-side table of attack results (expanded by the report command)."""
+    from .evaluate import summarize
+
+    parts: list[Any] = []
+    for doc in docs:
+        s = summarize(doc)
+        for run in s["curve"]:
+            t = Table(title=f"{doc['model']['path']} | {s['norm']} eps={run['eps']:.4g} | n={s['n']}")
+            t.add_column("")
+            t.add_column("base", justify="right")
+            t.add_column("hardened", justify="right")
+            t.add_column("delta", justify="right")
+            b, h = run["models"].get("base", {}), run["models"].get("hardened", {})
+            names = ["clean"] + list(dict.fromkeys(list(b.get("attacks", {})) + list(h.get("attacks", {})))) + ["worst_case"]
+            for name in names:
+                bv = b.get(name) if name in ("clean", "worst_case") else b.get("attacks", {}).get(name)
+                hv = h.get(name) if name in ("clean", "worst_case") else h.get("attacks", {}).get(name)
+                d = "-" if bv is None or hv is None else f"{100 * (hv - bv):+.1f}"
+                t.add_row(name, pct(bv), pct(hv), d)
+            parts.append(t)
+            for c in run.get("checks", []):
+                mark = "?" if c.get("flagged") is None else ("FLAG" if c["flagged"] else "ok")
+                parts.append(Text(f"[{mark}] {c['name']}: {c['evidence']}"))
+    return Group(*parts)

@@ -1,0 +1,377 @@
+"""``sodef attack``: the per-sample attack cascade over the base and hardened models, masking checks,
+and the results file (schema ``sodef_cli/attack-results`` v1).
+
+Both models are evaluated on the same N test samples, drawn class by class with a fixed seed. Each
+attack runs only on samples still robust for that model (AutoAttack's cascade), or on every clean-correct
+sample with ``all_samples``. A sample's flag for an attack is ``true`` (survived), ``false`` (fooled) or
+``null`` (not attacked: already fooled or misclassified). ``worst_case`` is the fraction of samples that
+are correct and survive every attack, i.e. the per-sample AND of the flags with null as false.
+
+The results file is rewritten atomically after every attack; rerunning with the same ``--out`` skips
+attacks already finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .attacks import ATTACKS, AttackParams, Target, project, suite_attacks
+from .errors import ResultsError, UsageError
+from .io import read_json, sha256_file, versions, write_json
+
+__all__ = ["AttackConfig", "run_evaluation", "summarize", "worst_case_flags", "SCHEMA", "SCHEMA_VERSION", "masking_checks"]
+
+SCHEMA = "sodef_cli/attack-results"
+SCHEMA_VERSION = 1
+LARGE_EPS = {"Linf": 0.5, "L2": 20.0}  # budgets that must break any model whose gradients are honest
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    suite: str = "adaptive"
+    attacks: tuple[str, ...] = ()
+    norm: str = "Linf"
+    eps: tuple[float, ...] = (8 / 255,)
+    n: int = 1000
+    seed: int = 0
+    batch_size: int = 256
+    all_samples: bool = False
+    steps: int | None = None
+    queries: int | None = None
+    checks: bool = True  # masking checks (large-eps and batch-composition run extra forward passes)
+    check_samples: int = 64  # samples for the large-eps and batch-composition checks
+
+    def validate(self) -> None:
+        if self.norm not in ("Linf", "L2"):
+            raise UsageError(f"--norm must be Linf or L2, got {self.norm!r}")
+        for e in self.eps:
+            if not 0.0 <= e <= 1.0 and self.norm == "Linf":
+                raise UsageError(f"--eps {e} is outside [0, 1]")
+            if e < 0 or (self.norm == "L2" and e > 1000):
+                raise UsageError(f"--eps {e} is not a valid {self.norm} radius")
+        if not self.eps:
+            raise UsageError("--eps needs at least one value")
+        if self.n < 1 or self.batch_size < 1:
+            raise UsageError("--n and --batch-size must be positive")
+        if self.steps is not None and self.steps < 1 or self.queries is not None and self.queries < 1:
+            raise UsageError("--steps and --queries must be positive")
+        suite_attacks(self.suite, list(self.attacks), self.norm)
+
+
+def _seed_for(seed: int, *parts: Any) -> int:
+    h = hashlib.sha256(("|".join(map(str, (seed,) + parts))).encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+@torch.no_grad()
+def _predict(model, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    return torch.cat([model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, x.shape[0], batch_size)])
+
+
+def worst_case_flags(clean: list[bool], attacks: dict[str, dict]) -> list[bool]:
+    """Per-sample AND of clean correctness and every attack's flag (null counts as not robust)."""
+    out = [bool(c) for c in clean]
+    for rec in attacks.values():
+        out = [a and (f is True) for a, f in zip(out, rec["robust"])]
+    return out
+
+
+def _frac(flags: list) -> float:
+    return sum(1 for f in flags if f is True) / max(1, len(flags))
+
+
+def masking_checks(run: dict) -> list[dict]:
+    """Gradient-masking signatures from one eps run of the hardened model (evidence as data)."""
+    hard = run["models"].get("hardened", {})
+    atk = hard.get("attacks", {})
+    clean = hard.get("clean", [])
+    checks: list[dict] = []
+
+    def newly_broken(later: list[str], earlier_kinds: tuple[str, ...]) -> tuple[int, int, list[str]]:
+        # samples that survived all earlier gradient attacks of the given kinds but were fooled by a later one
+        survivors = [bool(c) for c in clean]
+        for name, rec in atk.items():
+            if ATTACKS[name].kind in earlier_kinds:
+                survivors = [s and (f is True) for s, f in zip(survivors, rec["robust"])]
+        hit = 0
+        used = []
+        for name in later:
+            if name in atk:
+                used.append(name)
+        for i, s in enumerate(survivors):
+            if s and any(atk[n]["robust"][i] is False for n in used):
+                hit += 1
+        return hit, sum(survivors), used
+
+    def add(name: str, later_kind: str, earlier: tuple[str, ...], label: str) -> None:
+        later = [n for n in atk if ATTACKS[n].kind == later_kind]
+        if not later or not any(ATTACKS[n].kind in earlier for n in atk):
+            checks.append({"name": name, "flagged": None, "evidence": f"not run: the suite has no {label}"})
+            return
+        hit, surv, used = newly_broken(later, earlier)
+        base_names = [n for n in atk if ATTACKS[n].kind in earlier]
+        checks.append({
+            "name": name,
+            "flagged": hit > 0,
+            "fooled_after_direct": hit,
+            "survivors_of_direct": surv,
+            "evidence": f"{', '.join(used)} fooled {hit} of the {surv} samples that survived {', '.join(base_names)}",
+        })
+
+    add("black-box beats white-box", "black-box", ("white-box",), "black-box attack after a white-box one")
+    add("transfer beats direct", "transfer", ("white-box",), "transfer attack after a direct one")
+    add("fixed-step gradients beat adaptive-solver gradients", "fixed-step", ("white-box",), "fixed-step attack after a direct one")
+    add("feature-space attack beats direct", "feature", ("white-box",), "feature attack after a direct one")
+    for extra in run.get("extra_checks", []):
+        checks.append(extra)
+    return checks
+
+
+def _target(name: str, base, hardened, fixed_step: float | None) -> Target:
+    if name == "base":
+        return Target("base", base, base, features=base.features)
+    return Target("hardened", hardened, base, fixed=hardened.variant("fixed", step_size=fixed_step),
+                  bpda=hardened.variant("bpda"), features=hardened.features)
+
+
+def _large_eps_check(hardened, base, x, y, cfg: AttackConfig, device) -> dict:
+    """Accuracy under a budget that must break any model: not near zero = gradients are not informative."""
+    eps = LARGE_EPS[cfg.norm]
+    p = AttackParams(norm=cfg.norm, eps=eps, n_classes=int(y.max()) + 1 if len(y) else 2, seed=cfg.seed, steps=20)
+    out = {}
+    for name, model in (("base", base), ("hardened", hardened)):
+        xa = ATTACKS["pgd" if cfg.norm == "Linf" else "pgd-l2"].run(Target(name, model, base), x.to(device), y.to(device), p)
+        out[name] = float((_predict(model, xa, cfg.batch_size, device) == y).float().mean())
+    flagged = out["hardened"] > 0.1
+    return {
+        "name": "accuracy near zero at a very large eps",
+        "flagged": flagged,
+        "eps": eps,
+        "accuracy": out,
+        "evidence": f"PGD-20 at {cfg.norm} eps={eps} on {len(y)} samples leaves hardened {100 * out['hardened']:.1f}%, base {100 * out['base']:.1f}%",
+    }
+
+
+@torch.no_grad()
+def batch_dependence(model, x: torch.Tensor, batch_size: int, device, seed: int) -> dict:
+    """Do predictions change with batch composition? Full batches vs one sample at a time vs shuffled."""
+    full = torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    single = torch.cat([model(x[i : i + 1].to(device)).cpu() for i in range(len(x))])
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    shuf = torch.empty_like(full)
+    for i in range(0, len(x), batch_size):
+        j = perm[i : i + batch_size]
+        shuf[j] = model(x[j].to(device)).cpu()
+    changed = ((full.argmax(1) != single.argmax(1)) | (full.argmax(1) != shuf.argmax(1))).float().mean().item()
+    dlogit = max((full - single).abs().max().item(), (full - shuf).abs().max().item())
+    return {"samples": len(x), "frac_predictions_changed": changed, "max_abs_logit_change": dlogit}
+
+
+def _batch_check(hardened, x, cfg: AttackConfig, device) -> dict:
+    stats = batch_dependence(hardened, x, cfg.batch_size, device, cfg.seed)
+    adaptive = getattr(hardened.head.block, "adaptive", False)
+    return {
+        "name": "predictions independent of batch composition",
+        "flagged": stats["frac_predictions_changed"] > 0,
+        **stats,
+        "solver_adaptive": adaptive,
+        "evidence": (
+            f"{100 * stats['frac_predictions_changed']:.1f}% of {stats['samples']} predictions changed between batch size "
+            f"{cfg.batch_size}, 1 and a shuffled batch; max |logit change| {stats['max_abs_logit_change']:.2e}"
+            + (" (the adaptive solver shares its step size across the batch)" if adaptive else "")
+        ),
+    }
+
+
+def _new_results(model_path: Path, meta: dict, data_desc: dict, cfg: AttackConfig, indices, labels, device, plan) -> dict:
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "complete": False,
+        "model": {
+            "path": str(model_path),
+            "sha256": sha256_file(model_path),
+            "backbone": meta.get("backbone", {}).get("timm_name"),
+            "head": meta.get("config", {}).get("head", {}),
+            "base_classifier": meta.get("base_classifier"),
+        },
+        "data": data_desc,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+        "plan": plan,
+        "n": len(indices),
+        "indices": [int(i) for i in indices],
+        "labels": [int(v) for v in labels],
+        "device": str(device),
+        "versions": versions(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runs": [],
+    }
+
+
+def _check_resume(doc: dict, fresh: dict) -> None:
+    if doc.get("schema") != SCHEMA:
+        raise ResultsError("the --out file is not a sodef attack results file; choose another --out")
+    if doc.get("schema_version", 0) > SCHEMA_VERSION:
+        raise ResultsError("the --out file was written by a newer sodef_cli; upgrade or choose another --out")
+    for key, what in (("indices", "samples"), ("plan", "attack plan")):
+        if doc.get(key) != fresh[key]:
+            raise ResultsError(f"the --out file holds results for different {what}; use another --out or the same options")
+    if doc["model"]["sha256"] != fresh["model"]["sha256"]:
+        raise ResultsError("the --out file holds results for a different model file; use another --out")
+    if {k: v for k, v in doc.get("config", {}).items() if k != "batch_size"} != {k: v for k, v in fresh["config"].items() if k != "batch_size"}:
+        raise ResultsError("the --out file was made with different attack settings; use another --out or the same options")
+
+
+def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str | Path | None = None, device=None,
+                   reporter=None, data_spec: str = "") -> dict:
+    """Run the suite on base and hardened; returns the results document (also written to ``out``)."""
+    from .models import load_pair
+    from .phases import Reporter
+
+    reporter = reporter or Reporter()
+    cfg.validate()
+    model_path = Path(model_path)
+    base, hardened, meta = load_pair(model_path, device)
+    classes = meta.get("classes", [])
+    if len(classes) != len(data.classes):
+        raise UsageError(f"class-count mismatch: {model_path} has {len(classes)} classes, the data has {len(data.classes)}")
+    spec_size = meta["backbone"]["input_size"]
+    if list(data.test.images.shape[1:]) != list(spec_size):
+        raise UsageError(f"the data's images are {list(data.test.images.shape[1:])}, the model expects {spec_size}; pass --image-size")
+    from .data import select_samples
+
+    indices = select_samples(data.test.labels, cfg.n, cfg.seed)
+    x_all = data.test.floats(indices)
+    y_all = data.test.labels[indices]
+    plan = suite_attacks(cfg.suite, list(cfg.attacks), cfg.norm)
+    data_desc = {"spec": data_spec or data.name, "split": "test", "classes": list(data.classes), "test_size": len(data.test)}
+    doc = _new_results(model_path, meta, data_desc, cfg, indices, y_all, device, plan)
+    if out is not None and Path(out).exists():
+        old = read_json(out)
+        _check_resume(old, doc)
+        doc = old
+        doc["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    save = (lambda: write_json(out, doc)) if out is not None else (lambda: None)
+    fixed_step = meta.get("config", {}).get("head", {}).get("step_size")
+    cascade(base, hardened, x_all, y_all, cfg, plan=plan, n_classes=len(classes), fixed_step=fixed_step, doc=doc,
+            save=save, reporter=reporter, device=device)
+    doc["complete"] = True
+    doc["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    save()
+    return doc
+
+
+def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: AttackConfig, *, plan: dict, n_classes: int,
+            fixed_step: float | None, doc: dict, save, reporter, device) -> dict:
+    """Run every eps of ``cfg`` over both models into ``doc["runs"]``, skipping finished attacks."""
+    k = n_classes
+    indices = list(range(len(y_all)))
+
+    for eps in cfg.eps:
+        run = next((r for r in doc["runs"] if abs(r["eps"] - eps) < 1e-12), None)
+        if run is None:
+            run = {"eps": eps, "models": {}, "done": False}
+            doc["runs"].append(run)
+        if run.get("done"):
+            continue
+        for mname in ("base", "hardened"):
+            model = base if mname == "base" else hardened
+            mrec = run["models"].setdefault(mname, {"attacks": {}})
+            if "clean" not in mrec:
+                pred = _predict(model, x_all, cfg.batch_size, device)
+                mrec["clean"] = [bool(v) for v in (pred == y_all).tolist()]
+                save()
+            target = _target(mname, base, hardened, fixed_step)
+            robust = torch.tensor(worst_case_flags(mrec["clean"], mrec["attacks"]), dtype=torch.bool)
+            clean = torch.tensor(mrec["clean"], dtype=torch.bool)
+            for aname in plan[mname]:
+                if aname in mrec["attacks"]:
+                    continue
+                spec = ATTACKS[aname]
+                pool = clean if cfg.all_samples else robust
+                idx = torch.nonzero(pool).flatten()
+                flags: list[bool | None] = [None] * len(indices)
+                p = AttackParams(norm=cfg.norm, eps=eps, n_classes=k, seed=_seed_for(cfg.seed, aname, eps, mname),
+                                 steps=cfg.steps, queries=cfg.queries)
+                task = f"{mname}: {aname} (eps={eps:.4g})"
+                reporter.start(task, len(idx))
+                t0 = time.perf_counter()
+                projected = 0
+                for s in range(0, len(idx), cfg.batch_size):
+                    j = idx[s : s + cfg.batch_size]
+                    x, y = x_all[j].to(device), y_all[j].to(device)
+                    torch.manual_seed(p.seed + s)
+                    xa = spec.run(target, x, y, p).detach()
+                    xp = project(xa, x, cfg.norm, eps)
+                    if (xp - xa).abs().max().item() > 1e-6:
+                        projected += int(((xp - xa).flatten(1).abs().amax(1) > 1e-6).sum())
+                    pred = _predict(model, xp, cfg.batch_size, device)
+                    for jj, ok in zip(j.tolist(), (pred == y.cpu()).tolist()):
+                        flags[jj] = bool(ok)
+                    reporter.advance(task, len(j))
+                seconds = time.perf_counter() - t0
+                reporter.end(task)
+                mrec["attacks"][aname] = {
+                    "kind": spec.kind,
+                    "params": {**spec.params(p), "norm": cfg.norm, "eps": eps},
+                    "robust": flags,
+                    "attacked": len(idx),
+                    "seconds": seconds,
+                    "projected": projected,
+                }
+                robust = torch.tensor(worst_case_flags(mrec["clean"], mrec["attacks"]), dtype=torch.bool)
+                save()
+        if cfg.checks and "extra_checks" not in run:
+            m = min(cfg.check_samples, len(indices))
+            sub = torch.linspace(0, len(indices) - 1, m).round().long()  # spread over the (interleaved) classes
+            extra = [_batch_check(hardened, x_all[sub], cfg, device)]
+            if run["models"]["hardened"]["attacks"]:
+                extra.append(_large_eps_check(hardened, base, x_all[sub], y_all[sub], cfg, device))
+            run["extra_checks"] = extra
+        run["checks"] = masking_checks(run)
+        run["done"] = True
+        save()
+    return doc
+
+
+def _model_summary(mrec: dict, n: int) -> dict:
+    atk = mrec.get("attacks", {})
+    out = {
+        "clean": _frac(mrec.get("clean", [])),
+        "worst_case": _frac(worst_case_flags(mrec.get("clean", []), atk)) if "clean" in mrec else None,
+        "attacks": {name: _frac(rec["robust"]) for name, rec in atk.items()},
+        "seconds": sum(rec.get("seconds", 0.0) for rec in atk.values()),
+    }
+    white = {k: v for k, v in atk.items() if v.get("kind") == "white-box"}
+    if white:
+        out["white_box_direct"] = _frac(worst_case_flags(mrec["clean"], white))
+    return out
+
+
+def summarize(doc: dict) -> dict:
+    """The ``--json`` summary: first eps at top level, every eps in ``curve``."""
+    curve = []
+    for run in doc.get("runs", []):
+        curve.append({
+            "eps": run["eps"],
+            "models": {m: _model_summary(r, doc["n"]) for m, r in run.get("models", {}).items()},
+            "checks": run.get("checks", []),
+            "done": run.get("done", False),
+        })
+    first = curve[0] if curve else {"eps": None, "models": {}, "checks": []}
+    return {
+        "n": doc.get("n"),
+        "norm": doc.get("config", {}).get("norm"),
+        "eps": first["eps"],
+        "suite": doc.get("config", {}).get("suite"),
+        "complete": doc.get("complete", False),
+        "models": first["models"],
+        "checks": first["checks"],
+        "curve": curve,
+    }
