@@ -311,6 +311,71 @@ def attack(
         _out_console().print(render_results([doc]))
 
 
+class ReportFormat(str, Enum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+    html = "html"
+
+
+_REPORT_SUFFIX = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html", ".json": "json"}
+
+
+@app.command()
+@_handle
+def report(
+    files: Annotated[list[Path], typer.Argument(help="Results JSON files from `sodef attack` (shown side by side), or one hardened .safetensors file (its model card).", show_default=False)],
+    format_: Annotated[Optional[ReportFormat], typer.Option("--format", help="table (terminal), markdown, json or html. Default: from the --out suffix (.md, .html, .json), else table.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the report to this file (atomically) instead of stdout.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Model card: test images for the stability diagnostics (default: the hardening data when it is here).")] = None,
+    data_dir: DataDirOpt = None,
+    n: Annotated[Optional[int], typer.Option("--n", min=1, help="Model card: number of test images for the diagnostics (default 512).")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Render attack results (several files side by side) or the model card of a hardened file."""
+    from .io import atomic_write_text, read_json
+    from .report import card_data, render, results_data, to_text
+
+    fmt = format_.value if format_ else (_REPORT_SUFFIX.get(out.suffix.lower(), "table") if out else "table")
+    if any(f.suffix == ".safetensors" for f in files):
+        if len(files) > 1:
+            raise UsageError("a model card takes exactly one .safetensors file; compare runs by passing their results JSON files")
+        from .diagnostics import card_diagnostics, default_card_data
+        from .models import hardened_meta
+        from .runtime import resolve_device
+
+        meta = hardened_meta(files[0])
+        spec = data or default_card_data(meta)
+        diag, notes = None, []
+        if spec:
+            diag = card_diagnostics(files[0], spec, n=n or 512, data_dir=data_dir or "",
+                                    device=resolve_device(device.value if device else "auto"))
+        else:
+            notes.append(f"stability diagnostics not computed: the hardening data {(meta.get('config') or {}).get('data')!r} "
+                         "is not available here; pass --data with test images of the same classes")
+        doc = card_data(meta, path=str(files[0]), diagnostics=diag, notes=notes)
+    else:
+        if data or data_dir or n is not None or device:
+            raise UsageError("--data, --data-dir, --n and --device apply to a model card (a .safetensors file), not to results files")
+        names = [f.name for f in files]
+        labels = names if len(set(names)) == len(names) else [str(f) for f in files]
+        doc = results_data([read_json(f) for f in files], labels=labels)
+    rendered = render(doc, fmt)
+    if out is not None:
+        atomic_write_text(out, rendered if isinstance(rendered, str) else to_text(rendered, width=100))
+        err_console.print(f"wrote {out} ({fmt})", highlight=False)
+    elif isinstance(rendered, str):
+        sys.stdout.write(rendered)
+        sys.stdout.flush()
+    else:
+        console = _out_console()
+        if console.is_terminal:
+            console.print(rendered)
+        else:  # piped: plain text, no trailing padding
+            sys.stdout.write(to_text(rendered, width=console.width))
+            sys.stdout.flush()
+
+
 def run() -> None:
     """Console-script entry point."""
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")  # never hang on an unreachable hub
