@@ -1,12 +1,15 @@
 """Stability diagnostics of a SODEF head on a sample of features (SODEF.md sections 3.4 and 5).
 
-All figures are data (a dict of floats); rendering lives in ``report.py``.
+All figures are data (a dict of floats); rendering lives in ``report.py``. ``card_diagnostics`` computes
+the model card's figures for a hardened file on a sample of test images (``sodef report FILE``).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
-__all__ = ["jacobian_stability", "head_diagnostics"]
+__all__ = ["jacobian_stability", "head_diagnostics", "card_diagnostics", "default_card_data"]
 
 
 @torch.no_grad()
@@ -63,4 +66,43 @@ def head_diagnostics(head, z0: torch.Tensor) -> dict[str, float]:
         "solver": head.block.solver,
     }
     out.update(jacobian_stability(func, z0))
+    return out
+
+
+def default_card_data(meta: dict) -> str | None:
+    """The data a model card can use without ``--data``: the hardening data when it is here (demo or a folder)."""
+    spec = str((meta.get("config") or {}).get("data") or "")
+    if spec.lower() == "demo" or (spec and Path(spec).exists()):
+        return spec
+    return None
+
+
+def card_diagnostics(path: str | Path, data_spec: str, *, n: int = 512, data_dir: str = "", device="cpu",
+                     seed: int = 0) -> dict:
+    """Stability figures of a hardened file's head on the features of up to ``n`` test images.
+
+    The images are drawn class by class with ``seed`` (as ``sodef attack`` does) and pushed through the
+    frozen backbone and the projection to z(0); the ODE is then solved once for the whole batch, so
+    ``nfe_per_solve`` counts the function evaluations of one solve of ``batch`` samples.
+
+    Returns:
+        ``head_diagnostics`` figures plus ``data``, ``split``, ``samples`` and ``batch``.
+    """
+    from .data import load_data, select_samples
+    from .errors import UsageError
+    from .models import load_pair
+
+    _, hardened, meta = load_pair(path, device)
+    spec = meta.get("backbone", {})
+    data = load_data(data_spec, data_dir=data_dir, channels=int(spec["in_chans"]), image_size=int(spec["input_size"][-1]))
+    classes = meta.get("classes", [])
+    if len(classes) != len(data.classes):
+        raise UsageError(f"class-count mismatch: {path} has {len(classes)} classes, --data {data_spec} has {len(data.classes)}")
+    idx = select_samples(data.test.labels, n, seed)
+    x = data.test.floats(idx)
+    with torch.no_grad():
+        h = torch.cat([hardened.features(x[i : i + 256].to(device)) for i in range(0, len(x), 256)])
+        z0 = hardened.head.z0(h)
+    out = head_diagnostics(hardened.head, z0)
+    out.update(data=data_spec, split="test", samples=int(len(idx)), batch=int(len(idx)), seed=seed)
     return out

@@ -1,17 +1,100 @@
-"""Rendering: results in, rich renderables / text out. Pure functions, no I/O."""
+"""Rendering: results in, text out. Pure functions; no file or network I/O.
+
+Two reports come out of this module:
+
+- the **attack results** of one or several ``sodef attack`` files side by side (header, base vs hardened
+  table per eps, a robustness-vs-eps chart, the masking checks and a one-line verdict);
+- the **model card** of a hardened file (its metadata plus optional stability diagnostics computed by
+  ``diagnostics.card_diagnostics``).
+
+Each report is built in three steps, so that every format shows the same figures:
+``results_data`` / ``card_data`` (numbers and sentences: what ``--format json`` prints) -> blocks
+(titles, key/value lists, tables, a chart, notes, a verdict) -> one renderer per format: rich renderables
+for the terminal (``render``), Markdown and self-contained HTML (``render(..., "markdown"|"html")``).
+
+    data = results_data([doc], labels=["r.json"])
+    Console().print(render(data, "table"))
+    text = render(data, "markdown")
+"""
 from __future__ import annotations
 
-from typing import Any
+import html
+import json
+import math
+from io import StringIO
+from typing import Any, Iterable
 
-from rich.console import Group
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["render_harden_summary", "pct"]
+from .errors import ResultsError
+
+__all__ = [
+    "FORMATS",
+    "pct",
+    "render_harden_summary",
+    "render_results",
+    "check_results",
+    "results_data",
+    "card_data",
+    "render",
+    "to_text",
+    "chart_lines",
+]
+
+FORMATS = ("table", "markdown", "json", "html")
+REPORT_SCHEMA = "sodef_cli/report"
+_CHECK_STATUS = {True: "FLAG", False: "ok", None: "not run"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# small formatters
 
 
 def pct(v: Any) -> str:
     return "-" if v is None else f"{100 * float(v):.1f}%"
+
+
+def _points(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.1f}"
+
+
+def _delta(b: float | None, h: float | None) -> str:
+    return "-" if b is None or h is None else _points(100 * (h - b))
+
+
+def fmt_eps(eps: float | None, norm: str | None = "Linf") -> str:
+    """8/255 for Linf budgets on the 1/255 grid, else 4 significant digits."""
+    if eps is None:
+        return "-"
+    k = eps * 255
+    if norm == "Linf" and eps > 0 and abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{eps:.4g}"
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _eps_key(eps: float) -> float:
+    return round(float(eps), 10)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the hardening summary (printed by ``sodef harden``)
 
 
 def render_harden_summary(s: dict) -> Group:
@@ -36,28 +119,932 @@ def render_harden_summary(s: dict) -> Group:
     return Group(*parts)
 
 
-def render_results(docs: list[dict]) -> Group:
-    """Minimal side-by-side table of attack results (expanded by the report command)."""
-    from .evaluate import summarize
+# ----------------------------------------------------------------------------------------------------
+# attack results -> data
 
-    parts: list[Any] = []
-    for doc in docs:
-        s = summarize(doc)
-        for run in s["curve"]:
-            t = Table(title=f"{doc['model']['path']} | {s['norm']} eps={run['eps']:.4g} | n={s['n']}")
-            t.add_column("")
-            t.add_column("base", justify="right")
-            t.add_column("hardened", justify="right")
-            t.add_column("delta", justify="right")
-            b, h = run["models"].get("base", {}), run["models"].get("hardened", {})
-            names = ["clean"] + list(dict.fromkeys(list(b.get("attacks", {})) + list(h.get("attacks", {})))) + ["worst_case"]
-            for name in names:
-                bv = b.get(name) if name in ("clean", "worst_case") else b.get("attacks", {}).get(name)
-                hv = h.get(name) if name in ("clean", "worst_case") else h.get("attacks", {}).get(name)
-                d = "-" if bv is None or hv is None else f"{100 * (hv - bv):+.1f}"
-                t.add_row(name, pct(bv), pct(hv), d)
-            parts.append(t)
-            for c in run.get("checks", []):
-                mark = "?" if c.get("flagged") is None else ("FLAG" if c["flagged"] else "ok")
-                parts.append(Text(f"[{mark}] {c['name']}: {c['evidence']}"))
+
+def check_results(doc: Any, name: str) -> None:
+    """Raise ResultsError unless ``doc`` looks like a ``sodef attack`` results document."""
+    from .evaluate import SCHEMA, SCHEMA_VERSION
+
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise ResultsError(f'{name} is not a sodef attack results file (expected "schema": "{SCHEMA}"); '
+                           "make one with `sodef attack MODEL --out FILE`")
+    if not isinstance(doc.get("schema_version"), int) or doc["schema_version"] > SCHEMA_VERSION:
+        raise ResultsError(f"{name} has results schema version {doc.get('schema_version')!r}; this sodef_cli reads "
+                           f"up to {SCHEMA_VERSION}: upgrade sodef_cli")
+    if not isinstance(doc.get("runs"), list):
+        raise ResultsError(f'{name}: "runs" is missing or not a list')
+
+
+def _reference_settings(doc: dict) -> dict[str, tuple[dict, dict]]:
+    """{attack: (used params, reference params)}, from the records, else from the plan and config."""
+    from .attacks import ATTACKS, AttackParams
+
+    cfg = doc.get("config", {})
+    norm = cfg.get("norm", "Linf")
+    k = len(doc.get("data", {}).get("classes", [])) or 10
+    eps0 = (cfg.get("eps") or [8 / 255])[0]
+    out: dict[str, tuple[dict, dict]] = {}
+    for run in doc.get("runs", []):
+        for mrec in run.get("models", {}).values():
+            for name, rec in mrec.get("attacks", {}).items():
+                if name in ATTACKS and name not in out:
+                    ref = ATTACKS[name].params(AttackParams(norm=norm, eps=eps0, n_classes=k))
+                    out[name] = ({kk: v for kk, v in rec.get("params", {}).items() if kk in ref}, ref)
+    for names in doc.get("plan", {}).values():
+        for name in names:
+            if name in ATTACKS and name not in out:
+                spec = ATTACKS[name]
+                used = spec.params(AttackParams(norm=norm, eps=eps0, n_classes=k, steps=cfg.get("steps"), queries=cfg.get("queries")))
+                out[name] = (used, spec.params(AttackParams(norm=norm, eps=eps0, n_classes=k)))
+    return out
+
+
+def _iterations(doc: dict) -> tuple[bool, str]:
+    """(reduced?, the header's sentence about attack iterations)."""
+    cfg = doc.get("config", {})
+    settings = _reference_settings(doc)
+    reduced = {n: (u, r) for n, (u, r) in settings.items()
+               if any(isinstance(r.get(k), (int, float)) and isinstance(u.get(k), (int, float)) and u[k] < r[k] for k in r)}
+    flags = " ".join(f"--{k} {cfg[k]}" for k in ("steps", "queries") if cfg.get(k) is not None)
+    if reduced:
+        refs = ", ".join(f"{n} " + "/".join(f"{u.get(k)} of {r[k]} {k}" for k in r if u.get(k) != r[k]) for n, (u, r) in reduced.items())
+        return True, f"REDUCED ({flags}): {refs}; weaker than the reference evaluation"
+    if flags:
+        return False, f"overridden ({flags}), at or above the reference settings"
+    return False, "reference settings"
+
+
+def _model_data(mrec: dict | None, planned: list[str]) -> dict | None:
+    from .evaluate import _model_summary
+
+    if not mrec or "clean" not in mrec:
+        return None
+    s = _model_summary(mrec, len(mrec["clean"]))
+    atk = mrec.get("attacks", {})
+    return {
+        "clean": s["clean"],
+        "worst_case": s["worst_case"],
+        "white_box_direct": s.get("white_box_direct"),
+        "attacks": {
+            name: {"accuracy": s["attacks"][name], "kind": rec.get("kind"), "params": rec.get("params", {}),
+                   "attacked": rec.get("attacked"), "seconds": rec.get("seconds")}
+            for name, rec in atk.items()
+        },
+        "missing": [a for a in planned if a not in atk],
+        "seconds": s["seconds"],
+    }
+
+
+def _file_data(doc: dict, label: str) -> dict:
+    from .evaluate import masking_checks
+
+    cfg = doc.get("config", {})
+    norm = cfg.get("norm", "Linf")
+    plan = doc.get("plan", {})
+    runs = []
+    for run in doc["runs"]:
+        models = {m: _model_data(run.get("models", {}).get(m), plan.get(m, [])) for m in ("base", "hardened")}
+        checks = run.get("checks")
+        provisional = False
+        if checks is None:
+            checks = masking_checks(run) if models["hardened"] else []
+            provisional = bool(checks)
+        pending = [m for m in ("base", "hardened") if models[m] is None and plan.get(m) and not doc.get("complete")]
+        runs.append({"eps": float(run["eps"]), "done": bool(run.get("done", False)), "models": models, "pending": pending,
+                     "checks": checks, "checks_provisional": provisional})
+    ran = {_eps_key(r["eps"]) for r in runs}
+    not_started = [float(e) for e in cfg.get("eps", []) if _eps_key(e) not in ran]
+    complete = bool(doc.get("complete", False))
+    reduced, iterations = _iterations(doc)
+    model = doc.get("model", {})
+    head = model.get("head") or {}
+    data = doc.get("data", {})
+    vers = doc.get("versions", {})
+    seconds = {m: sum((r["models"].get(m) or {}).get("seconds", 0.0) for r in runs) for m in ("base", "hardened")}
+    started, finished = doc.get("started"), doc.get("finished")
+    status = "complete" if complete else "INTERRUPTED (partial results)"
+    header = {
+        "results": label,
+        "model": f"{model.get('path', '?')}" + (f" (sha256 {model['sha256'][:12]})" if model.get("sha256") else ""),
+        "backbone": f"{model.get('backbone') or '?'}, base classifier: "
+                    + {"own": "the model's own head", "probe": "linear probe on frozen features"}.get(model.get("base_classifier"), str(model.get("base_classifier"))),
+        "head": (f"{head.get('odefunc', '?')} ODE, dim {head.get('dim', '?')}, {head.get('solver', '?')} solver, T={_num(head.get('t1'))}"
+                 if head else "-"),
+        "data": f"{data.get('spec', '?')}, {data.get('split', 'test')} split: {doc.get('n', '?')} of {data.get('test_size', '?')} images",
+        "threat model": f"{norm}, eps " + ", ".join(fmt_eps(e, norm) for e in cfg.get("eps", [])),
+        "samples": f"n={doc.get('n', '?')}, seed {cfg.get('seed', '?')} (drawn class by class)",
+        "attacks": (f"suite {cfg.get('suite')}" if not cfg.get("attacks") else "--attacks " + ",".join(cfg["attacks"]))
+                   + "".join(f"; {m}: {', '.join(v)}" for m, v in plan.items()),
+        "mode": ("all samples: each attack ran on every clean-correct sample" if cfg.get("all_samples")
+                 else "cascade: each attack ran on the samples still robust (per-attack rows are cumulative)"),
+        "iterations": iterations,
+        "device": str(doc.get("device", "?")),
+        "versions": ", ".join(f"{k} {v}" for k, v in vers.items() if k in ("sodef-cli", "torch", "timm", "torchattacks", "torchdiffeq")) or "-",
+        "run": f"{status}; started {started or '?'}" + (f", finished {finished}" if finished else "")
+               + f"; attack time base {seconds['base']:.1f} s, hardened {seconds['hardened']:.1f} s",
+    }
+    notes = _file_notes(label, doc, runs, not_started, complete)
+    fd = {
+        "label": label,
+        "model": model.get("path"),
+        "norm": norm,
+        "n": doc.get("n"),
+        "complete": complete,
+        "cascade": not cfg.get("all_samples", False),
+        "reduced_iterations": reduced,
+        "solver": head.get("solver"),
+        "header": header,
+        "runs": runs,
+        "eps_not_started": not_started,
+        "notes": notes,
+    }
+    fd["verdict"] = _verdict(fd)
+    return fd
+
+
+def _file_notes(label: str, doc: dict, runs: list[dict], not_started: list[float], complete: bool) -> list[dict]:
+    norm = doc.get("config", {}).get("norm", "Linf")
+    model_path = doc.get("model", {}).get("path", "MODEL")
+    resume = f"resume with `sodef attack {model_path} --out {label}` and the same options"
+    notes = []
+    if not runs:
+        notes.append({"level": "warn", "text": f"{label}: no results yet: the file holds no finished attack "
+                      f"(the run stopped before its first attack finished); {resume}."})
+        return notes
+    if not complete:
+        missing = []
+        for r in runs:
+            for m in ("base", "hardened"):
+                md = r["models"].get(m)
+                planned = doc.get("plan", {}).get(m, [])
+                if md is None:
+                    if planned:
+                        missing.append(f"{m} at {fmt_eps(r['eps'], norm)} (not started)")
+                elif md["missing"]:
+                    missing.append(f"{m} at {fmt_eps(r['eps'], norm)} ({', '.join(md['missing'])})")
+        missing += [f"eps {fmt_eps(e, norm)} (not started)" for e in not_started]
+        done = sum(1 for r in runs if r["done"])
+        total = len(runs) + len(not_started)
+        notes.append({"level": "warn", "text": f"{label}: interrupted run: {done} of {total} eps finished"
+                      + (f"; missing: {'; '.join(missing)}" if missing else "")
+                      + ". Worst cases cover only the attacks that finished, so they can only go down (marked †); "
+                      + f"{resume}."})
+    return notes
+
+
+def _verdict(fd: dict) -> dict:
+    """The one-line verdict of one results file, as data plus its sentence."""
+    norm = fd["norm"]
+    usable = [r for r in fd["runs"] if r["models"].get("base") and r["models"].get("hardened")]
+    flagged = list(dict.fromkeys(c["name"] for r in fd["runs"] for c in r["checks"] if c.get("flagged") is True))
+    ran_checks = any(c.get("flagged") is not None for r in fd["runs"] for c in r["checks"])
+    out: dict[str, Any] = {"available": bool(usable), "masking_suspected": bool(flagged), "flagged_checks": flagged}
+    if not usable:
+        out.update(level="warn", text="No verdict: neither model has finished an attack at any eps yet.")
+        return out
+    r = usable[0]
+    b, h = r["models"]["base"], r["models"]["hardened"]
+    gain = 100 * (h["worst_case"] - b["worst_case"])
+    claimed = h.get("white_box_direct")
+    claimed_gain = None if claimed is None else 100 * (claimed - b["worst_case"])
+    out.update(eps=r["eps"], gain_points=gain, base_worst_case=b["worst_case"], hardened_worst_case=h["worst_case"],
+               white_box_direct=claimed, white_box_claimed_gain_points=claimed_gain)
+    from .config import ADAPTIVE_SOLVERS
+
+    solver = fd.get("solver")
+    through = (f"the adaptive solver ({solver})" if solver in ADAPTIVE_SOLVERS else f"the {solver} solver") if solver else "the solver"
+    text = (f"Hardening gain under the adaptive worst case at eps={fmt_eps(r['eps'], norm)}: {gain:+.1f} points "
+            f"(base {pct(b['worst_case'])} -> hardened {pct(h['worst_case'])}); ")
+    if claimed is None:
+        text += f"no direct white-box attack through {through} was run."
+    else:
+        text += f"white-box attacks through {through} claimed {pct(claimed)} ({claimed_gain:+.1f})."
+    others = [f"{fmt_eps(o['eps'], norm)} {100 * (o['models']['hardened']['worst_case'] - o['models']['base']['worst_case']):+.1f}"
+              for o in usable[1:]]
+    if others:
+        text += f" Gain at other eps: {', '.join(others)}."
+    out["gain_by_eps"] = {fmt_eps(o["eps"], norm): 100 * (o["models"]["hardened"]["worst_case"] - o["models"]["base"]["worst_case"]) for o in usable}
+    if flagged:
+        text += f" Gradient masking suspected: {', '.join(flagged)}."
+    elif ran_checks:
+        text += " No gradient-masking signature in the checks that ran."
+    else:
+        text += " Masking checks not run."
+    if not fd["complete"]:
+        text = "Provisional (interrupted run): " + text
+    if fd["reduced_iterations"]:
+        text += " Attacks ran with reduced iterations."
+    out["level"] = "bad" if flagged or gain <= 0 else ("warn" if not fd["complete"] or fd["reduced_iterations"] else "good")
+    out["text"] = text
+    return out
+
+
+def _unique_labels(labels: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab} ({seen[lab]})")
+    return out
+
+
+def results_data(docs: list[dict], labels: list[str] | None = None) -> dict:
+    """Everything the results report shows, as data (this is ``--format json``).
+
+    Args:
+        docs: ``sodef attack`` results documents (complete, partial or empty).
+        labels: a name per document (the results file names); default: the model file names.
+
+    Raises:
+        ResultsError: a document that is not a results file or is malformed.
+    """
+    if labels is None:
+        labels = [str((d.get("model") or {}).get("path", f"results {i + 1}")).rsplit("/", 1)[-1] if isinstance(d, dict) else f"results {i + 1}"
+                  for i, d in enumerate(docs)]
+    labels = _unique_labels(list(labels))
+    files = []
+    for doc, label in zip(docs, labels):
+        check_results(doc, label)
+        try:
+            files.append(_file_data(doc, label))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise ResultsError(f"{label}: malformed results file ({type(exc).__name__}: {exc})") from None
+    return {"schema": REPORT_SCHEMA, "kind": "results", "files": files}
+
+
+# ----------------------------------------------------------------------------------------------------
+# blocks: a format-neutral description of what is shown
+
+
+def _title(text: str) -> dict:
+    return {"type": "title", "text": text}
+
+
+def _heading(text: str) -> dict:
+    return {"type": "heading", "text": text}
+
+
+def _kv(title: str, rows: list[list[str]], header: list[str] | None = None) -> dict:
+    return {"type": "kv", "title": title, "rows": rows, "header": header}
+
+
+def _table(title: str, columns: list[dict], rows: list[list[str]], caption: str = "", row_styles: list[str] | None = None) -> dict:
+    return {"type": "table", "title": title, "columns": columns, "rows": rows, "caption": caption,
+            "row_styles": row_styles or [""] * len(rows)}
+
+
+def _col(name: str, align: str = "left", role: str = "text", *, nowrap: bool = False) -> dict:
+    return {"name": name, "align": align, "role": role, "nowrap": nowrap}
+
+
+def _note(text: str, level: str = "info") -> dict:
+    return {"type": "note", "level": level, "text": text}
+
+
+def _attack_order(files: list[dict]) -> list[tuple[str, str]]:
+    """(name, kind) of every attack in any file, hardened plan order first."""
+    names: dict[str, str] = {}
+    for fd in files:
+        for r in fd["runs"]:
+            for m in ("hardened", "base"):
+                md = r["models"].get(m)
+                if md:
+                    for name, a in md["attacks"].items():
+                        names.setdefault(name, a.get("kind") or "")
+                    for name in md["missing"]:
+                        names.setdefault(name, "")
+    from .attacks import ATTACKS
+
+    return [(n, k or (ATTACKS[n].kind if n in ATTACKS else "?")) for n, k in names.items()]
+
+
+def _cell(md: dict | None, key: str, *, attack: bool = False, partial: bool = False, pending: bool = False) -> tuple[float | None, str]:
+    if md is None:
+        return None, "pending" if pending else "-"
+    if attack:
+        if key in md["attacks"]:
+            v = md["attacks"][key]["accuracy"]
+            return v, pct(v)
+        return None, ("pending" if key in md["missing"] else "-")
+    v = md.get(key)
+    from .attacks import ATTACKS
+
+    missing_white = any(ATTACKS[a].kind == "white-box" for a in md["missing"] if a in ATTACKS)
+    mark = "†" if partial and (key == "worst_case" and md["missing"] or key == "white_box_direct" and missing_white) else ""
+    return v, pct(v) + (mark if v is not None else "")
+
+
+def results_blocks(data: dict) -> list[dict]:
+    """The results report as blocks (see ``render``)."""
+    files = data["files"]
+    multi = len(files) > 1
+    blocks: list[dict] = [_title("sodef attack results" + ("" if multi else f": {files[0]['label']}") if files else "sodef attack results")]
+    if not files:
+        blocks.append(_note("no results files given", "warn"))
+        return blocks
+    tags = [chr(ord("A") + i) if i < 26 else str(i + 1) for i in range(len(files))]
+    keys = list(files[0]["header"])
+    if multi:
+        blocks.append(_kv("Setup", [[k] + [fd["header"].get(k, "-") for fd in files] for k in keys if k != "results"],
+                          header=[""] + [f"{tag}: {fd['label']}" for tag, fd in zip(tags, files)]))
+    else:
+        blocks.append(_kv("Setup", [[k, files[0]["header"][k]] for k in keys if k != "results"]))
+    for fd in files:
+        for n in fd["notes"]:
+            blocks.append(_note(n["text"], n["level"]))
+
+    eps_all = sorted({_eps_key(r["eps"]) for fd in files for r in fd["runs"]})
+    norms = list(dict.fromkeys(fd["norm"] for fd in files))
+    norm = norms[0] if len(norms) == 1 else None
+    attacks = _attack_order(files)
+    for eps in eps_all:
+        # several files: columns tagged A, B, ... (named in the setup table); no kind column, to fit 80 columns
+        cols = [_col("attack", nowrap=True)] + ([] if multi else [_col("kind", nowrap=True)])
+        for tag, fd in zip(tags, files):
+            pre = f"{tag}\n" if multi else ""
+            cols += [_col(f"{pre}base", "right", "value"), _col(f"{pre}hardened", "right", "value"), _col(f"{pre}delta", "right", "delta")]
+        rows, styles = [], []
+        row_defs = [("clean accuracy", "", "clean", False)] + [(n, k, n, True) for n, k in attacks] + [
+            ("white-box worst case", "", "white_box_direct", False), ("worst case", "", "worst_case", False)]
+        for label, kind, key, is_attack in row_defs:
+            row = [label] + ([] if multi else [kind])
+            for fd in files:
+                r = next((r for r in fd["runs"] if _eps_key(r["eps"]) == eps), None)
+                b = r["models"].get("base") if r else None
+                h = r["models"].get("hardened") if r else None
+                partial = not fd["complete"]
+                pend = r["pending"] if r else []
+                bv, bs = _cell(b, key, attack=is_attack, partial=partial, pending="base" in pend)
+                hv, hs = _cell(h, key, attack=is_attack, partial=partial, pending="hardened" in pend)
+                row += [bs, hs, _delta(bv, hv)]
+            rows.append(row)
+            styles.append("bold" if key == "worst_case" else ("dim" if key == "white_box_direct" else ""))
+        cascade = {fd["cascade"] for fd in files}
+        if cascade == {True}:
+            caption = "cascade: each attack row is the accuracy after that attack and all above it (cumulative)"
+        elif cascade == {False}:
+            caption = "all samples: each attack row is that attack alone on every clean-correct sample"
+        else:
+            caption = "mixed modes: " + "; ".join(f"{tag}: {'cascade (cumulative rows)' if fd['cascade'] else 'all samples'}" for tag, fd in zip(tags, files))
+        caption += "; worst case = correct and robust to every attack; delta in points (hardened - base)"
+        n_set = {fd["n"] for fd in files}
+        n_txt = f", n={n_set.pop()}" if len(n_set) == 1 else ""
+        blocks.append(_table(f"Robust accuracy at eps = {fmt_eps(eps, norm)}" + (f" ({norm})" if norm else "") + n_txt,
+                             cols, rows, caption, styles))
+
+    if len(eps_all) >= 2:
+        series = []
+        for i, fd in enumerate(files):
+            for m in ("base", "hardened"):
+                ys = []
+                for eps in eps_all:
+                    r = next((r for r in fd["runs"] if _eps_key(r["eps"]) == eps), None)
+                    md = r["models"].get(m) if r else None
+                    ys.append(md["worst_case"] if md else None)
+                marker = m[0] if not multi else (tags[i].lower() if m == "base" else tags[i])
+                series.append({"name": m if not multi else f"{tags[i]} {m}", "marker": marker, "ys": ys})
+        blocks.append({"type": "chart", "title": "Worst-case accuracy vs eps", "xs": eps_all,
+                       "xlabels": [fmt_eps(e, norm) for e in eps_all], "xname": f"eps ({norm})" if norm else "eps",
+                       "series": series})
+
+    for tag, fd in zip(tags, files):
+        merged: dict[tuple, list[str]] = {}  # the same outcome at several eps is shown once
+        for r in fd["runs"]:
+            for c in r["checks"]:
+                key = (_CHECK_STATUS.get(c.get("flagged"), "?"), c.get("name", "?"), c.get("evidence", ""))
+                merged.setdefault(key, []).append(fmt_eps(r["eps"], fd["norm"]))
+        order = {name: i for i, name in enumerate(dict.fromkeys(k[1] for k in merged))}
+        rows = [[", ".join(eps), *key] for key, eps in sorted(merged.items(), key=lambda kv: order[kv[0][1]])]
+        title = "Gradient-masking checks" + (f" ({tag}: {fd['label']})" if multi else "")
+        if not fd["runs"]:
+            continue  # the file's note already says there are no results
+        if rows:
+            prov = any(r["checks_provisional"] for r in fd["runs"])
+            blocks.append(_table(title, [_col("eps"), _col("result", role="status"), _col("check"), _col("evidence")], rows,
+                                 "FLAG = the signature of gradient masking was found; the hardened model's robustness is then overstated"
+                                 + ("; some checks are provisional (their eps did not finish)" if prov else "")))
+        else:
+            blocks.append(_heading(title))
+            blocks.append(_note("no masking checks yet: they run after each eps finishes", "info"))
+
+    for tag, fd in zip(tags, files):
+        v = fd["verdict"]
+        blocks.append({"type": "verdict", "label": f"{tag}: {fd['label']}" if multi else "", "level": v["level"], "text": v["text"]})
+    return blocks
+
+
+# ----------------------------------------------------------------------------------------------------
+# the model card
+
+
+def _card_source(meta: dict) -> str:
+    src = meta.get("source") or {}
+    kind = src.get("kind")
+    if kind == "timm":
+        s = f"timm {src.get('name')} ({'pretrained hub weights' if src.get('pretrained') else 'no hub weights'})"
+        if src.get("checkpoint"):
+            s += f", checkpoint {src['checkpoint']}"
+        return s
+    if kind == "sodef_base_file":
+        return f"sodef pretrain file {src.get('path')}" + (f" (sha256 {src['sha256'][:12]})" if src.get("sha256") else "")
+    return str(src or "-")
+
+
+def card_data(meta: dict, *, path: str, diagnostics: dict | None = None, notes: Iterable[str] = ()) -> dict:
+    """Everything the model card shows, as data (this is ``--format json`` for a hardened file).
+
+    Args:
+        meta: the metadata of a hardened file (``models.hardened_meta``).
+        path: the file, as given.
+        diagnostics: ``diagnostics.card_diagnostics`` figures, or None when they were not computed.
+        notes: sentences to show (e.g. why the diagnostics are missing).
+    """
+    cfg = meta.get("config") or {}
+    check = dict(meta["check"]) if meta.get("check") else None
+    if check:
+        check.pop("train_indices", None)  # sample indices are bulk, not a figure
+    return {
+        "schema": REPORT_SCHEMA,
+        "kind": "card",
+        "file": path,
+        "format": f"{meta.get('format')} v{meta.get('format_version')}",
+        "backbone": meta.get("backbone") or {},
+        "source": meta.get("source") or {},
+        "source_text": _card_source(meta),
+        "classes": meta.get("classes") or [],
+        "feature_dim": meta.get("feature_dim"),
+        "base_classifier": meta.get("base_classifier"),
+        "config": cfg,
+        "metrics": meta.get("metrics") or {},
+        "check": check,
+        "diagnostics": diagnostics,
+        "versions": meta.get("versions") or {},
+        "notes": list(notes),
+    }
+
+
+def _phase_settings(p: dict) -> str:
+    keys = ("epochs", "batch_size", "lr", "lr_fc", "lr_f", "mixup_alpha")
+    return ", ".join(f"{k} {_num(p[k])}" for k in keys if k in p)
+
+
+def _phase_metrics(m: dict) -> str:
+    return ", ".join(f"{k} {_num(v, 4)}" for k, v in m.items())
+
+
+def card_blocks(data: dict) -> list[dict]:
+    """The model card as blocks (see ``render``)."""
+    from .config import ADAPTIVE_SOLVERS
+
+    cfg, metrics, bb = data["config"], data["metrics"], data["backbone"]
+    name = str(data["file"]).rsplit("/", 1)[-1]
+    blocks: list[dict] = [_title(f"Model card: {name}")]
+    classes = data["classes"]
+    cls = f"{len(classes)}: " + ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "") if classes else "-"
+    base_kind = {"own": "the backbone's own classifier head", "probe": "linear probe fitted on the frozen features"}.get(
+        data["base_classifier"], str(data["base_classifier"]))
+    blocks.append(_kv("Base model", [
+        ["file", f"{data['file']} ({data['format']})"],
+        ["backbone", f"{bb.get('timm_name', '?')} (frozen), input {'x'.join(map(str, bb.get('input_size', []))) or '?'}, "
+                     f"{data['feature_dim']} features"],
+        ["source", data["source_text"]],
+        ["classes", cls],
+        ["base classifier", base_kind],
+    ]))
+    mdata = metrics.get("data") or {}
+    split = metrics.get("split") or {}
+    blocks.append(_kv("Data", [
+        ["hardening data", f"{cfg.get('data', '?')} ({mdata.get('train', '?')} train, {mdata.get('test', '?')} test images)"],
+        ["split", f"{split.get('train', '?')} train / {split.get('val', '?')} validation (seed {split.get('seed', '?')})"],
+    ]))
+    head = cfg.get("head") or {}
+    solver = head.get("solver", "?")
+    if solver in ADAPTIVE_SOLVERS:
+        solver_txt = f"{solver} (adaptive, rtol {_num(head.get('rtol'))}, atol {_num(head.get('atol'))})"
+    else:
+        solver_txt = f"{solver} (fixed step {_num(head.get('step_size'))})"
+    reg = cfg.get("regularizer") or {}
+    reg_keys = ("weight_f", "weight_diag", "weight_offdiag") if reg.get("form", "code") == "code" else ("alpha_f", "alpha_diag", "alpha_offdiag")
+    blocks.append(_kv("Head and solver", [
+        ["ODE function", f"{head.get('odefunc', '?')}, state dim n={head.get('dim', '?')}" + (f", hidden {head['hidden']}" if head.get("odefunc") not in (None, "sin") else "")],
+        ["solver", f"{solver_txt}, T={_num(head.get('t1'))}, adjoint {'yes' if head.get('adjoint') else 'no'} in training"],
+        ["attack copy", f"fixed-step RK4, step {_num(head.get('step_size'))}"],
+        ["regularizer", f"{reg.get('form', '?')} form, {reg.get('convention', '?')} dominance, "
+                        + ", ".join(f"{k} {_num(reg.get(k))}" for k in reg_keys if k in reg)],
+    ]))
+    phases = metrics.get("phases") or {}
+    rows = [[p, _phase_settings(cfg.get(p) or {}), _phase_metrics(phases.get(p) or {})] for p in ("phase1", "phase2", "phase3") if p in phases or p in cfg]
+    if rows:
+        blocks.append(_table("Hardening phases", [_col("phase"), _col("settings"), _col("final metrics")], rows))
+    b, h = metrics.get("base") or {}, metrics.get("hardened") or {}
+    if b or h:
+        acc = [["test", pct(b.get("test_clean_acc")), pct(h.get("test_clean_acc")), _delta(b.get("test_clean_acc"), h.get("test_clean_acc"))],
+               ["validation", pct(b.get("val_acc")), pct(h.get("val_acc")), _delta(b.get("val_acc"), h.get("val_acc"))]]
+        blocks.append(_table("Clean accuracy", [_col("split"), _col("base", "right", "value"), _col("hardened", "right", "value"),
+                                                _col("delta", "right", "delta")], acc))
+    stab = metrics.get("stability") or {}
+    if stab:
+        stages = [s for s in ("before_phase2", "after_phase2", "final") if s in stab]
+        rows = []
+        for key, label, f in (("frac_eig_negative", "Jacobians with all Re(eig) < 0", pct),
+                              ("frac_diag_dominant_col", "diag. dominant, negative diagonal (columns)", pct),
+                              ("frac_diag_dominant_row", "diag. dominant, negative diagonal (rows)", pct),
+                              ("mean_max_real_eig", "mean max Re(eig)", _num)):
+            rows.append([label] + [f(stab[s].get(key)) for s in stages])
+        pts = stab[stages[-1]].get("points", "?") if stages else "?"
+        blocks.append(_table("Stability while hardening (stored in the file)",
+                             [_col("at z(0)")] + [_col(s.replace("_", " "), "right") for s in stages], rows,
+                             f"on {pts} test features"))
+    d = data["diagnostics"]
+    if d:
+        rows = [
+            ["mean ||f(z(0))||", _num(d.get("mean_norm_f_z0"), 4)],
+            ["Jacobians with all Re(eig) < 0", pct(d.get("frac_eig_negative"))],
+            ["diag. dominant, negative diagonal (columns)", pct(d.get("frac_diag_dominant_col"))],
+            ["diag. dominant, negative diagonal (rows)", pct(d.get("frac_diag_dominant_row"))],
+            ["mean max Re(eig)", _num(d.get("mean_max_real_eig"), 4)],
+            ["mean ||z(T) - z(0)||", _num(d.get("mean_norm_zT_minus_z0"), 4)],
+            ["mean ||z(0)||", _num(d.get("mean_norm_z0"), 4)],
+            ["mean ||f(z(T))||", _num(d.get("mean_norm_f_zT"), 4)],
+            [f"NFE per solve (batch of {d.get('batch', '?')})", f"{d.get('nfe_per_solve', '?')} ({d.get('solver', '?')})"],
+        ]
+        blocks.append(_table("Stability diagnostics (computed now)", [_col("at z(0) of test images"), _col("value", "right")], rows,
+                             f"on {d.get('samples', '?')} {d.get('split', 'test')} images of {d.get('data', '?')} drawn class by class "
+                             f"(seed {d.get('seed', 0)}); the ODE is solved once for the whole batch"))
+    check = data["check"]
+    if check:
+        cb, ch = check.get("base") or {}, check.get("hardened") or {}
+        rows = [["clean", pct(cb.get("clean")), pct(ch.get("clean")), _delta(cb.get("clean"), ch.get("clean"))],
+                ["worst case", pct(cb.get("worst_case")), pct(ch.get("worst_case")), _points(check.get("gain_points"))]]
+        caption = (f"{check.get('suite', '?')} suite on {check.get('n', '?')} {check.get('split', 'validation')} images, "
+                   f"{check.get('norm', '?')} eps={fmt_eps(check.get('eps'), check.get('norm'))}, {check.get('steps', '?')} steps; "
+                   f"gain {_points(check.get('gain_points'))} points")
+        blocks.append(_table("Hardening guard", [_col(""), _col("base", "right", "value"), _col("hardened", "right", "value"),
+                                                 _col("delta", "right", "delta")], rows, caption))
+        gain = check.get("gain_points") or 0.0
+        blocks.append({"type": "verdict", "label": "guard", "level": "good" if gain > 0 else "bad",
+                       "text": str(check.get("recommendation", ""))})
+        flagged = [c["name"] for c in check.get("checks", []) if c.get("flagged") is True]
+        if flagged:
+            blocks.append(_note(f"the guard's masking checks flagged: {', '.join(flagged)}", "warn"))
+        if check.get("require_gain_failed"):
+            blocks.append(_note("this file failed --require-gain: the guard found it less robust than its base", "warn"))
+    else:
+        blocks.append(_heading("Hardening guard"))
+        blocks.append(_note("skipped (--no-check): evaluate with `sodef attack` before deploying", "warn"))
+    for n in data["notes"]:
+        blocks.append(_note(n, "info"))
+    vers = data["versions"]
+    if vers:
+        blocks.append(_kv("Versions", [[", ".join(f"{k} {v}" for k, v in vers.items())]]))
+    return blocks
+
+
+# ----------------------------------------------------------------------------------------------------
+# the text chart
+
+
+def chart_lines(block: dict, width: int = 72, height: int = 9) -> list[str]:
+    """A plain-text plot of the chart block's series (y: accuracy, x: eps) within ``width`` characters."""
+    xs = [float(x) for x in block["xs"]]
+    series = block["series"]
+    values = [y for s in series for y in s["ys"] if y is not None]
+    top = min(1.0, max(0.1, math.ceil(max(values, default=0.0) * 10 - 1e-9) / 10))
+    ticks = {r: 100 * top * (height - 1 - r) / (height - 1) for r in range(0, height, 2)}
+    decimals = 0 if all(abs(v - round(v)) < 1e-9 for v in ticks.values()) else 1
+    labels = {r: f"{v:.{decimals}f}%" for r, v in ticks.items()}
+    lab_w = max(len(v) for v in labels.values())
+    plot_w = max(16, width - lab_w - 2)
+    x0, x1 = min(xs), max(xs)
+
+    def col(x: float) -> int:
+        return plot_w // 2 if x1 == x0 else round((x - x0) / (x1 - x0) * (plot_w - 1))
+
+    def row(y: float) -> int:
+        return height - 1 - round(min(y, top) / top * (height - 1))
+
+    grid = [[" "] * plot_w for _ in range(height)]
+    for s in series:  # lines first, so that markers win
+        for (xa, ya), (xb, yb) in zip(zip(xs, s["ys"]), zip(xs[1:], s["ys"][1:])):
+            if ya is None or yb is None:
+                continue
+            ca, cb = col(xa), col(xb)
+            for c in range(ca + 1, cb):
+                r = row(ya + (yb - ya) * (c - ca) / (cb - ca))
+                if grid[r][c] == " ":
+                    grid[r][c] = "."
+    overlap = False
+    for s in series:
+        for x, y in zip(xs, s["ys"]):
+            if y is None:
+                continue
+            r, c = row(y), col(x)
+            if grid[r][c] not in (" ", ".", s["marker"]):
+                grid[r][c] = "*"
+                overlap = True
+            elif grid[r][c] != "*":
+                grid[r][c] = s["marker"]
+    lines = []
+    for r in range(height):
+        label = labels.get(r, "").rjust(lab_w)
+        lines.append(f"{label} |" + "".join(grid[r]).rstrip())
+    lines.append(" " * lab_w + " +" + "-" * plot_w)
+    xl = [" "] * plot_w
+    last_end = -1
+    for x, lab in zip(xs, block["xlabels"]):
+        start = min(max(0, col(x) - len(lab) // 2), plot_w - len(lab))
+        if start <= last_end:
+            continue
+        xl[start : start + len(lab)] = list(lab)
+        last_end = start + len(lab)
+    lines.append(" " * (lab_w + 2) + "".join(xl).rstrip())
+    items = [f"x: {block.get('xname', 'eps')}, y: worst-case accuracy"] + [f"{s['marker']} = {s['name']}" for s in series]
+    items += ["* = overlapping points"] if overlap else []
+    line = ""
+    for item in items:  # the legend, wrapped to the width
+        if line and lab_w + 2 + len(line) + 3 + len(item) > width:
+            lines.append(" " * (lab_w + 2) + line)
+            line = ""
+        line = f"{line}   {item}" if line else item
+    lines.append(" " * (lab_w + 2) + line)
+    return lines
+
+
+class _Chart:
+    """The chart as a rich renderable: redrawn for the width it is given."""
+
+    STYLES = ("cyan", "magenta", "green", "yellow", "blue", "red")
+
+    def __init__(self, block: dict):
+        self.block = block
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lines = chart_lines(self.block, width=min(options.max_width, 72))
+        styles = {s["marker"]: self.STYLES[i % len(self.STYLES)] for i, s in enumerate(self.block["series"])}
+        for i, line in enumerate(lines):
+            t = Text(line)
+            if i < len(lines) - 3:  # the plot area: colour the markers
+                start = line.find("|") + 1
+                for j, ch in enumerate(line[start:], start=start):
+                    if ch in styles:
+                        t.stylize(styles[ch], j, j + 1)
+            yield t
+
+
+# ----------------------------------------------------------------------------------------------------
+# renderers: rich, markdown, html
+
+
+_LEVEL_STYLE = {"info": "dim", "warn": "yellow", "good": "bold green", "bad": "bold red"}
+
+
+def _styled_cell(text: str, role: str) -> Text:
+    if role == "delta" and text not in ("-", ""):
+        return Text(text, style="green" if text.startswith("+") and text != "+0.0" else ("red" if text.startswith("-") else ""))
+    if role == "status":
+        return Text(text, style={"FLAG": "bold red", "ok": "green", "not run": "dim"}.get(text, ""))
+    return Text(text)
+
+
+def _rich_blocks(blocks: list[dict]) -> Group:
+    parts: list[RenderableType] = []
+    prev = ""
+    for bl in blocks:
+        t = bl["type"]
+        if t == "title":
+            parts.append(Text(bl["text"], style="bold underline"))
+        elif t == "heading":
+            parts.append(Text(""))
+            parts.append(Text(bl["text"], style="bold"))
+        elif t == "kv":
+            parts.append(Text(""))
+            parts.append(Text(bl["title"], style="bold"))
+            if bl["header"]:
+                tab = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+                for h in bl["header"]:
+                    tab.add_column(Text(h), overflow="fold")
+            else:
+                tab = Table.grid(padding=(0, 2))
+                ncol = max((len(r) for r in bl["rows"]), default=1)
+                for i in range(ncol):
+                    tab.add_column(style="bold" if i == 0 and ncol > 1 else None, overflow="fold", no_wrap=i == 0 and ncol > 1)
+            for r in bl["rows"]:
+                tab.add_row(*[Text(c) for c in r])
+            parts.append(tab)
+        elif t == "table":
+            parts.append(Text(""))
+            tab = Table(title=Text(bl["title"], style="bold"), caption=Text(bl["caption"]) if bl["caption"] else None,
+                        box=box.SIMPLE_HEAD, show_edge=False, title_justify="left", caption_justify="left")
+            for c in bl["columns"]:
+                tab.add_column(Text(c["name"]), justify=c["align"], overflow="fold", no_wrap=c.get("nowrap", False))
+            for r, style in zip(bl["rows"], bl["row_styles"]):
+                tab.add_row(*[_styled_cell(v, c["role"]) for v, c in zip(r, bl["columns"])], style=style or None)
+            parts.append(tab)
+        elif t == "chart":
+            parts.append(Text(""))
+            parts.append(Text(bl["title"], style="bold"))
+            parts.append(_Chart(bl))
+        elif t == "note":
+            if prev not in ("note", "title"):
+                parts.append(Text(""))
+            parts.append(Text.assemble(("note: ", "bold " + _LEVEL_STYLE[bl["level"]]), (bl["text"], _LEVEL_STYLE[bl["level"]] if bl["level"] == "warn" else "")))
+        elif t == "verdict":
+            parts.append(Text(""))
+            label = f"Verdict ({bl['label']}): " if bl["label"] else "Verdict: "
+            parts.append(Text.assemble((label, "bold"), (bl["text"], _LEVEL_STYLE[bl["level"]])))
+        prev = t
     return Group(*parts)
+
+
+def _md_escape(s: str) -> str:
+    return str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").replace("*", "\\*").replace("_", "\\_")
+
+
+def _md_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> list[str]:
+    align = align or ["left"] * len(header)
+    out = ["| " + " | ".join(_md_escape(h) for h in header) + " |",
+           "|" + "|".join("---:" if a == "right" else ":---" for a in align) + "|"]
+    out += ["| " + " | ".join(_md_escape(c) for c in r) + " |" for r in rows]
+    return out
+
+
+def _markdown(blocks: list[dict]) -> str:
+    lines: list[str] = []
+    for bl in blocks:
+        t = bl["type"]
+        if t == "title":
+            lines += [f"# {_md_escape(bl['text'])}", ""]
+        elif t == "heading":
+            lines += [f"## {_md_escape(bl['text'])}", ""]
+        elif t == "kv":
+            lines += [f"## {_md_escape(bl['title'])}", ""]
+            if bl["header"]:
+                lines += _md_table([h.replace("\n", " ") for h in bl["header"]], bl["rows"])
+            elif all(len(r) == 2 for r in bl["rows"]):
+                lines += [f"- **{_md_escape(k)}:** {_md_escape(v)}" for k, v in bl["rows"]]
+            else:
+                lines += [_md_escape(" ".join(r)) for r in bl["rows"]]
+            lines.append("")
+        elif t == "table":
+            lines += [f"## {_md_escape(bl['title'])}", ""]
+            lines += _md_table([c["name"].replace("\n", " ") for c in bl["columns"]], bl["rows"], [c["align"] for c in bl["columns"]])
+            if bl["caption"]:
+                lines += ["", f"*{_md_escape(bl['caption'])}*"]
+            lines.append("")
+        elif t == "chart":
+            lines += [f"## {_md_escape(bl['title'])}", "", "```text", *chart_lines(bl, width=72), "```", ""]
+        elif t == "note":
+            lines += [f"> **Note:** {_md_escape(bl['text'])}", ""]
+        elif t == "verdict":
+            label = f"Verdict ({bl['label']})" if bl["label"] else "Verdict"
+            lines += [f"**{_md_escape(label)}:** {_md_escape(bl['text'])}", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;max-width:60em;color:#222;line-height:1.4}
+h1{font-size:1.5em;border-bottom:1px solid #ccc;padding-bottom:.2em}h2{font-size:1.15em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.4em 0}th,td{padding:.2em .7em;border-bottom:1px solid #ddd;vertical-align:top}
+th{text-align:left;border-bottom:2px solid #999}td.r,th.r{text-align:right;font-variant-numeric:tabular-nums}
+tr.bold td{font-weight:bold}tr.dim td{color:#666}caption{caption-side:bottom;text-align:left;font-size:.85em;color:#555;padding-top:.3em}
+.pos{color:#1a7f37}.neg{color:#c62828}.FLAG{color:#c62828;font-weight:bold}.ok{color:#1a7f37}.notrun{color:#777}
+.note{border-left:4px solid #999;padding:.3em .8em;background:#f6f6f6;margin:.6em 0}.note.warn{border-color:#d4a017;background:#fff8e1}
+.verdict{border:1px solid #999;padding:.5em .8em;margin:1em 0}.verdict.good{border-color:#1a7f37;background:#eef8f0}
+.verdict.bad{border-color:#c62828;background:#fdecea}.verdict.warn{border-color:#d4a017;background:#fff8e1}
+dl{display:grid;grid-template-columns:max-content auto;gap:.15em 1.2em}dt{font-weight:bold}dd{margin:0}
+svg text{font-family:inherit;font-size:11px}
+""".strip()
+_SVG_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
+
+
+def _svg_chart(bl: dict) -> str:
+    w, h, ml, mr, mt, mb = 560, 260, 48, 16, 12, 56
+    xs = [float(x) for x in bl["xs"]]
+    values = [y for s in bl["series"] for y in s["ys"] if y is not None]
+    top = min(1.0, max(0.1, math.ceil(max(values, default=0.0) * 10 - 1e-9) / 10))
+    x0, x1 = min(xs), max(xs)
+    pw, ph = w - ml - mr, h - mt - mb
+    px = lambda x: ml + (pw / 2 if x1 == x0 else (x - x0) / (x1 - x0) * pw)
+    py = lambda y: mt + ph - min(y, top) / top * ph
+    e = html.escape
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{e(bl["title"])}">']
+    for i in range(6):
+        v = top * i / 5
+        y = py(v)
+        out.append(f'<line x1="{ml}" y1="{y:.1f}" x2="{w - mr}" y2="{y:.1f}" stroke="#e5e5e5"/>')
+        out.append(f'<text x="{ml - 6}" y="{y + 4:.1f}" text-anchor="end">{100 * v:.0f}%</text>')
+    for x, lab in zip(xs, bl["xlabels"]):
+        out.append(f'<text x="{px(x):.1f}" y="{mt + ph + 16}" text-anchor="middle">{e(lab)}</text>')
+    out.append(f'<line x1="{ml}" y1="{mt + ph}" x2="{w - mr}" y2="{mt + ph}" stroke="#999"/>')
+    out.append(f'<text x="{ml + pw / 2:.1f}" y="{mt + ph + 32}" text-anchor="middle">{e(bl.get("xname", ""))}</text>')
+    lx = ml
+    for i, s in enumerate(bl["series"]):
+        c = _SVG_COLORS[i % len(_SVG_COLORS)]
+        seg: list[str] = []
+        for x, y in zip(xs, s["ys"]):
+            if y is None:
+                if len(seg) > 1:
+                    out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{" ".join(seg)}"/>')
+                seg = []
+                continue
+            seg.append(f"{px(x):.1f},{py(y):.1f}")
+            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{c}"><title>{e(s["name"])}: {pct(y)}</title></circle>')
+        if len(seg) > 1:
+            out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{" ".join(seg)}"/>')
+        out.append(f'<rect x="{lx}" y="{h - 14}" width="10" height="10" fill="{c}"/><text x="{lx + 14}" y="{h - 5}">{e(s["name"])}</text>')
+        lx += 24 + 7 * len(s["name"])
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _html(blocks: list[dict]) -> str:
+    e = html.escape
+    title = next((b["text"] for b in blocks if b["type"] == "title"), "sodef report")
+    body: list[str] = []
+    for bl in blocks:
+        t = bl["type"]
+        if t == "title":
+            body.append(f"<h1>{e(bl['text'])}</h1>")
+        elif t == "heading":
+            body.append(f"<h2>{e(bl['text'])}</h2>")
+        elif t == "kv":
+            body.append(f"<h2>{e(bl['title'])}</h2>")
+            if bl["header"]:
+                body.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in bl["header"]) + "</tr></thead><tbody>")
+                body += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in bl["rows"]]
+                body.append("</tbody></table>")
+            elif all(len(r) == 2 for r in bl["rows"]):
+                body.append("<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in bl["rows"]) + "</dl>")
+            else:
+                body += [f"<p>{e(' '.join(r))}</p>" for r in bl["rows"]]
+        elif t == "table":
+            cols = bl["columns"]
+            body.append(f"<h2>{e(bl['title'])}</h2>")
+            body.append("<table>" + (f"<caption>{e(bl['caption'])}</caption>" if bl["caption"] else ""))
+            body.append("<thead><tr>" + "".join(f'<th class="{"r" if c["align"] == "right" else ""}">{e(c["name"]).replace(chr(10), "<br>")}</th>'
+                                                for c in cols) + "</tr></thead><tbody>")
+            for r, style in zip(bl["rows"], bl["row_styles"]):
+                cells = []
+                for v, c in zip(r, cols):
+                    cls = ["r"] if c["align"] == "right" else []
+                    if c["role"] == "delta" and v not in ("-", "", "+0.0"):
+                        cls.append("pos" if v.startswith("+") else "neg")
+                    if c["role"] == "status":
+                        cls.append(v.replace(" ", ""))
+                    cells.append(f'<td class="{" ".join(cls)}">{e(v)}</td>' if cls else f"<td>{e(v)}</td>")
+                body.append((f'<tr class="{style}">' if style else "<tr>") + "".join(cells) + "</tr>")
+            body.append("</tbody></table>")
+        elif t == "chart":
+            body.append(f"<h2>{e(bl['title'])}</h2>")
+            body.append(_svg_chart(bl))
+        elif t == "note":
+            body.append(f'<div class="note {bl["level"]}"><b>Note:</b> {e(bl["text"])}</div>')
+        elif t == "verdict":
+            label = f"Verdict ({bl['label']})" if bl["label"] else "Verdict"
+            body.append(f'<div class="verdict {bl["level"]}"><b>{e(label)}:</b> {e(bl["text"])}</div>')
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{e(title)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _finite(o: Any) -> Any:
+    """NaN/inf -> None, so that ``--format json`` is strict JSON."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
+
+
+def _blocks(data: dict) -> list[dict]:
+    if data.get("kind") == "card":
+        return card_blocks(data)
+    return results_blocks(data)
+
+
+def render(data: dict, fmt: str = "table") -> RenderableType | str:
+    """Render ``results_data`` or ``card_data``: a rich renderable for ``table``, text for the other formats."""
+    if fmt == "table":
+        return _rich_blocks(_blocks(data))
+    if fmt == "markdown":
+        return _markdown(_blocks(data))
+    if fmt == "html":
+        return _html(_blocks(data))
+    if fmt == "json":
+        return json.dumps(_finite(data), indent=1, allow_nan=False, default=str) + "\n"
+    raise ValueError(f"unknown format {fmt!r}; must be one of {FORMATS}")
+
+
+def to_text(renderable: RenderableType, width: int = 100) -> str:
+    """Plain text of a rich renderable at a fixed width (no colour, no control codes)."""
+    buf = StringIO()
+    Console(file=buf, width=width, color_system=None, force_terminal=False, legacy_windows=False).print(renderable)
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+
+
+def render_results(docs: list[dict], labels: list[str] | None = None) -> RenderableType:
+    """The full results report of one or more results documents, for the terminal."""
+    return render(results_data(docs, labels), "table")
