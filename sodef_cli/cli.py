@@ -324,7 +324,7 @@ _REPORT_SUFFIX = {".md": "markdown", ".markdown": "markdown", ".html": "html", "
 @app.command()
 @_handle
 def report(
-    files: Annotated[list[Path], typer.Argument(help="Results JSON files from `sodef attack` (shown side by side), or one hardened .safetensors file (its model card).", show_default=False)],
+    files: Annotated[list[Path], typer.Argument(help="Results JSON files from `sodef attack` (shown side by side), or one hardened .safetensors file (its model card).", show_default=False, metavar="FILE")],
     format_: Annotated[Optional[ReportFormat], typer.Option("--format", help="table (terminal), markdown, json or html. Default: from the --out suffix (.md, .html, .json), else table.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the report to this file (atomically) instead of stdout.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Model card: test images for the stability diagnostics (default: the hardening data when it is here).")] = None,
