@@ -130,18 +130,21 @@ def _handle(fn):
     return wrapper
 
 
-@app.callback()
-def main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
-) -> None:
-    """sodef: SODEF hardening for timm models, with adaptive evaluation."""
-    _state["debug"] = debug
-    if version:
+def _version(value: bool) -> None:
+    if value:
         from . import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_version)] = False,
+) -> None:
+    """sodef: SODEF hardening for timm models, with adaptive evaluation."""
+    _state["debug"] = debug
 
 
 def _print_json(doc: Any) -> None:
@@ -211,6 +214,7 @@ def harden(
     device: DeviceOpt = None,
     no_check: Annotated[bool, typer.Option("--no-check", help="Skip the hardening guard (adaptive check on validation images).")] = False,
     require_gain: Annotated[bool, typer.Option("--require-gain", help="Exit 1 when the guard finds the hardened model less robust than its base.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT.resume (same options).")] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Freeze a timm model, fit a SODEF head on its features and save the hardened model."""
@@ -232,7 +236,7 @@ def harden(
     if not cfg.model:
         raise UsageError("no MODEL given and the recipe names none")
     with RichReporter(err_console) as rep:
-        summary = run(cfg, out, reporter=rep)
+        summary = run(cfg, out, reporter=rep, resume=resume)
     if json_:
         _print_json(summary)
     else:

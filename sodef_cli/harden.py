@@ -6,6 +6,7 @@ checked bitwise-unchanged before the file is written. Features are extracted onc
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,67 @@ from .runtime import resolve_device, seed_everything
 __all__ = ["harden", "state_digest"]
 
 STABILITY_POINTS = 1000  # features sampled for the eigenvalue diagnostics
+
+
+STAGES = ("features", "base", "phase1", "phase2")
+
+
+class _Resume:
+    """Checkpoint beside the output after each finished stage, so ``--resume`` continues from there.
+
+    ``OUT.resume`` is a safetensors file (cached features, head weights, RNG states) with the stage name
+    and a digest of the config; it is written atomically and removed once the hardened file exists.
+    """
+
+    KEY = "sodef_cli_resume"
+
+    def __init__(self, out: str | Path, cfg: HardenConfig, enabled: bool, reporter: Reporter):
+        self.path = Path(str(out) + ".resume")
+        relevant = {k: v for k, v in to_dict(cfg).items() if k not in ("check", "device")}
+        self.digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.meta: dict[str, Any] = {"stage": None}
+        if self.path.exists() and not enabled:
+            reporter.log(f"note: {self.path} holds an interrupted run; pass --resume to continue it (starting over)")
+        if enabled and self.path.exists():
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(self.path), framework="pt", device="cpu") as fh:
+                    meta = json.loads((fh.metadata() or {}).get(self.KEY, "{}"))
+                    tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, never trusted
+                raise ModelFileError(f"cannot read the resume file {self.path} ({exc}); delete it to start over") from None
+            if meta.get("digest") != self.digest:
+                raise ModelFileError(f"{self.path} was made with a different configuration; delete it or rerun with the same options")
+            self.tensors, self.meta = tensors, meta
+            reporter.log(f"resuming after stage '{meta['stage']}' from {self.path}")
+        elif enabled:
+            reporter.log(f"nothing to resume ({self.path} does not exist); starting from the beginning")
+
+    def done(self, stage: str) -> bool:
+        return self.meta["stage"] is not None and STAGES.index(self.meta["stage"]) >= STAGES.index(stage)
+
+    def save(self, stage: str, gen: torch.Generator, tensors: dict[str, torch.Tensor], **meta: Any) -> None:
+        from safetensors.torch import save_file
+
+        from .io import atomic_path
+
+        self.tensors.update({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()})
+        self.tensors["rng.torch"] = torch.get_rng_state()
+        self.tensors["rng.gen"] = gen.get_state()
+        self.meta.update(meta, stage=stage, digest=self.digest)
+        with atomic_path(self.path) as tmp:
+            save_file(self.tensors, str(tmp), metadata={self.KEY: json.dumps(self.meta)})
+
+    def restore_rng_if_last(self, stage: str, gen: torch.Generator) -> None:
+        """Continue the random streams exactly where the interrupted run saved its last stage."""
+        if self.meta["stage"] == stage:
+            torch.set_rng_state(self.tensors["rng.torch"])
+            gen.set_state(self.tensors["rng.gen"])
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def state_digest(module: torch.nn.Module) -> str:
@@ -72,8 +134,12 @@ def _load_model(cfg: HardenConfig, reporter: Reporter):
     return model, spec, source, data
 
 
-def harden(cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run hardening end to end and write ``out``. Returns the summary (also stored in the file)."""
+def harden(cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run hardening end to end and write ``out``. Returns the summary (also stored in the file).
+
+    With ``resume``, stages finished by an interrupted run with the same config are loaded from
+    ``OUT.resume`` instead of recomputed.
+    """
     reporter = reporter or Reporter()
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -97,9 +163,15 @@ def harden(cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = No
 
     normalize = Normalize(spec.mean, spec.std).to(device)
     feature_fn = lambda x: backbone_features(backbone, normalize(x))
+    ckpt = _Resume(out, cfg, resume, reporter)
     t0 = time.perf_counter()
-    h_train_all = extract_features(feature_fn, data.train, device=device, batch_size=cfg.feature_batch_size, reporter=reporter, task="features (train)")
-    h_test = extract_features(feature_fn, data.test, device=device, batch_size=cfg.feature_batch_size, reporter=reporter, task="features (test)")
+    if ckpt.done("features"):
+        h_train_all, h_test = ckpt.tensors["features.train"], ckpt.tensors["features.test"]
+        ckpt.restore_rng_if_last("features", gen)
+    else:
+        h_train_all = extract_features(feature_fn, data.train, device=device, batch_size=cfg.feature_batch_size, reporter=reporter, task="features (train)")
+        h_test = extract_features(feature_fn, data.test, device=device, batch_size=cfg.feature_batch_size, reporter=reporter, task="features (test)")
+        ckpt.save("features", gen, {"features.train": h_train_all, "features.test": h_test})
     timings["features"] = time.perf_counter() - t0
     y_all, y_test = data.train.labels, data.test.labels
     h_tr, y_tr, h_val, y_val = h_train_all[tr_idx], y_all[tr_idx], h_train_all[val_idx], y_all[val_idx]
@@ -116,27 +188,53 @@ def harden(cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = No
         base_test = accuracy_from_logits(batched_logits(clf, h_test, device=device), y_test)
     else:
         base_kind = "probe"
-        probe, _ = fit_probe(h_tr, y_tr, h_val, y_val, k, cfg.probe, device=device, generator=gen, reporter=reporter)
+        if ckpt.done("base"):
+            probe = torch.nn.Linear(h_tr.shape[1], k).to(device)
+            probe.load_state_dict({n: ckpt.tensors[f"probe.{n}"] for n in ("weight", "bias")})
+            ckpt.restore_rng_if_last("base", gen)
+        else:
+            probe, _ = fit_probe(h_tr, y_tr, h_val, y_val, k, cfg.probe, device=device, generator=gen, reporter=reporter)
         base_val = accuracy_from_logits(batched_logits(probe, h_val, device=device), y_val)
         base_test = accuracy_from_logits(batched_logits(probe, h_test, device=device), y_test)
+    if spec.num_classes == k and ckpt.done("base"):
+        ckpt.restore_rng_if_last("base", gen)
+    if not ckpt.done("base"):
+        ckpt.save("base", gen, {f"probe.{n}": v for n, v in probe.state_dict().items()} if probe is not None else {})
     timings["base_classifier"] = time.perf_counter() - t0
 
     head = SODEFHead(h_tr.shape[1], k, cfg.head).to(device)
     V = simplex_classifier(k, cfg.head.dim)
     t0 = time.perf_counter()
-    m1 = phase1(head, h_tr, y_tr, h_val, y_val, V, cfg.phase1, device=device, generator=gen, reporter=reporter)
+    head_state = lambda: {f"head.{n}": v for n, v in head.state_dict().items()}
+    if ckpt.done("phase1"):
+        head.materialize()
+        m1 = ckpt.meta["phase1"]
+        # the latest saved head (after phase 1 or 2) carries the final projection that z(0) needs
+        head.load_state_dict({n[5:]: v for n, v in ckpt.tensors.items() if n.startswith("head.")})
+        ckpt.restore_rng_if_last("phase1", gen)
+    else:
+        m1 = phase1(head, h_tr, y_tr, h_val, y_val, V, cfg.phase1, device=device, generator=gen, reporter=reporter)
+        head.materialize()  # projection is final: a plain orthonormal weight from here on
+        ckpt.save("phase1", gen, head_state(), phase1=m1)
     timings["phase1"] = time.perf_counter() - t0
-    head.materialize()  # projection is final: a plain orthonormal weight from here on
     head.proj.requires_grad_(False)
     with torch.no_grad():
         z_tr = batched_logits(head.z0, h_tr, device=device)
         z_val = batched_logits(head.z0, h_val, device=device)
         z_test = batched_logits(head.z0, h_test, device=device)
-    sample = z_test[torch.randperm(len(z_test), generator=gen)[:STABILITY_POINTS]].to(device)
-    stab_before = jacobian_stability(head.odefunc, sample)
+    # own generator: the diagnostics sample must not depend on where a resumed run restarted
+    sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    sample = z_test[torch.randperm(len(z_test), generator=sample_gen)[:STABILITY_POINTS]].to(device)
+    stab_before = ckpt.meta["stab_before"] if ckpt.done("phase2") else jacobian_stability(head.odefunc, sample)
 
     t0 = time.perf_counter()
-    m2 = phase2(head.odefunc, z_tr, cfg.phase2, cfg.regularizer, device=device, generator=gen, reporter=reporter)
+    if ckpt.done("phase2"):
+        head.load_state_dict({n[5:]: v for n, v in ckpt.tensors.items() if n.startswith("head.")})
+        m2 = ckpt.meta["phase2"]
+        ckpt.restore_rng_if_last("phase2", gen)
+    else:
+        m2 = phase2(head.odefunc, z_tr, cfg.phase2, cfg.regularizer, device=device, generator=gen, reporter=reporter)
+        ckpt.save("phase2", gen, head_state(), phase2=m2, stab_before=stab_before)
     timings["phase2"] = time.perf_counter() - t0
     stab_after = jacobian_stability(head.odefunc, sample)
 
@@ -198,4 +296,5 @@ def harden(cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = No
     if probe is not None:
         tensors.update({f"probe.{k_}": v for k_, v in probe.state_dict().items()})
     save_model_file(out, tensors, meta)
+    ckpt.remove()
     return summary

@@ -113,11 +113,6 @@ def test_pretrain_builds_its_config(tmp_path, monkeypatch):
     assert "wrote" in result.stdout
 
 
-@pytest.mark.xfail(
-    reason="cli.py main(): --version is a plain eager option handled in the group callback, which Click never "
-    "runs without a subcommand ('Missing command.', exit 2); it needs an option callback raising typer.Exit",
-    strict=True,
-)
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0, result.output
