@@ -98,6 +98,24 @@ class RichReporter:
         self.console.print(message, markup=False, highlight=False)
 
 
+class _NullReporter:
+    """Progress for ranks other than 0 under torchrun: silent."""
+
+    def __enter__(self):
+        from .phases import Reporter
+
+        return Reporter()
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _reporter():
+    from . import distributed
+
+    return RichReporter(err_console) if distributed.is_main() else _NullReporter()
+
+
 def _handle(fn):
     """Map every failure to one line on stderr and an exit code, in one place."""
 
@@ -235,8 +253,13 @@ def harden(
     cfg = resolve(HardenConfig, recipe=recipe, overrides=overrides)
     if not cfg.model:
         raise UsageError("no MODEL given and the recipe names none")
-    with RichReporter(err_console) as rep:
+    from . import distributed
+
+    distributed.init_from_env(cfg.device)
+    with _reporter() as rep:
         summary = run(cfg, out, reporter=rep, resume=resume)
+    if not distributed.is_main():
+        return
     if json_:
         _print_json(summary)
     else:
@@ -271,7 +294,7 @@ def attack(
     attacks: Annotated[Optional[str], typer.Option("--attacks", help="Comma-separated attack names instead of a suite.")] = None,
     norm: Annotated[Norm, typer.Option("--norm", help="Threat model.")] = Norm.Linf,
     eps: Annotated[str, typer.Option("--eps", help="Budget(s) in [0,1] pixel units, e.g. 8/255 or 4/255,8/255,16/255.")] = "8/255",
-    n: Annotated[int, typer.Option("--n", min=1, help="Test samples, drawn class by class with --seed.")] = 1000,
+    n: Annotated[int, typer.Option("--n", "--samples", min=1, help="Test samples, drawn class by class with --seed (--samples under torchrun, whose parser takes --n).")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Sample selection and attack seed.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Override the iterations of every iterative attack (recorded; lower than reference = weaker).")] = None,
@@ -295,15 +318,20 @@ def attack(
     cfg = AttackConfig(suite=suite.value, attacks=names, norm=norm.value, eps=eps_list, n=n, seed=seed, batch_size=batch_size,
                        all_samples=all_samples, steps=steps, queries=queries, checks=not no_checks)
     cfg.validate()
+    from . import distributed
+
     meta = hardened_meta(model)
+    distributed.init_from_env(device.value if device else "auto")
     dev = resolve_device(device.value if device else "auto")
     spec = meta["backbone"]
     if not data:
         raise UsageError("--data is required (the data the model was hardened on, e.g. demo)")
     ds = load_data(data, data_dir=data_dir or "", download=bool(download), channels=int(spec["in_chans"]),
                    image_size=image_size or int(spec["input_size"][-1]))
-    with RichReporter(err_console) as rep:
-        doc = run_evaluation(model, ds, cfg, out=out, device=dev, reporter=rep, data_spec=data)
+    with _reporter() as rep:
+        doc = run_evaluation(model, ds, cfg, out=out, device=distributed.device_for_rank(dev), reporter=rep, data_spec=data)
+    if not distributed.is_main():
+        return
     summary = summarize(doc)
     if out:
         summary["out"] = str(out)
@@ -384,4 +412,9 @@ def run() -> None:
     """Console-script entry point."""
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")  # never hang on an unreachable hub
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
-    app()
+    try:
+        app()
+    finally:
+        from . import distributed
+
+        distributed.shutdown()

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from .attacks import ATTACKS, AttackParams, Target, project, suite_attacks
+from .distributed import all_gather_objects, gather_merge, is_main, map_batches, mine
 from .errors import ResultsError, UsageError
 from .io import read_json, sha256_file, versions, write_json
 
@@ -252,12 +253,13 @@ def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str 
     plan = suite_attacks(cfg.suite, list(cfg.attacks), cfg.norm)
     data_desc = {"spec": data_spec or data.name, "split": "test", "classes": list(data.classes), "test_size": len(data.test)}
     doc = _new_results(model_path, meta, data_desc, cfg, indices, y_all, device, plan)
-    if out is not None and Path(out).exists():
+    if out is not None and is_main() and Path(out).exists():
         old = read_json(out)
         _check_resume(old, doc)
         doc = old
         doc["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    save = (lambda: write_json(out, doc)) if out is not None else (lambda: None)
+    doc = all_gather_objects(doc)[0]  # torchrun: every rank continues from rank 0's view (no shared disk needed)
+    save = (lambda: write_json(out, doc)) if out is not None and is_main() else (lambda: None)
     fixed_step = meta.get("config", {}).get("head", {}).get("step_size")
     cascade(base, hardened, x_all, y_all, cfg, plan=plan, n_classes=len(classes), fixed_step=fixed_step, doc=doc,
             save=save, reporter=reporter, device=device)
@@ -284,7 +286,7 @@ def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Attac
             model = base if mname == "base" else hardened
             mrec = run["models"].setdefault(mname, {"attacks": {}})
             if "clean" not in mrec:
-                pred = _predict(model, x_all, cfg.batch_size, device)
+                pred = map_batches(lambda a, b: _predict(model, x_all[a:b], cfg.batch_size, device), len(y_all), cfg.batch_size)
                 mrec["clean"] = [bool(v) for v in (pred == y_all).tolist()]
                 save()
             target = _target(mname, base, hardened, fixed_step)
@@ -303,7 +305,9 @@ def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Attac
                 reporter.start(task, len(idx))
                 t0 = time.perf_counter()
                 projected = 0
-                for s in range(0, len(idx), cfg.batch_size):
+                for b, s in enumerate(range(0, len(idx), cfg.batch_size)):
+                    if not mine(b):  # torchrun: batch b runs on rank b % world, same composition as one process
+                        continue
                     j = idx[s : s + cfg.batch_size]
                     x, y = x_all[j].to(device), y_all[j].to(device)
                     torch.manual_seed(p.seed + s)
@@ -315,7 +319,9 @@ def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Attac
                     for jj, ok in zip(j.tolist(), (pred == y.cpu()).tolist()):
                         flags[jj] = bool(ok)
                     reporter.advance(task, len(j))
-                seconds = time.perf_counter() - t0
+                flags = gather_merge(flags)
+                seconds = max(all_gather_objects(time.perf_counter() - t0))
+                projected = sum(all_gather_objects(projected))
                 reporter.end(task)
                 mrec["attacks"][aname] = {
                     "kind": spec.kind,
@@ -327,7 +333,7 @@ def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Attac
                 }
                 robust = torch.tensor(worst_case_flags(mrec["clean"], mrec["attacks"]), dtype=torch.bool)
                 save()
-        if cfg.checks and "extra_checks" not in run:
+        if cfg.checks and "extra_checks" not in run and is_main():
             m = min(cfg.check_samples, len(indices))
             sub = torch.linspace(0, len(indices) - 1, m).round().long()  # spread over the (interleaved) classes
             extra = [_batch_check(hardened, x_all[sub], cfg, device)]

@@ -21,6 +21,7 @@ from .errors import ModelError, ModelFileError, SodefError
 from .head import SODEFHead, simplex_classifier
 from .io import read_metadata, save_model_file, sha256_file, versions
 from .phases import Reporter, accuracy_from_logits, batched_logits, extract_features, fit_probe, phase1, phase2, phase3
+from .distributed import device_for_rank, is_main, rank
 from .runtime import resolve_device, seed_everything
 
 __all__ = ["harden", "state_digest"]
@@ -145,7 +146,7 @@ def harden(cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = No
     t_all = time.perf_counter()
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = device_for_rank(resolve_device(cfg.device))
 
     t0 = time.perf_counter()
     backbone, spec, source, data = _load_model(cfg, reporter)
@@ -173,6 +174,8 @@ def harden(cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = No
         h_test = extract_features(feature_fn, data.test, device=device, batch_size=cfg.feature_batch_size, reporter=reporter, task="features (test)")
         ckpt.save("features", gen, {"features.train": h_train_all, "features.test": h_test})
     timings["features"] = time.perf_counter() - t0
+    if not is_main():  # torchrun: the other ranks only helped extract features; the head trains on rank 0
+        return {"rank": rank(), "features": int(h_train_all.shape[0] + h_test.shape[0])}
     y_all, y_test = data.train.labels, data.test.labels
     h_tr, y_tr, h_val, y_val = h_train_all[tr_idx], y_all[tr_idx], h_train_all[val_idx], y_all[val_idx]
     if not torch.isfinite(h_train_all).all():

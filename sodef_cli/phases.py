@@ -54,18 +54,25 @@ def _solve_guard(fn, phase: str, step: int):
 def extract_features(
     feature_fn, images, *, device: torch.device, batch_size: int, reporter: Reporter, task: str
 ) -> torch.Tensor:
-    """``feature_fn`` (float [0,1] images on device -> (B, d)) over an ImageSet, once. Returns float32 CPU."""
-    out = []
+    """``feature_fn`` (float [0,1] images on device -> (B, d)) over an ImageSet, once. Returns float32 CPU.
+
+    Under torchrun the batches are spread over the ranks and gathered in order (``distributed.py``).
+    """
+    from .distributed import map_batches
+
     reporter.start(task, len(images))
     use_amp = device.type == "cuda"
-    for x, _ in images.batches(batch_size):
-        x = x.to(device, non_blocking=True)
+
+    def one(start: int, stop: int) -> torch.Tensor:
+        x = images.floats(slice(start, stop)).to(device, non_blocking=True)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
             h = feature_fn(x)
-        out.append(h.float().cpu())
-        reporter.advance(task, x.shape[0])
+        reporter.advance(task, stop - start)
+        return h.float().cpu()
+
+    out = map_batches(one, len(images), batch_size)
     reporter.end(task)
-    return torch.cat(out)
+    return out
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator):

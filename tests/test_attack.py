@@ -1,0 +1,231 @@
+"""`sodef attack`: cascade semantics, resumable results, JSON summary, attack registry, distributed equality."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sodef_cli.attacks import ATTACKS, SUITES, AttackParams, Target, project, suite_attacks
+from sodef_cli.cli import app
+from sodef_cli.errors import ResultsError, UsageError
+from sodef_cli.evaluate import AttackConfig, masking_checks, run_evaluation, summarize, worst_case_flags
+
+runner = CliRunner()
+FAST = ["--steps", "2", "--queries", "10", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def adaptive_file(tmp_path_factory, tiny_harden_overrides):
+    """A tiny hardened model solved with the adaptive dopri5 solver (batch-dependent, as shipped)."""
+    from sodef_cli.config import HardenConfig, resolve
+    from sodef_cli.harden import harden
+
+    out = tmp_path_factory.mktemp("adaptive") / "h.safetensors"
+    cfg = resolve(HardenConfig, overrides={"model": "test_resnet", **tiny_harden_overrides, "head.solver": "dopri5"})
+    harden(cfg, out)
+    return out
+
+
+def _attack(path, *args):
+    return runner.invoke(app, ["attack", str(path), "--data", "demo", "--image-size", "16", *FAST, *args])
+
+
+def test_worst_case_is_per_sample_and_of_flags():
+    clean = [True, True, True, False, True]
+    attacks = {
+        "a": {"robust": [True, False, True, None, True]},
+        "b": {"robust": [True, None, False, None, True]},
+    }
+    assert worst_case_flags(clean, attacks) == [True, False, False, False, True]
+    # never above any single attack or clean
+    s = sum(worst_case_flags(clean, attacks))
+    assert s <= min(sum(1 for f in r["robust"] if f is True) for r in attacks.values())
+
+
+def test_cascade_results_and_summary_schema(adaptive_file, tmp_path):
+    out = tmp_path / "r.json"
+    res = _attack(adaptive_file, "--suite", "quick", "--n", "24", "--out", str(out), "--json", "--eps", "4/255,8/255")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["n"] == 24 and summary["norm"] == "Linf"
+    assert summary["eps"] == pytest.approx(4 / 255)
+    assert [c["eps"] for c in summary["curve"]] == pytest.approx([4 / 255, 8 / 255])
+    for m in ("base", "hardened"):
+        ms = summary["models"][m]
+        assert set(ms) >= {"clean", "worst_case", "attacks"}
+        assert 0.0 <= ms["worst_case"] <= min([ms["clean"], *ms["attacks"].values()])
+    assert set(summary["models"]["hardened"]["attacks"]) == set(SUITES["quick"]["hardened"])
+    assert set(summary["models"]["base"]["attacks"]) == set(SUITES["quick"]["base"])
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "sodef_cli/attack-results" and doc["schema_version"] == 1 and doc["complete"]
+    assert len(doc["indices"]) == 24 and len(set(doc["indices"])) == 24
+    for run in doc["runs"]:
+        for m, rec in run["models"].items():
+            wc = worst_case_flags(rec["clean"], rec["attacks"])
+            # cascade: an attack only ran on samples that were still robust
+            alive = list(rec["clean"])
+            for name in SUITES["quick"][m]:
+                flags = rec["attacks"][name]["robust"]
+                assert all((f is None) == (not a) for f, a in zip(flags, alive))
+                alive = [a and f is True for a, f in zip(alive, flags)]
+            assert wc == alive
+        names = {c["name"] for c in run["checks"]}
+        assert {"transfer beats direct", "predictions independent of batch composition",
+                "accuracy near zero at a very large eps"} <= names
+
+
+def test_all_samples_runs_every_attack_on_every_correct_sample(adaptive_file, tmp_path):
+    out = tmp_path / "r.json"
+    res = _attack(adaptive_file, "--attacks", "fgsm,pgd,transfer-pgd", "--n", "16", "--all-samples", "--no-checks", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    rec = json.loads(out.read_text())["runs"][0]["models"]["hardened"]
+    for a in rec["attacks"].values():
+        assert [f is not None for f in a["robust"]] == rec["clean"]
+    base = json.loads(out.read_text())["runs"][0]["models"]["base"]
+    assert "transfer-pgd" not in base["attacks"]  # ODE attacks are for hardened models only
+
+
+def test_results_resume_skips_finished_attacks(adaptive_file, tmp_path, monkeypatch):
+    out = tmp_path / "r.json"
+    import sodef_cli.attacks as A
+
+    calls = []
+    real = A.ATTACKS["fgsm"].run
+
+    def counting(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    spec = A.ATTACKS["fgsm"]
+    monkeypatch.setitem(A.ATTACKS, "fgsm", type(spec)(spec.name, spec.kind, spec.norms, spec.hardened_only, counting, spec.params))
+
+    def boom(*args, **kw):
+        raise KeyboardInterrupt
+
+    pgd = A.ATTACKS["pgd"]
+    monkeypatch.setitem(A.ATTACKS, "pgd", type(pgd)(pgd.name, pgd.kind, pgd.norms, pgd.hardened_only, boom, pgd.params))
+    res = _attack(adaptive_file, "--attacks", "fgsm,pgd", "--n", "16", "--no-checks", "--out", str(out))
+    assert res.exit_code == 130
+    partial = json.loads(out.read_text())
+    assert not partial["complete"] and "fgsm" in partial["runs"][0]["models"]["base"]["attacks"]
+    n_first = len(calls)
+    monkeypatch.setitem(A.ATTACKS, "pgd", pgd)
+    res = _attack(adaptive_file, "--attacks", "fgsm,pgd", "--n", "16", "--no-checks", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    done = json.loads(out.read_text())
+    assert done["complete"]
+    # fgsm on base was finished before the interruption and is not rerun
+    assert len(calls) - n_first <= 1
+    assert done["runs"][0]["models"]["base"]["attacks"]["fgsm"] == partial["runs"][0]["models"]["base"]["attacks"]["fgsm"]
+
+
+def test_resume_with_other_settings_is_refused(adaptive_file, tmp_path):
+    out = tmp_path / "r.json"
+    assert _attack(adaptive_file, "--attacks", "fgsm", "--n", "8", "--no-checks", "--out", str(out)).exit_code == 0
+    res = _attack(adaptive_file, "--attacks", "fgsm", "--n", "12", "--no-checks", "--out", str(out))
+    assert res.exit_code == 1 and "different" in res.stderr
+
+
+def test_same_seed_same_results(adaptive_file, tmp_path):
+    docs = []
+    for name in ("a.json", "b.json"):
+        res = _attack(adaptive_file, "--suite", "quick", "--n", "16", "--no-checks", "--out", str(tmp_path / name))
+        assert res.exit_code == 0, res.output
+        docs.append(json.loads((tmp_path / name).read_text()))
+    strip = lambda d: [{m: (r["clean"], {k: v["robust"] for k, v in r["attacks"].items()}) for m, r in run["models"].items()} for run in d["runs"]]
+    assert strip(docs[0]) == strip(docs[1]) and docs[0]["indices"] == docs[1]["indices"]
+
+
+def test_suite_validation():
+    with pytest.raises(UsageError, match="do not support --norm L2"):
+        suite_attacks(None, ["spsa"], "L2")
+    with pytest.raises(UsageError, match="unknown attack"):
+        suite_attacks(None, ["nope"], "Linf")
+    plan = suite_attacks("adaptive", [], "L2")
+    assert "spsa" not in plan["hardened"] and "apgd-ce" in plan["hardened"]
+    with pytest.raises(UsageError):
+        AttackConfig(eps=(2.0,)).validate()
+
+
+def test_autoattack_components_use_reference_settings():
+    p = AttackParams(norm="Linf", eps=8 / 255, n_classes=100)
+    assert ATTACKS["apgd-ce"].params(p) == {"steps": 100}
+    assert ATTACKS["apgd-t"].params(p) == {"steps": 100, "targets": 9}
+    assert ATTACKS["fab-t"].params(p) == {"steps": 100, "targets": 9}
+    assert ATTACKS["square"].params(p) == {"queries": 5000}
+    assert SUITES["standard"]["hardened"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+@pytest.mark.parametrize("norm,eps", [("Linf", 8 / 255), ("L2", 0.5)])
+def test_every_attack_stays_in_the_threat_model(hardened_file, demo_data, norm, eps):
+    from sodef_cli.data import load_data
+    from sodef_cli.models import load_pair
+
+    base, hardened, _ = load_pair(hardened_file)
+    data = load_data("demo", image_size=16)
+    x, y = data.test.floats(slice(0, 6)), data.test.labels[:6]
+    p = AttackParams(norm=norm, eps=eps, n_classes=10, steps=2, queries=5)
+    target = Target("hardened", hardened, base, fixed=hardened.variant("fixed"), bpda=hardened.variant("bpda"), features=hardened.features)
+    for name, spec in ATTACKS.items():
+        if norm not in spec.norms:
+            continue
+        xa = spec.run(target, x, y, p)
+        assert xa.shape == x.shape, name
+        xp = project(xa, x, norm, eps)
+        assert xp.min() >= 0 and xp.max() <= 1
+        d = (xp - x).flatten(1)
+        size = d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)
+        assert (size <= eps + 1e-5).all(), name
+
+
+def test_fixed_and_bpda_variants_share_weights_and_forward(hardened_file, demo_data):
+    from sodef_cli.data import load_data
+    from sodef_cli.models import load_pair
+
+    _, hardened, _ = load_pair(hardened_file)
+    x = load_data("demo", image_size=16).test.floats(slice(0, 4)).requires_grad_(True)
+    bpda = hardened.variant("bpda")
+    assert torch.allclose(bpda(x), hardened(x))  # true forward
+    g = torch.autograd.grad(bpda(x).sum(), x)[0]
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    fixed = hardened.variant("fixed")
+    assert fixed.head.ode.solver == "rk4" and not fixed.head.ode.adjoint
+    assert fixed.head.proj is hardened.head.proj
+
+
+def test_masking_checks_name_their_evidence():
+    run = {"models": {"hardened": {"clean": [True, True, True, True], "attacks": {
+        "apgd-ce": {"kind": "white-box", "robust": [True, True, True, False]},
+        "transfer-apgd-ce": {"kind": "transfer", "robust": [False, True, True, None]},
+        "square": {"kind": "black-box", "robust": [None, True, True, None]},
+    }}}}
+    checks = {c["name"]: c for c in masking_checks(run)}
+    assert checks["transfer beats direct"]["flagged"] is True
+    assert "fooled 1 of the 3" in checks["transfer beats direct"]["evidence"]
+    assert checks["black-box beats white-box"]["flagged"] is False
+    assert checks["fixed-step gradients beat adaptive-solver gradients"]["flagged"] is None
+
+
+def test_torchrun_two_processes_equal_single_process(adaptive_file, tmp_path):
+    """gloo, 2 CPU processes: merged results identical to one process with the same seed."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = ["attack", str(adaptive_file), "--data", "demo", "--image-size", "16", "--suite", "quick", "--samples", "24",
+              "--steps", "2", "--batch-size", "8"]
+    single = subprocess.run([sys.executable, "-m", "sodef_cli", *common, "--out", str(tmp_path / "one.json")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr
+    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "sodef_cli", *common,
+                           "--out", str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=600)
+    assert dist.returncode == 0, dist.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    flags = lambda d: [(r["eps"], {m: (v["clean"], {k: x["robust"] for k, x in v["attacks"].items()}) for m, v in r["models"].items()}) for r in d["runs"]]
+    assert a["indices"] == b["indices"]
+    assert flags(a) == flags(b)
+    no_time = lambda d: {m: {k: v for k, v in s.items() if k != "seconds"} for m, s in summarize(d)["models"].items()}
+    assert no_time(a) == no_time(b)
+    print("single:", json.dumps(no_time(a)), "distributed:", json.dumps(no_time(b)))
