@@ -6,6 +6,7 @@ Normalization lives inside the models built here, so every model maps [0,1] imag
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,8 +48,9 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
+        """Parse untrusted metadata; ``ModelFileError`` unless every field has a sane type and value."""
         try:
-            return cls(
+            spec = cls(
                 timm_name=str(d["timm_name"]),
                 num_classes=int(d["num_classes"]),
                 in_chans=int(d["in_chans"]),
@@ -58,8 +60,21 @@ class ModelSpec:
                 classes=[str(c) for c in d.get("classes", [])],
                 model_kwargs=dict(d.get("model_kwargs", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"model metadata is incomplete or malformed ({exc})") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise ModelFileError(f"model metadata is incomplete or malformed ({type(exc).__name__}: {exc})") from None
+        c = spec.in_chans
+        if spec.num_classes < 0 or c < 1 or len(spec.input_size) != 3 or min(spec.input_size) < 1 or spec.input_size[0] != c:
+            raise ModelFileError(f"model metadata has impossible sizes (num_classes {spec.num_classes}, in_chans {c}, input_size {spec.input_size})")
+        if len(spec.mean) != c or len(spec.std) != c or not all(math.isfinite(v) for v in spec.mean + spec.std) or 0.0 in spec.std:
+            raise ModelFileError(f"model metadata has an invalid normalization (mean {spec.mean}, std {spec.std} for {c} channels)")
+        reserved = sorted(set(spec.model_kwargs) & _FACTORY_KWARGS)
+        if reserved:  # these make timm read other files or the hub: never from a model file
+            raise ModelFileError(f"model metadata passes {', '.join(reserved)} to timm; refused")
+        return spec
+
+
+# timm.create_model arguments that load weights or configs from elsewhere
+_FACTORY_KWARGS = {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir"}
 
 
 class Normalize(nn.Module):
@@ -192,11 +207,39 @@ def build_backbone(
 
 
 def rebuild(spec: ModelSpec, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The timm model of ``spec`` with ``state`` loaded; sizes from metadata are checked before allocating."""
+    # the sizes come from a file: build on the meta device first (no memory) and compare every shape with the
+    # file's tensors, so forged metadata cannot make us allocate more than the file holds
+    expected = _meta_shapes(lambda: create_timm(spec.timm_name, num_classes=spec.num_classes, in_chans=spec.in_chans,
+                                                kwargs=spec.model_kwargs))
+    if expected is not None:
+        check_shapes(expected, state, f"weights do not fit timm {spec.timm_name}")
     model = create_timm(spec.timm_name, num_classes=spec.num_classes, in_chans=spec.in_chans, kwargs=spec.model_kwargs)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even with strict=False
+        raise ModelFileError(f"weights do not fit timm {spec.timm_name}: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise ModelFileError(f"weights do not fit timm {spec.timm_name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return model
+
+
+def _meta_shapes(make) -> dict[str, torch.Size] | None:
+    """Tensor shapes of the module ``make()`` builds, built on the meta device; None where that fails."""
+    try:
+        with torch.device("meta"):
+            return {k: v.shape for k, v in make().state_dict().items()}
+    except Exception:  # noqa: BLE001 - some models cannot be built on meta; the real build checks then
+        return None
+
+
+def check_shapes(expected: dict[str, torch.Size], state: dict[str, torch.Tensor], what: str) -> None:
+    """``ModelFileError`` unless ``state`` holds exactly the tensors of ``expected``, shape for shape."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {list(state[k].shape)} (expected {list(v)})" for k, v in expected.items() if k in state and state[k].shape != v]
+    if missing or unexpected or wrong:
+        raise ModelFileError(f"{what}: missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}")
 
 
 def split_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ __all__ = [
     "TrainingDivergedError",
     "DeviceError",
     "ResultsError",
+    "OutputError",
     "EXIT_OK",
     "EXIT_RUNTIME",
     "EXIT_USAGE",
@@ -60,3 +61,7 @@ class DeviceError(SodefError):
 
 class ResultsError(SodefError):
     """A results file that cannot be read, or does not match the run it should resume."""
+
+
+class OutputError(SodefError):
+    """An output file that cannot be written (a folder in the way, no permission, disk full)."""

@@ -11,14 +11,17 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import stat
 import struct
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from .errors import ModelFileError, ResultsError
+from .errors import ModelFileError, OutputError, ResultsError
 
 __all__ = [
     "atomic_path",
@@ -44,21 +47,41 @@ FORMATS = ("sodef_cli/base", "sodef_cli/hardened")
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it into place, else delete it.
 
-    Ctrl-C at any moment leaves either no file or the previous complete one.
+    Ctrl-C at any moment leaves either no file or the previous complete one. The file gets the mode a
+    plain ``open(path, "w")`` gives: that of the file it replaces, else 0666 less the umask. An output
+    that cannot be written (a folder in the way, no permission, disk full) raises ``OutputError``.
     """
     dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        if dest.is_dir():
+            raise OutputError(f"cannot write {dest}: it is a folder")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, _file_mode(dest))
         os.replace(tmp_path, dest)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"cannot write {dest}: a parent of it is a file, not a folder") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write {dest}: {exc.strerror or exc}") from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def _file_mode(dest: Path) -> int:
+    """Permission bits for ``dest``: those of the file it replaces, else 0666 less the umask (mkstemp gives 0600)."""
+    try:
+        return stat.S_IMODE(dest.stat().st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -96,7 +119,8 @@ def save_model_file(path: str | Path, tensors: dict[str, torch.Tensor], meta: di
         save_file(clean, str(tmp), metadata={META_KEY: doc})
 
 
-def _read_header(path: Path) -> dict:
+def _read_header(path: Path) -> tuple[dict, int]:
+    """(header, length of the tensor data that follows it)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as fh:
@@ -115,7 +139,7 @@ def _read_header(path: Path) -> dict:
         raise ModelFileError(f"{path} is not a valid safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise ModelFileError(f"{path} is not a valid safetensors file (its header is not a JSON object)")
-    return header
+    return header, size - 8 - n
 
 
 def read_metadata(path: str | Path, *, expect: str | None = None) -> dict:
@@ -129,7 +153,7 @@ def read_metadata(path: str | Path, *, expect: str | None = None) -> dict:
         raise ModelFileError(f"model file {p} does not exist")
     if p.is_dir():
         raise ModelFileError(f"{p} is a folder, not a model file")
-    header = _read_header(p)
+    header, size = _read_header(p)
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or META_KEY not in meta:
         raise ModelFileError(
@@ -154,8 +178,7 @@ def read_metadata(path: str | Path, *, expect: str | None = None) -> dict:
         )
     if expect and doc["format"] != expect:
         raise ModelFileError(f"{p} is a {doc['format']} file; expected {expect}")
-    # tensor entries must be well-formed and inside the file
-    size = p.stat().st_size - 8
+    # tensor entries must be well-formed and inside the data that follows the header
     for k, v in header.items():
         if k == "__metadata__":
             continue
@@ -188,9 +211,23 @@ def _clean_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _unpickle_reason(exc: Exception) -> str:
+    """The useful part of torch's weights_only refusal: what the file holds, without torch's advice to disable it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds Python objects ({found.group(1)}), not only tensors"
+    text = text.replace("WeightsUnpickler error:", "\n")
+    skip = ("weights only load failed", "weights_only", "check the documentation", "please file an issue")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not any(w in ln.lower() for w in skip)]
+    return lines[0][:200] if lines else type(exc).__name__
+
+
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` file or a ``.pth``/``.pt``/``.bin`` read with ``weights_only=True``."""
     p = Path(path)
+    if p.is_dir():
+        raise ModelFileError(f"checkpoint {p} is a folder, not a weights file")
     if not p.is_file():
         raise ModelFileError(f"checkpoint {p} does not exist")
     if p.suffix == ".safetensors":
@@ -198,11 +235,12 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
         sd = load_tensors(p)
     else:
         try:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the error says it all
+                warnings.simplefilter("ignore")
+                obj = torch.load(str(p), map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle errors have many types; none may escape as a traceback
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelFileError(
-                f"refused to load {p} with weights_only=True ({msg}); only plain tensors are accepted. "
+                f"refused to load {p} with weights_only=True ({_unpickle_reason(exc)}); only plain tensors are accepted. "
                 "Convert trusted checkpoints to safetensors"
             ) from None
         if isinstance(obj, dict):
@@ -210,7 +248,7 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
                 if key in obj and isinstance(obj[key], dict):
                     obj = obj[key]
                     break
-        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
             raise ModelFileError(f"{p} does not hold a state dict of tensors")
         sd = obj
     return _clean_keys(sd)

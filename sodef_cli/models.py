@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbone import BaseClassifier, ModelSpec, freeze, rebuild, split_state
+from .backbone import BaseClassifier, ModelSpec, _meta_shapes, check_shapes, freeze, rebuild, split_state
 from .config import HeadConfig, from_dict
 from .errors import ModelFileError
 from .head import HardenedClassifier, SODEFHead
@@ -20,7 +20,22 @@ __all__ = ["load_hardened", "load_base", "load_pair", "hardened_meta"]
 
 
 def hardened_meta(path: str | Path) -> dict:
-    return read_metadata(path, expect="sodef_cli/hardened")
+    """The metadata of a hardened file, its fields checked (commands read them before loading the model)."""
+    return _checked(read_metadata(path, expect="sodef_cli/hardened"), path)
+
+
+def _checked(meta: dict, path: str | Path) -> dict:
+    """``meta`` once the fields the loaders and commands use are checked (``ModelFileError`` otherwise)."""
+    ModelSpec.from_dict(meta.get("backbone", {}))
+    if meta["format"] != "sodef_cli/hardened":
+        return meta
+    _head_config(meta)
+    classes, k, d = meta.get("classes"), meta.get("num_classes"), meta.get("feature_dim")
+    if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+        raise ModelFileError(f"{path}: hardened metadata has no list of class names")
+    if not (isinstance(k, int) and k == len(classes) >= 2 and isinstance(d, int) and d >= 1):
+        raise ModelFileError(f"{path}: hardened metadata has impossible sizes (num_classes {k!r}, {len(classes)} classes, feature_dim {d!r})")
+    return meta
 
 
 def _head_config(meta: dict) -> HeadConfig:
@@ -33,7 +48,7 @@ def _head_config(meta: dict) -> HeadConfig:
 
 
 def _build(path: str | Path, device: str | torch.device) -> tuple[BaseClassifier, HardenedClassifier | None, dict]:
-    meta = read_metadata(path)
+    meta = _checked(read_metadata(path), path)
     tensors = load_tensors(path)
     spec = ModelSpec.from_dict(meta.get("backbone", {}))
     backbone = freeze(rebuild(spec, split_state(tensors, "backbone.")))
@@ -44,18 +59,21 @@ def _build(path: str | Path, device: str | torch.device) -> tuple[BaseClassifier
         if w is None or w.ndim != 2:
             raise ModelFileError(f"{path}: probe weights are malformed")
         probe = nn.Linear(w.shape[1], w.shape[0])
+        check_shapes({k: v.shape for k, v in probe.state_dict().items()}, probe_state, f"{path}: probe weights are malformed")
         probe.load_state_dict(probe_state)
     base = BaseClassifier(backbone, spec, probe)
     hardened = None
     if meta["format"] == "sodef_cli/hardened":
         cfg = _head_config(meta)
-        try:
-            head = SODEFHead(int(meta["feature_dim"]), int(meta["num_classes"]), cfg, orthogonal=False)
-            missing, unexpected = head.load_state_dict(split_state(tensors, "head."), strict=False)
-        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            raise ModelFileError(f"{path}: head weights do not match its metadata ({exc})") from None
-        if missing or unexpected:
-            raise ModelFileError(f"{path}: head weights missing {missing[:3]} / unexpected {unexpected[:3]}")
+        head_state = split_state(tensors, "head.")
+        make = lambda: SODEFHead(int(meta["feature_dim"]), int(meta["num_classes"]), cfg, orthogonal=False)
+        # sizes from metadata are compared with the file's tensors on the meta device before any allocation
+        expected = _meta_shapes(make)
+        if expected is None:
+            raise ModelFileError(f"{path}: the head described by its metadata cannot be built")
+        check_shapes(expected, head_state, f"{path}: head weights do not match its metadata")
+        head = make()
+        head.load_state_dict(head_state)
         hardened = HardenedClassifier(backbone, spec, head)
         freeze(hardened).to(device)
     freeze(base).to(device)
