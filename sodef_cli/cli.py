@@ -128,7 +128,7 @@ def _handle(fn):
         except SodefError as exc:
             if _state["debug"]:
                 traceback.print_exc()
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]: no partial output was left behind")
@@ -142,7 +142,7 @@ def _handle(fn):
                 msg = "out of GPU memory; lower --batch-size (attack) or --set feature_batch_size=... / phaseN.batch_size=... (harden)"
             else:
                 msg = f"internal error: {type(exc).__name__}: {exc}" + ("" if _state["debug"] else " (run with --debug for the traceback)")
-            err_console.print(f"[bold red]error:[/] {msg}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=EXIT_RUNTIME) from None
 
     return wrapper

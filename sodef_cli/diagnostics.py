@@ -89,7 +89,7 @@ def card_diagnostics(path: str | Path, data_spec: str, *, n: int = 512, data_dir
         ``head_diagnostics`` figures plus ``data``, ``split``, ``samples`` and ``batch``.
     """
     from .data import load_data, select_samples
-    from .errors import UsageError
+    from .errors import ModelError, UsageError
     from .models import load_pair
 
     _, hardened, meta = load_pair(path, device)
@@ -97,7 +97,7 @@ def card_diagnostics(path: str | Path, data_spec: str, *, n: int = 512, data_dir
     data = load_data(data_spec, data_dir=data_dir, channels=int(spec["in_chans"]), image_size=int(spec["input_size"][-1]))
     classes = meta.get("classes", [])
     if len(classes) != len(data.classes):
-        raise UsageError(f"class-count mismatch: {path} has {len(classes)} classes, --data {data_spec} has {len(data.classes)}")
+        raise ModelError(f"class-count mismatch: {path} has {len(classes)} classes, --data {data_spec} has {len(data.classes)}")
     idx = select_samples(data.test.labels, n, seed)
     x = data.test.floats(idx)
     with torch.no_grad():

@@ -23,7 +23,7 @@ import torch
 
 from .attacks import ATTACKS, AttackParams, Target, project, suite_attacks
 from .distributed import all_gather_objects, gather_merge, is_main, map_batches, mine
-from .errors import ResultsError, UsageError
+from .errors import ModelError, ResultsError, UsageError
 from .io import read_json, sha256_file, versions, write_json
 
 __all__ = ["AttackConfig", "run_evaluation", "summarize", "worst_case_flags", "SCHEMA", "SCHEMA_VERSION", "masking_checks"]
@@ -241,7 +241,7 @@ def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str 
     base, hardened, meta = load_pair(model_path, device)
     classes = meta.get("classes", [])
     if len(classes) != len(data.classes):
-        raise UsageError(f"class-count mismatch: {model_path} has {len(classes)} classes, the data has {len(data.classes)}")
+        raise ModelError(f"class-count mismatch: {model_path} has {len(classes)} classes, the data has {len(data.classes)}")
     spec_size = meta["backbone"]["input_size"]
     if list(data.test.images.shape[1:]) != list(spec_size):
         raise UsageError(f"the data's images are {list(data.test.images.shape[1:])}, the model expects {spec_size}; pass --image-size")

@@ -17,7 +17,7 @@ from .backbone import ModelSpec, backbone_features, build_backbone, freeze, load
 from .config import HardenConfig, to_dict
 from .data import load_data, stratified_split
 from .diagnostics import jacobian_stability
-from .errors import ModelError, ModelFileError, SodefError
+from .errors import ModelError, ModelFileError, OutputError, SodefError, TrainingDivergedError
 from .head import SODEFHead, simplex_classifier
 from .io import read_metadata, save_model_file, sha256_file, versions
 from .phases import Reporter, accuracy_from_logits, batched_logits, extract_features, fit_probe, phase1, phase2, phase3
@@ -139,8 +139,23 @@ def harden(cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = No
     """Run hardening end to end and write ``out``. Returns the summary (also stored in the file).
 
     With ``resume``, stages finished by an interrupted run with the same config are loaded from
-    ``OUT.resume`` instead of recomputed.
+    ``OUT.resume`` instead of recomputed. A run that diverges (NaN/inf) leaves no file at all: its
+    checkpoint would only replay the divergence.
     """
+    out_path = Path(out)
+    if out_path.is_dir():
+        raise OutputError(f"cannot write {out_path}: it is a folder")
+    parent = next((p for p in out_path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputError(f"cannot write {out_path}: a parent of it is a file, not a folder")
+    try:
+        return _harden(cfg, out_path, reporter=reporter, resume=resume)
+    except TrainingDivergedError:
+        Path(str(out_path) + ".resume").unlink(missing_ok=True)
+        raise
+
+
+def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: bool) -> dict[str, Any]:
     reporter = reporter or Reporter()
     timings: dict[str, float] = {}
     t_all = time.perf_counter()

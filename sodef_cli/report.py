@@ -29,7 +29,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderR
 from rich.table import Table
 from rich.text import Text
 
-from .errors import ResultsError
+from .errors import ModelFileError, ResultsError
 
 __all__ = [
     "FORMATS",
@@ -562,9 +562,11 @@ def card_data(meta: dict, *, path: str, diagnostics: dict | None = None, notes: 
         notes: sentences to show (e.g. why the diagnostics are missing).
     """
     cfg = meta.get("config") or {}
-    check = dict(meta["check"]) if meta.get("check") else None
+    check = meta.get("check") or None
+    if check is not None and not isinstance(check, dict) or not isinstance(cfg, dict) or not isinstance(meta.get("metrics") or {}, dict):
+        raise ModelFileError(f"{path}: malformed metadata in the model file (config, metrics and check must be objects)")
     if check:
-        check.pop("train_indices", None)  # sample indices are bulk, not a figure
+        check = {k: v for k, v in check.items() if k != "train_indices"}  # sample indices are bulk, not a figure
     return {
         "schema": REPORT_SCHEMA,
         "kind": "card",
@@ -1027,15 +1029,22 @@ def _blocks(data: dict) -> list[dict]:
 
 def render(data: dict, fmt: str = "table") -> RenderableType | str:
     """Render ``results_data`` or ``card_data``: a rich renderable for ``table``, text for the other formats."""
-    if fmt == "table":
-        return _rich_blocks(_blocks(data))
-    if fmt == "markdown":
-        return _markdown(_blocks(data))
-    if fmt == "html":
-        return _html(_blocks(data))
-    if fmt == "json":
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; must be one of {FORMATS}")
+    try:
+        if fmt == "table":
+            return _rich_blocks(_blocks(data))
+        if fmt == "markdown":
+            return _markdown(_blocks(data))
+        if fmt == "html":
+            return _html(_blocks(data))
         return json.dumps(_finite(data), indent=1, allow_nan=False, default=str) + "\n"
-    raise ValueError(f"unknown format {fmt!r}; must be one of {FORMATS}")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # files are data from outside: an ill-typed field is the file's fault, reported as such
+        what = f"{type(exc).__name__}: {exc}"
+        if data.get("kind") == "card":
+            raise ModelFileError(f"{data.get('file')}: malformed metadata in the model file ({what})") from None
+        raise ResultsError(f"malformed results file ({what})") from None
 
 
 def to_text(renderable: RenderableType, width: int = 100) -> str:

@@ -307,8 +307,6 @@ def test_class_count_mismatch_between_hardened_file_and_data(hardened_file, thre
     assert not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.run_evaluation (and diagnostics.card_diagnostics) raise UsageError (exit 2) "
-                                       "for a class-count mismatch; harden raises ModelError (exit 1), as errors.py documents")
 def test_class_count_mismatch_exits_1_in_attack_as_in_harden(hardened_file, three_classes):
     result = runner.invoke(app, ["attack", str(hardened_file), "--data", str(three_classes), "--device", "cpu", "--n", "4"])
     error_of(result, 1, "class-count mismatch")
@@ -391,8 +389,6 @@ def test_nan_during_training_names_phase_and_step(diverged):
     assert leftovers(folder) == []
 
 
-@pytest.mark.xfail(strict=True, reason="harden leaves OUT.resume (cached features, 0600) after a divergence although it says "
-                                       "'No output was written'; resuming it is refused anyway since the fix changes the config")
 def test_nan_during_training_leaves_no_file_at_all(diverged):
     _, folder, _ = diverged
     assert sorted(p.name for p in folder.iterdir()) == []
@@ -504,8 +500,6 @@ def test_written_files_follow_the_umask_like_open(tmp_path):
 # ---------------------------------------------------------------- the message itself
 
 
-@pytest.mark.xfail(strict=True, reason="cli._handle prints with rich, which hard-wraps long messages at the console width "
-                                       "(80 when piped); fix: err_console.print(..., soft_wrap=True)")
 def test_error_message_is_exactly_one_line(tmp_path):
     bad = tmp_path / ("x" * 150 + ".safetensors")
     bad.write_bytes(os.urandom(64))
@@ -527,8 +521,6 @@ def _malformed_results(tmp_path, mutate) -> pathlib.Path:
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="report.results_data passes ill-typed fields through to render(), which fails with "
-                                       "TypeError/AttributeError (shown as 'internal error'); fix in report.py")
 @pytest.mark.parametrize("mutate", [
     pytest.param(lambda d: d["config"].update(norm=[]), id="norm-a-list"),
     pytest.param(lambda d: d["runs"][0]["checks"][0].update(flagged=[]), id="check-flagged-a-list"),
@@ -539,8 +531,6 @@ def test_malformed_results_file_is_a_results_error(tmp_path, mutate):
     error_of(result, 1, "malformed results file")
 
 
-@pytest.mark.xfail(strict=True, reason="report.card_data trusts the shapes of metrics/check in the metadata (AttributeError, "
-                                       "TypeError, ValueError shown as 'internal error'); fix in report.py")
 @pytest.mark.parametrize("changes", [
     pytest.param({"check": "yes"}, id="check-a-string"),
     pytest.param({"metrics": [36, 26]}, id="metrics-a-list"),

@@ -23,8 +23,6 @@ from sodef_cli.errors import SodefError
 from sodef_cli.io import read_json, read_metadata
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-# known bugs (strict xfail): the same examples every run, and no time spent shrinking them
-KNOWN_BUG = settings(FUZZ, derandomize=True, database=None, phases=[Phase.explicit, Phase.generate])
 
 _DIR = Path(tempfile.mkdtemp(prefix="sodef-fuzz-"))  # hypothesis examples cannot use function-scoped tmp_path
 atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
@@ -278,9 +276,7 @@ def test_results_random_json(doc):
     _report(_write(json.dumps(doc).encode(), "r.json"))
 
 
-@pytest.mark.xfail(strict=True, reason="report.results_data passes ill-typed fields through to render() (config.norm a list, "
-                                       "a masking check's flagged a list or evidence null -> TypeError/AttributeError); fix in report.py")
-@settings(KNOWN_BUG)
+@FUZZ
 @given(st.data())
 def test_results_mutated_json(data):
     from test_report import make_doc, make_partial
@@ -327,9 +323,7 @@ def test_attack_on_mutated_metadata(real, data):
     assert "internal error" not in result.stderr, result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="report.card_data trusts the shapes of metrics/check in the metadata (a list where "
-                                       "a number or dict is expected -> TypeError/AttributeError); fix in report.py")
-@settings(KNOWN_BUG)
+@FUZZ
 @given(st.data())
 def test_model_card_on_mutated_metadata(real, data):
     """`sodef report FILE` (the model card without diagnostics) on a file with mutated metadata."""
