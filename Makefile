@@ -1,7 +1,7 @@
 # Developer entry points. `make test` is what CI runs (.ci/run).
 #   make venv    create .venv and install torch + this package with its test extras
 #   make test    the test suite, offline, on CPU (PYTEST_ARGS="-k cli -x" to narrow it)
-#   make demo    harden the shipped demo base on the embedded CIFAR-10 subset
+#   make demo    harden the shipped demo base on the embedded CIFAR-10 subset, attack it, report
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := test
@@ -27,7 +27,15 @@ $(STAMP): pyproject.toml
 test: venv
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
+DEMO := runs/demo
+# the adaptive suite without SPSA (3 minutes of SPSA alone on 2 cores), with reduced budgets that the report names
+DEMO_ATTACKS := apgd-ce,apgd-t,fab-t,fixed-step-apgd-ce,fixed-step-pgd,bpda-apgd-ce,transfer-apgd-ce,transfer-pgd,feature,square
+
 demo: venv
-	HF_HUB_OFFLINE=1 $(VENV)/bin/sodef harden sodef_cli/assets/demo_base.safetensors --recipe recipes/demo.toml --out runs/demo/hardened.safetensors
-# TODO(demo): append the attack and report steps here, as further recipe lines of `demo`
-# (e.g. `sodef attack runs/demo/hardened.safetensors --data demo ...`, then the report of its results).
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sodef harden --recipe recipes/demo.toml --out $(DEMO)/hardened.safetensors
+	rm -f $(DEMO)/results.json
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sodef attack $(DEMO)/hardened.safetensors --data demo --n 200 --attacks $(DEMO_ATTACKS) \
+		--steps 20 --queries 500 --out $(DEMO)/results.json --json > $(DEMO)/summary.json
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sodef report $(DEMO)/hardened.safetensors
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sodef report $(DEMO)/results.json
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sodef report $(DEMO)/results.json --out $(DEMO)/report.md
