@@ -94,7 +94,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, reporter: Reporter | None 
     tr_idx, val_idx = stratified_split(data.train.labels, cfg.val_fraction, cfg.seed)
     steps_per_epoch = math.ceil(len(tr_idx) / cfg.batch_size)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.25)
+    total_steps = cfg.epochs * steps_per_epoch
+    if total_steps >= 8:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25)
+    else:  # too few steps for a one-cycle schedule (its warm-up would be empty)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     sel_idx = val_idx[torch.randperm(len(val_idx), generator=gen)[:1000]]
     best: tuple[float, dict | None] = (-1.0, None)
     history = []
