@@ -94,35 +94,29 @@ def masking_checks(run: dict) -> list[dict]:
     clean = hard.get("clean", [])
     checks: list[dict] = []
 
-    def newly_broken(later: list[str], earlier_kinds: tuple[str, ...]) -> tuple[int, int, list[str]]:
-        # samples that survived all earlier gradient attacks of the given kinds but were fooled by a later one
-        survivors = [bool(c) for c in clean]
-        for name, rec in atk.items():
-            if ATTACKS[name].kind in earlier_kinds:
-                survivors = [s and (f is True) for s, f in zip(survivors, rec["robust"])]
-        hit = 0
-        used = []
-        for name in later:
-            if name in atk:
-                used.append(name)
-        for i, s in enumerate(survivors):
-            if s and any(atk[n]["robust"][i] is False for n in used):
-                hit += 1
-        return hit, sum(survivors), used
-
     def add(name: str, later_kind: str, earlier: tuple[str, ...], label: str) -> None:
         later = [n for n in atk if ATTACKS[n].kind == later_kind]
-        if not later or not any(ATTACKS[n].kind in earlier for n in atk):
+        direct = [n for n in atk if ATTACKS[n].kind in earlier]
+        if not later or not direct:
             checks.append({"name": name, "flagged": None, "evidence": f"not run: the suite has no {label}"})
             return
-        hit, surv, used = newly_broken(later, earlier)
-        base_names = [n for n in atk if ATTACKS[n].kind in earlier]
+        # samples that survived every direct white-box attack; which of them did the later attacks fool?
+        survivors = [bool(c) for c in clean]
+        for n in direct:
+            survivors = [s and (f is True) for s, f in zip(survivors, atk[n]["robust"])]
+        ran = [i for i, s in enumerate(survivors) if s and any(atk[n]["robust"][i] is not None for n in later)]
+        hit = sum(1 for i in ran if any(atk[n]["robust"][i] is False for n in later))
+        surv = sum(survivors)
+        evidence = f"{', '.join(later)} fooled {hit} of the {surv} samples that survived {', '.join(direct)}"
+        if len(ran) < surv:  # cascade: attacks in between already fooled some of them
+            evidence += f" (it ran on {len(ran)} of them; the others were fooled by attacks in between; --all-samples compares each attack on all)"
         checks.append({
             "name": name,
             "flagged": hit > 0,
             "fooled_after_direct": hit,
             "survivors_of_direct": surv,
-            "evidence": f"{', '.join(used)} fooled {hit} of the {surv} samples that survived {', '.join(base_names)}",
+            "attacked_survivors": len(ran),
+            "evidence": evidence,
         })
 
     add("black-box beats white-box", "black-box", ("white-box",), "black-box attack after a white-box one")

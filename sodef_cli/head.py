@@ -158,7 +158,9 @@ class ODEBlock(nn.Module):
         kwargs = dict(method=self.solver, rtol=self.rtol, atol=self.atol)
         if not self.adaptive:
             kwargs["options"] = {"step_size": self.step_size}
-        use_adjoint = self.adjoint and torch.is_grad_enabled() and any(p.requires_grad for p in self.odefunc.parameters())
+        # the model as shipped: with ``adjoint`` its gradients (weights or inputs, e.g. a white-box attack) come
+        # from the adjoint solve at rtol/atol, as in the released SODEF code
+        use_adjoint = self.adjoint and torch.is_grad_enabled()
         solve = torchdiffeq.odeint_adjoint if use_adjoint else torchdiffeq.odeint
         return solve(self.odefunc, z0, t, **kwargs)[-1]
 
