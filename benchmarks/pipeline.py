@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--hardened", default=str(OUT_DIR / "pipeline_hardened.safetensors"))
     ap.add_argument("--skip-harden", action="store_true", help="attack an existing --hardened file")
     ap.add_argument("--set", action="append", default=[], help="extra `harden --set key=value`")
+    ap.add_argument("--attack-args", default="", help="extra `sodef attack` options, e.g. '--queries 1000' (recorded)")
     add_common_args(ap, default_out="pipeline.json", default_repeats=1)
     args = ap.parse_args()
     device = setup(args)
@@ -75,6 +76,8 @@ def main() -> None:
     cmd = ["attack", args.hardened, "--data", args.data, "--samples", str(args.n), "--batch-size", str(args.batch_size),
            "--out", str(Path(args.out).with_suffix(".results.json")), "--device", device.type, "--json"]
     cmd += ["--attacks", args.attacks] if args.attacks else ["--suite", args.suite]
+    cmd += args.attack_args.split()
+    doc["attack_command"] = "sodef " + " ".join(cmd)
     Path(args.out).with_suffix(".results.json").unlink(missing_ok=True)
     summary, wall, peak = _run(cmd, env)
     doc["attack"] = {"wall_s": wall, "peak_rss_mib": peak, "summary": summary}

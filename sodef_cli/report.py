@@ -113,7 +113,20 @@ def render_harden_summary(s: dict) -> Group:
         parts.append(Text("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in tim.items()), style="dim"))
     check = s.get("check")
     if check:
-        parts.append(Text(check["recommendation"], style="bold green" if check["gain_points"] >= 0 else "bold red"))
+        b, h = check["base"], check["hardened"]
+        g = Table(title=f"hardening guard: quick adaptive suite, {check['n']} validation images, {check['norm']} eps={fmt_eps(check['eps'], check['norm'])}")
+        g.add_column("")
+        g.add_column("base", justify="right")
+        g.add_column("hardened", justify="right")
+        g.add_row("clean", pct(b["clean"]), pct(h["clean"]))
+        for name in h.get("attacks", {}):
+            g.add_row(name, pct(b.get("attacks", {}).get(name)), pct(h["attacks"][name]))
+        g.add_row("worst case", pct(b["worst_case"]), pct(h["worst_case"]))
+        parts.append(g)
+        for c in check.get("checks", []):
+            if c.get("flagged"):
+                parts.append(Text(f"gradient masking signature ({c['name']}): {c['evidence']}", style="yellow"))
+        parts.append(Text(check["recommendation"], style="bold green" if check["gain_points"] > 0 else "bold red"))
     else:
         parts.append(Text("hardening guard skipped (--no-check): evaluate with `sodef attack` before deploying", style="yellow"))
     return Group(*parts)
