@@ -48,6 +48,7 @@ class Target:
     fixed: nn.Module | None = None  # fixed-step RK4 copy (hardened only)
     bpda: nn.Module | None = None  # identity-backward copy (hardened only)
     features: Callable[[torch.Tensor], torch.Tensor] | None = None  # backbone pre-logits features
+    bank: tuple[torch.Tensor, torch.Tensor] | None = None  # (features, labels) of every evaluated sample: feature-attack targets
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,19 @@ def _n_targets(p: AttackParams) -> int:
 def _apgd(model, x, y, p: AttackParams, loss: str = "ce") -> torch.Tensor:
     atk = _ta("APGD", model, p, norm=p.norm, eps=p.eps, steps=_steps(p, 100), n_restarts=1, seed=p.seed, loss=loss)
     return atk(x, y)
+
+
+def _apgd_surrogate(model, x, y, p: AttackParams) -> torch.Tensor:
+    """APGD-CE on a surrogate (the base, or a differentiable copy), keeping every point's highest-loss iterate.
+
+    torchattacks' default returns the clean image wherever the *surrogate* was not fooled, which would make a
+    transfer attack a no-op on exactly the points that matter (SODEF.md 7.4: keep the best-loss points).
+    """
+    atk = _ta("APGD", model, p, norm=p.norm, eps=p.eps, steps=_steps(p, 100), n_restarts=1, seed=p.seed, loss="ce")
+    torch.manual_seed(p.seed)
+    with torch.enable_grad():
+        _, adv = atk.perturb(x.detach().clone(), y.detach().clone(), best_loss=True)
+    return adv.detach()
 
 
 def _apgdt(model, x, y, p: AttackParams) -> torch.Tensor:
@@ -182,25 +196,23 @@ def _transfer_pgd(t: Target, x, y, p: AttackParams) -> torch.Tensor:
 
 def _feature(t: Target, x, y, p: AttackParams) -> torch.Tensor:
     """Feature-space attack (Croce et al. 2022): minimize ||h(x+d) - h_target||_1 where h_target is the
-    feature of a batch sample predicted as this sample's second most likely class (else the nearest
-    sample of another class). The ODE is never differentiated; success is checked on the real model."""
+    nearest feature (L1) among the evaluated samples labelled with this sample's second most likely class
+    (else of any other class). The ODE is never differentiated; success is checked on the real model."""
     with torch.no_grad():
         h = t.features(x).float()
         logits = t.model(x)
-        pred = logits.argmax(1)
         second = logits.topk(2, dim=1).indices[:, 1]
-        dist = torch.cdist(h, h, p=1)
-        targets = torch.empty_like(y)
-        for i in range(x.shape[0]):
-            cand = (pred == second[i]) & (y != y[i])
-            if not cand.any():
-                cand = y != y[i]
-            if not cand.any():  # a batch of one class: fall back to the sample itself (no pull)
-                targets[i] = i
-                continue
-            d = dist[i].masked_fill(~cand, math.inf)
-            targets[i] = int(d.argmin())
-        h_target = h[targets]
+        if t.bank is not None:  # targets from every evaluated sample, not only this batch
+            bank_h, bank_y = t.bank[0].to(h.device).float(), t.bank[1].to(y.device)
+        else:
+            bank_h, bank_y = h, y
+        dist = torch.cdist(h, bank_h, p=1)
+        other = bank_y.unsqueeze(0) != y.unsqueeze(1)  # (B, M): samples of another class
+        preferred = other & (bank_y.unsqueeze(0) == second.unsqueeze(1))  # ... of this sample's runner-up class
+        use = torch.where(preferred.any(dim=1, keepdim=True), preferred, other)
+        if not use.any(dim=1).all():
+            raise UsageError("the feature attack needs samples of at least two classes among the evaluated ones")
+        h_target = bank_h[dist.masked_fill(~use, math.inf).argmin(dim=1)]
     loss_fn = lambda xa: -(t.features(xa).float() - h_target).abs().sum(dim=1)
     check = lambda xa: t.model(xa).argmax(1) != y
     g = torch.Generator().manual_seed(p.seed)
@@ -244,15 +256,15 @@ ATTACKS: dict[str, AttackSpec] = {
         AttackSpec("spsa", "black-box", ("Linf",), False, _spsa, lambda p: {"iterations": _steps(p, 20), "samples": 128}, "SPSA (gradient-free)"),
         AttackSpec("cw-l2", "white-box", ("L2",), False, _cw_l2, _it(100), "Carlini-Wagner L2, projected to eps"),
         AttackSpec("eot-pgd", "white-box", ("Linf",), False, _eot_pgd, _it(20), "EOT-PGD, 2 samples"),
-        AttackSpec("transfer-apgd-ce", "transfer", BOTH, True, lambda t, x, y, p: _apgd(t.base, x, y, p), _it(100),
-                   "APGD-CE on the base classifier, judged on the hardened model"),
+        AttackSpec("transfer-apgd-ce", "transfer", BOTH, True, lambda t, x, y, p: _apgd_surrogate(t.base, x, y, p), _it(100),
+                   "APGD-CE on the base classifier (highest-loss iterate), judged on the hardened model"),
         AttackSpec("transfer-pgd", "transfer", BOTH, True, _transfer_pgd, _it(100),
                    "momentum PGD on the base classifier, highest-loss iterate, judged on the hardened model"),
-        AttackSpec("fixed-step-apgd-ce", "fixed-step", BOTH, True, lambda t, x, y, p: _apgd(t.fixed, x, y, p), _it(100),
-                   "APGD-CE through a fixed-step RK4 copy of the ODE"),
+        AttackSpec("fixed-step-apgd-ce", "fixed-step", BOTH, True, lambda t, x, y, p: _apgd_surrogate(t.fixed, x, y, p), _it(100),
+                   "APGD-CE through a fixed-step RK4 copy of the ODE (highest-loss iterate)"),
         AttackSpec("fixed-step-pgd", "fixed-step", BOTH, True, lambda t, x, y, p: _pgd(t.fixed, x, y, p), _it(20),
                    "PGD through a fixed-step RK4 copy of the ODE"),
-        AttackSpec("bpda-apgd-ce", "bpda", BOTH, True, lambda t, x, y, p: _apgd(t.bpda, x, y, p), _it(100),
+        AttackSpec("bpda-apgd-ce", "bpda", BOTH, True, lambda t, x, y, p: _apgd_surrogate(t.bpda, x, y, p), _it(100),
                    "APGD-CE with the ODE's backward replaced by identity"),
         AttackSpec("feature", "feature", BOTH, True, _feature, _it(100),
                    "feature-space attack on the backbone output (L1 to another class's features)"),
@@ -271,8 +283,16 @@ SUITES: dict[str, dict[str, list[str]]] = {
 }
 
 
-def suite_attacks(suite: str | None, attacks: list[str] | None, norm: str) -> dict[str, list[str]]:
-    """Attacks per model ("base", "hardened") for a suite or an explicit list; validated for the norm."""
+MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}  # the DLR losses index the 3rd (targeted: 4th) largest logit
+
+
+def suite_attacks(suite: str | None, attacks: list[str] | None, norm: str, n_classes: int | None = None) -> dict[str, list[str]]:
+    """Attacks per model ("base", "hardened") for a suite or an explicit list; validated for the norm and,
+    when given, the number of classes (suites drop the DLR attacks that need more classes)."""
+    if attacks and n_classes is not None:
+        few = [a for a in attacks if MIN_CLASSES.get(a, 2) > n_classes]
+        if few:
+            raise UsageError(f"attack(s) {', '.join(few)} need at least {max(MIN_CLASSES[a] for a in few)} classes; the model has {n_classes}")
     if attacks:
         unknown = [a for a in attacks if a not in ATTACKS]
         if unknown:
@@ -285,5 +305,5 @@ def suite_attacks(suite: str | None, attacks: list[str] | None, norm: str) -> di
         raise UsageError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     out = {}
     for m, names in SUITES[suite].items():
-        out[m] = [a for a in names if norm in ATTACKS[a].norms]
+        out[m] = [a for a in names if norm in ATTACKS[a].norms and MIN_CLASSES.get(a, 2) <= (n_classes or 2**31)]
     return out

@@ -163,7 +163,7 @@ def build_backbone(
     """A timm model for ``harden``: by name (random or hub weights) or with a local checkpoint.
 
     The model's classifier keeps the size it was trained with (hub: its own classes; checkpoint: the
-    size of its classifier weight); whether it fits the data is decided by the caller.
+    size of its classifier weight; random weights: none); whether it fits the data is decided by the caller.
     """
     kwargs = dict(kwargs or {})
     _check_name(name)
@@ -182,8 +182,8 @@ def build_backbone(
             )
     elif pretrained:
         model = create_timm(name, num_classes=None, in_chans=in_chans, pretrained=True, kwargs=kwargs)
-    else:
-        model = create_timm(name, num_classes=len(data_classes), in_chans=in_chans, kwargs=kwargs)
+    else:  # random weights: a feature extractor only; a random head is no baseline, harden fits a probe
+        model = create_timm(name, num_classes=0, in_chans=in_chans, kwargs=kwargs)
     # hub or third-party weights expect the model's own normalization; models trained from scratch here
     # use a neutral 0.5/0.5 (the data is normalized inside the model either way)
     if (pretrained or checkpoint) and hub_cfg:
@@ -192,7 +192,7 @@ def build_backbone(
         mean, std = [0.5] * in_chans, [0.5] * in_chans
     if len(mean) != in_chans:
         mean, std = [sum(mean) / len(mean)] * in_chans, [sum(std) / len(std)] * in_chans
-    classes = list(data_classes) if (not pretrained and not checkpoint) else []
+    classes: list[str] = []  # unknown: only `sodef pretrain` files name the classes their head was trained for
     spec = ModelSpec(
         timm_name=name,
         num_classes=int(getattr(model, "num_classes", 0)),

@@ -273,7 +273,10 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
         k = max(1, int(round(fraction * len(idx)))) if len(idx) > 1 else 0
         val.append(idx[:k])
         train.append(idx[k:])
-    return torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values
+    tr, va = torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values
+    if len(va) == 0 or len(tr) == 0:
+        raise DataError("the training split is too small to carve a validation split from it (at least 2 images per class are needed)")
+    return tr, va
 
 
 def select_samples(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:

@@ -35,7 +35,9 @@ def run_check(backbone, spec, head, probe, val: ImageSet, cfg, *, device, report
     c = cfg.check
     base = BaseClassifier(backbone, spec, probe).to(device).eval()
     hardened = HardenedClassifier(backbone, spec, head).to(device).eval()
-    for p in list(head.parameters()) + (list(probe.parameters()) if probe is not None else []):
+    params = list(head.parameters()) + (list(probe.parameters()) if probe is not None else [])
+    was = [p.requires_grad for p in params]
+    for p in params:
         p.requires_grad_(False)
     order = select_samples(val.labels, c.n, cfg.seed)
     x, y = val.floats(order), val.labels[order]
@@ -45,8 +47,8 @@ def run_check(backbone, spec, head, probe, val: ImageSet, cfg, *, device, report
     doc: dict = {"runs": []}
     cascade(base, hardened, x, y, acfg, plan=plan, n_classes=int(head.classifier.out_features),
             fixed_step=head.block.step_size, doc=doc, save=lambda: None, reporter=reporter, device=device)
-    for p in head.parameters():
-        p.requires_grad_(True)
+    for p, flag in zip(params, was):
+        p.requires_grad_(flag)
     run = doc["runs"][0]
     summ = {m: _model_summary(r, len(order)) for m, r in run["models"].items()}
     for m in summ.values():

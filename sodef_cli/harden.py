@@ -21,7 +21,7 @@ from .errors import ModelError, ModelFileError, OutputError, SodefError, Trainin
 from .head import SODEFHead, simplex_classifier
 from .io import read_metadata, save_model_file, sha256_file, versions
 from .phases import Reporter, accuracy_from_logits, batched_logits, extract_features, fit_probe, phase1, phase2, phase3
-from .distributed import device_for_rank, is_main, rank
+from .distributed import device_for_rank, is_main, local, rank
 from .runtime import resolve_device, seed_everything
 
 __all__ = ["harden", "state_digest"]
@@ -41,10 +41,11 @@ class _Resume:
 
     KEY = "sodef_cli_resume"
 
-    def __init__(self, out: str | Path, cfg: HardenConfig, enabled: bool, reporter: Reporter):
+    def __init__(self, out: str | Path, cfg: HardenConfig, enabled: bool, reporter: Reporter, inputs: str = ""):
         self.path = Path(str(out) + ".resume")
         relevant = {k: v for k, v in to_dict(cfg).items() if k not in ("check", "device")}
-        self.digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+        # the config, plus the backbone's weights and the data: cached features must come from the same inputs
+        self.digest = hashlib.sha256((json.dumps(relevant, sort_keys=True) + inputs).encode()).hexdigest()
         self.tensors: dict[str, torch.Tensor] = {}
         self.meta: dict[str, Any] = {"stage": None}
         if self.path.exists() and not enabled:
@@ -179,7 +180,9 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
 
     normalize = Normalize(spec.mean, spec.std).to(device)
     feature_fn = lambda x: backbone_features(backbone, normalize(x))
-    ckpt = _Resume(out, cfg, resume, reporter)
+    data_digest = hashlib.sha256(data.train.labels.numpy().tobytes() + data.test.labels.numpy().tobytes()
+                                 + data.train.images.numpy().tobytes() + data.test.images.numpy().tobytes()).hexdigest()
+    ckpt = _Resume(out, cfg, resume, reporter, inputs=digest_before + data_digest)
     t0 = time.perf_counter()
     if ckpt.done("features"):
         h_train_all, h_test = ckpt.tensors["features.train"], ckpt.tensors["features.test"]
@@ -202,6 +205,8 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
     if spec.num_classes == k:
         clf = backbone.get_classifier()
         base_kind = "own"
+        if spec.classes != data.classes:
+            reporter.log(f"note: the baseline is the model's own {k}-class head; its class order is assumed to be the data's ({', '.join(data.classes[:3])}, ...)")
         base_val = accuracy_from_logits(batched_logits(clf, h_val, device=device), y_val)
         base_test = accuracy_from_logits(batched_logits(clf, h_test, device=device), y_test)
     else:
@@ -285,7 +290,8 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
         from .guard import run_check
 
         t0 = time.perf_counter()
-        check = run_check(backbone, spec, head, probe, data.train.subset(val_idx), cfg, device=device, reporter=reporter)
+        with local():  # torchrun: the other ranks have finished; rank 0 checks alone
+            check = run_check(backbone, spec, head, probe, data.train.subset(val_idx), cfg, device=device, reporter=reporter)
         check["train_indices"] = [int(val_idx[i]) for i in check.pop("val_positions")]  # indices into the train split
         if cfg.check.require_gain and check["gain_points"] < 0:
             check["require_gain_failed"] = True  # the file is still written, marked as failing the guard

@@ -24,16 +24,30 @@ def stability_stats(odefunc: nn.Module, z: torch.Tensor, convention: str = "colu
 
 def _combine(fz: torch.Tensor, fz_all: torch.Tensor, diag: torch.Tensor, dom: torch.Tensor, cfg: RegularizerConfig) -> dict[str, torch.Tensor]:
     if cfg.form == "code":
+        weights = (cfg.weight_f, cfg.weight_diag, cfg.weight_offdiag)
         r_f = (cfg.exponent_f * fz_all).pow(2).mean()
-        r_d = torch.exp(cfg.exponent * (diag + cfg.trans)).mean()
-        r_o = torch.exp(cfg.exponent_off * (dom + cfg.trans_off)).mean()
-        total = cfg.weight_f * r_f + cfg.weight_diag * r_d + cfg.weight_offdiag * r_o
+        r_d = _exp(cfg.exponent * (diag + cfg.trans)).mean()
+        r_o = _exp(cfg.exponent_off * (dom + cfg.trans_off)).mean()
     else:  # the paper's eq. 7 (without the cross-entropy term, which phase 3 supplies)
+        weights = (cfg.alpha_f, cfg.alpha_diag, cfg.alpha_offdiag)
         r_f = fz_all.norm(dim=-1).mean()
-        r_d = torch.exp(diag.sum(dim=-1)).mean()
-        r_o = torch.exp(dom.sum(dim=-1)).mean()
-        total = cfg.alpha_f * r_f + cfg.alpha_diag * r_d + cfg.alpha_offdiag * r_o
+        r_d = _exp(diag.sum(dim=-1)).mean()
+        r_o = _exp(dom.sum(dim=-1)).mean()
+    # a term with weight 0 is left out (0 * inf would be NaN); the others are summed
+    total = sum(w * r for w, r in zip(weights, (r_f, r_d, r_o)) if w != 0)
+    if not isinstance(total, torch.Tensor):
+        total = torch.zeros((), device=fz_all.device, dtype=fz_all.dtype, requires_grad=fz_all.requires_grad)
     return {"loss": total, "f": r_f, "diag": r_d, "offdiag": r_o}
+
+
+EXP_CAP = 80.0  # exp(80) ~ 5.5e34: finite in float32 (the paper form sums n terms inside exp and overflows at n=64)
+
+
+def _exp(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) up to EXP_CAP, continued linearly beyond it (value and slope match at the cap), so that the
+    loss stays finite and still decreases with x where a plain exp would overflow to inf."""
+    capped = x.clamp(max=EXP_CAP)
+    return torch.exp(capped) * (1.0 + (x - capped))
 
 
 def stability_loss(odefunc: nn.Module, z: torch.Tensor, cfg: RegularizerConfig) -> dict[str, torch.Tensor]:

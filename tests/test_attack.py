@@ -167,8 +167,11 @@ def test_every_attack_stays_in_the_threat_model(hardened_file, demo_data, norm, 
     from sodef_cli.models import load_pair
 
     base, hardened, _ = load_pair(hardened_file)
+    from sodef_cli.data import select_samples
+
     data = load_data("demo", image_size=16)
-    x, y = data.test.floats(slice(0, 6)), data.test.labels[:6]
+    idx = select_samples(data.test.labels, 6, 0)  # six classes: the feature attack needs other-class targets
+    x, y = data.test.floats(idx), data.test.labels[idx]
     p = AttackParams(norm=norm, eps=eps, n_classes=10, steps=2, queries=5)
     target = Target("hardened", hardened, base, fixed=hardened.variant("fixed"), bpda=hardened.variant("bpda"), features=hardened.features)
     for name, spec in ATTACKS.items():
@@ -181,6 +184,44 @@ def test_every_attack_stays_in_the_threat_model(hardened_file, demo_data, norm, 
         d = (xp - x).flatten(1)
         size = d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)
         assert (size <= eps + 1e-5).all(), name
+
+
+def test_feature_attack_targets_come_from_the_bank(hardened_file):
+    """A batch of one class still gets other-class targets from the bank of all evaluated samples."""
+    from sodef_cli.attacks import ATTACKS
+    from sodef_cli.data import load_data
+    from sodef_cli.models import load_pair
+
+    base, hardened, _ = load_pair(hardened_file)
+    data = load_data("demo", image_size=16)
+    x, y = data.test.floats(slice(0, 3)), data.test.labels[:3]  # all of class 0
+    p = AttackParams(norm="Linf", eps=8 / 255, n_classes=10, steps=2)
+    lonely = Target("hardened", hardened, base, features=hardened.features)
+    with pytest.raises(UsageError, match="two classes"):
+        ATTACKS["feature"].run(lonely, x, y, p)
+    bank_x, bank_y = data.test.floats(slice(0, 500, 25)), data.test.labels[0:500:25]
+    with torch.no_grad():
+        lonely.bank = (hardened.features(bank_x), bank_y)
+    xa = ATTACKS["feature"].run(lonely, x, y, p)
+    assert (xa - x).abs().amax() > 0
+
+
+def test_transfer_keeps_the_highest_loss_point_where_the_base_is_not_fooled(hardened_file):
+    """torchattacks' APGD returns the clean image where its own model is not fooled; transfer must not."""
+    from sodef_cli.attacks import ATTACKS
+    from sodef_cli.data import load_data, select_samples
+    from sodef_cli.models import load_pair
+
+    base, hardened, _ = load_pair(hardened_file)
+    data = load_data("demo", image_size=16)
+    idx = select_samples(data.test.labels, 8, 0)
+    x, y = data.test.floats(idx), data.test.labels[idx]
+    p = AttackParams(norm="Linf", eps=8 / 255, n_classes=10, steps=3)
+    target = Target("hardened", hardened, base, fixed=hardened.variant("fixed"))
+    for name in ("transfer-apgd-ce", "fixed-step-apgd-ce"):
+        xa = ATTACKS[name].run(target, x, y, p)
+        moved = (xa - x).flatten(1).abs().amax(1) > 0
+        assert moved.all(), name  # every point is perturbed, fooled on the surrogate or not
 
 
 def test_fixed_and_bpda_variants_share_weights_and_forward(hardened_file, demo_data):
