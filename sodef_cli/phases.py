@@ -41,6 +41,15 @@ def _check_finite(loss: torch.Tensor, phase: str, step: int, hint: str) -> None:
         raise TrainingDivergedError(f"{phase}: loss became {loss.item()} at step {step}; {hint}. No output was written")
 
 
+def _descend(opt: torch.optim.Optimizer, loss: torch.Tensor, phase: str, step: int, hint: str) -> float:
+    """One optimizer step on a finite loss; returns the loss value."""
+    _check_finite(loss, phase, step, hint)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def _solve_guard(fn, phase: str, step: int):
     try:
         return fn()
@@ -101,12 +110,9 @@ def fit_probe(h_tr, y_tr, h_val, y_val, num_classes: int, cfg: ProbeConfig, *, d
     for _ in range(cfg.epochs):
         for idx in _batches(len(y_tr), cfg.batch_size, generator):
             loss = F.cross_entropy(probe(h_tr[idx].to(device)), y_tr[idx].to(device))
-            _check_finite(loss, "probe", step, "lower probe.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            value = _descend(opt, loss, "probe", step, "lower probe.lr")
             step += 1
-            reporter.advance("probe", loss=loss.item())
+            reporter.advance("probe", loss=value)
         acc = accuracy_from_logits(batched_logits(probe, h_val, device=device), y_val)
         if acc > best[0]:
             best = (acc, copy.deepcopy(probe.state_dict()))
@@ -127,11 +133,8 @@ def phase1(head, h_tr, y_tr, h_val, y_val, V: torch.Tensor, cfg: Phase1Config, *
     for _ in range(cfg.epochs):
         for idx in _batches(len(y_tr), cfg.batch_size, generator):
             loss = F.cross_entropy(head.z0(h_tr[idx].to(device)) @ V.T, y_tr[idx].to(device))
-            _check_finite(loss, "phase 1", step, "lower phase1.lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step, last = step + 1, loss.item()
+            value = _descend(opt, loss, "phase 1", step, "lower phase1.lr")
+            step, last = step + 1, value
             reporter.advance("phase 1", loss=last)
         acc = evaluate()
         if acc > best[0]:
@@ -155,15 +158,12 @@ def phase2(odefunc, z_tr: torch.Tensor, cfg: Phase2Config, reg: RegularizerConfi
         for idx in _batches(len(z_tr), cfg.batch_size, generator):
             terms = stability_loss(odefunc, z_tr[idx].to(device), reg)
             loss = terms["loss"]
-            _check_finite(loss, "phase 2", step, "lower phase2.lr or the regularizer weights")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            value = _descend(opt, loss, "phase 2", step, "lower phase2.lr or the regularizer weights")
             step += 1
             count += 1
             for k in sums:
                 sums[k] += float(terms[k].detach())
-            reporter.advance("phase 2", loss=loss.item())
+            reporter.advance("phase 2", loss=value)
     means = {k: (v / count if count else float("nan")) for k, v in sums.items()}
     reporter.end("phase 2", **means)
     return {"steps": step, **{f"last_epoch_{k}": v for k, v in means.items()}}
@@ -200,11 +200,8 @@ def phase3(head, z_tr, y_tr, z_val, y_val, cfg: Phase3Config, *, device, generat
                 loss = lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y[perm])
             else:
                 loss = F.cross_entropy(_solve_guard(lambda: forward(z), "phase 3", step), y)
-            _check_finite(loss, "phase 3", step, "lower phase3.lr_fc/lr_f or tighten head.rtol/atol")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step, last = step + 1, loss.item()
+            value = _descend(opt, loss, "phase 3", step, "lower phase3.lr_fc/lr_f or tighten head.rtol/atol")
+            step, last = step + 1, value
             reporter.advance("phase 3", loss=last)
         acc = evaluate()
         if acc > best_acc:
