@@ -270,3 +270,21 @@ def test_torchrun_two_processes_equal_single_process(adaptive_file, tmp_path):
     no_time = lambda d: {m: {k: v for k, v in s.items() if k != "seconds"} for m, s in summarize(d)["models"].items()}
     assert no_time(a) == no_time(b)
     print("single:", json.dumps(no_time(a)), "distributed:", json.dumps(no_time(b)))
+
+
+@pytest.mark.parametrize("fixture,alone", [("adaptive_file", True), ("hardened_file", False)])
+def test_adaptive_solver_examples_are_also_judged_alone(request, monkeypatch, tmp_path, fixture, alone):
+    """With dopri5 an example counts as robust only if it is also classified correctly on its own."""
+    import sodef_cli.evaluate as E
+
+    sizes = []
+    real = E._predict
+
+    def spy(model, x, batch_size, device):
+        sizes.append(batch_size)
+        return real(model, x, batch_size, device)
+
+    monkeypatch.setattr(E, "_predict", spy)
+    res = _attack(request.getfixturevalue(fixture), "--attacks", "fgsm", "--n", "8", "--no-checks", "--out", str(tmp_path / "r.json"))
+    assert res.exit_code == 0, res.output
+    assert (1 in sizes) is alone
