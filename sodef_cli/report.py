@@ -566,6 +566,14 @@ def _card_source(meta: dict) -> str:
 
 
 def card_data(meta: dict, *, path: str, diagnostics: dict | None = None, notes: Iterable[str] = ()) -> dict:
+    """Everything the model card shows, as data; malformed metadata is a ModelFileError (see ``_card_data``)."""
+    try:
+        return _card_data(meta, path=path, diagnostics=diagnostics, notes=notes)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise ModelFileError(f"{path}: malformed metadata in the model file ({type(exc).__name__}: {exc})") from None
+
+
+def _card_data(meta: dict, *, path: str, diagnostics: dict | None = None, notes: Iterable[str] = ()) -> dict:
     """Everything the model card shows, as data (this is ``--format json`` for a hardened file).
 
     Args:
