@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 
-from .backbone import ModelSpec, backbone_features, build_backbone, freeze, load_base_file
+from .backbone import BaseClassifier, ModelSpec, build_backbone, freeze, rebuild, split_state
 from .config import HardenConfig, to_dict
 from .data import load_data, stratified_split
 from .diagnostics import jacobian_stability
-from .errors import ModelError, ModelFileError, OutputError, SodefError, TrainingDivergedError
+from .errors import ModelError, ModelFileError, OutputError, SodefError, TrainingDivergedError, UsageError
 from .head import SODEFHead, simplex_classifier
-from .io import read_metadata, save_model_file, sha256_file, versions
+from .io import load_tensors, read_metadata, save_model_file, sha256_file, versions
 from .phases import Reporter, accuracy_from_logits, batched_logits, extract_features, fit_probe, phase1, phase2, phase3
 from .distributed import device_for_rank, is_main, local, rank
 from .runtime import resolve_device, seed_everything
@@ -114,15 +114,14 @@ def _load_model(cfg: HardenConfig, reporter: Reporter):
         meta = read_metadata(src, expect="sodef_cli/base")
         spec = ModelSpec.from_dict(meta.get("backbone", {}))
         size = cfg.image_size or spec.input_size[-1]
-        data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, channels=spec.in_chans, image_size=size,
-                         progress=lambda t, d, n: None)
+        data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, channels=spec.in_chans, image_size=size)
         if spec.classes and len(spec.classes) != len(data.classes):
             raise ModelError(
                 f"class-count mismatch: {src} was trained for {len(spec.classes)} classes, the data {cfg.data!r} has {len(data.classes)}"
             )
         if spec.classes and spec.classes != data.classes:
             reporter.log(f"warning: class names of {src.name} differ from the data's; matching by index")
-        model, spec, _ = load_base_file(src)
+        model = rebuild(spec, split_state(load_tensors(src), "backbone."))  # metadata already read and checked
         source = {"kind": "sodef_base_file", "path": str(src), "sha256": sha256_file(src)}
         return model, spec, source, data
     data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
@@ -168,18 +167,13 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
     backbone, spec, source, data = _load_model(cfg, reporter)
     k = len(data.classes)
     if cfg.head.dim < k:
-        from .errors import UsageError
-
         raise UsageError(f"head.dim ({cfg.head.dim}) must be >= the number of classes ({k}); pass --dim {max(64, k)}")
     backbone = freeze(backbone).to(device)
     digest_before = state_digest(backbone)
     timings["load"] = time.perf_counter() - t0
 
     tr_idx, val_idx = stratified_split(data.train.labels, cfg.val_fraction, cfg.seed)
-    from .backbone import Normalize
-
-    normalize = Normalize(spec.mean, spec.std).to(device)
-    feature_fn = lambda x: backbone_features(backbone, normalize(x))
+    feature_fn = BaseClassifier(backbone, spec).to(device).features  # normalize -> frozen backbone -> pre-logits
     data_digest = hashlib.sha256(data.train.labels.numpy().tobytes() + data.test.labels.numpy().tobytes()
                                  + data.train.images.numpy().tobytes() + data.test.images.numpy().tobytes()).hexdigest()
     ckpt = _Resume(out, cfg, resume, reporter, inputs=digest_before + data_digest)
