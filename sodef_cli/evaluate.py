@@ -25,8 +25,10 @@ from .attacks import ATTACKS, AttackParams, Target, project, suite_attacks
 from .distributed import all_gather_objects, gather_merge, is_main, map_batches, mine
 from .errors import ModelError, ResultsError, UsageError
 from .io import read_json, sha256_file, versions, write_json
+from .stats import paired_difference, wilson
 
-__all__ = ["AttackConfig", "run_evaluation", "summarize", "worst_case_flags", "SCHEMA", "SCHEMA_VERSION", "masking_checks"]
+__all__ = ["AttackConfig", "run_evaluation", "summarize", "worst_case_flags", "SCHEMA", "SCHEMA_VERSION", "masking_checks",
+           "differences", "evaluation_strength", "reduced_budgets", "ADAPTIVE_KINDS"]
 
 SCHEMA = "sodef_cli/attack-results"
 SCHEMA_VERSION = 1
@@ -375,17 +377,110 @@ def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Attac
     return doc
 
 
+def _ci(flags: list) -> list[float] | None:
+    w = wilson(sum(1 for f in flags if f is True), len(flags))
+    return None if w is None else [w[0], w[1]]
+
+
 def _model_summary(mrec: dict, n: int) -> dict:
+    """Accuracies of one model at one eps, each with its Wilson 95% interval under the same name + ``_ci95``."""
     atk = mrec.get("attacks", {})
+    clean = mrec.get("clean", [])
+    worst = worst_case_flags(clean, atk) if "clean" in mrec else None
     out = {
-        "clean": _frac(mrec.get("clean", [])),
-        "worst_case": _frac(worst_case_flags(mrec.get("clean", []), atk)) if "clean" in mrec else None,
+        "clean": _frac(clean),
+        "clean_ci95": _ci(clean),
+        "worst_case": _frac(worst) if worst is not None else None,
+        "worst_case_ci95": _ci(worst) if worst is not None else None,
         "attacks": {name: _frac(rec["robust"]) for name, rec in atk.items()},
+        "attacks_ci95": {name: _ci(rec["robust"]) for name, rec in atk.items()},
         "seconds": sum(rec.get("seconds", 0.0) for rec in atk.values()),
     }
     white = {k: v for k, v in atk.items() if v.get("kind") == "white-box"}
     if white:
-        out["white_box_direct"] = _frac(worst_case_flags(mrec["clean"], white))
+        flags = worst_case_flags(clean, white)
+        out["white_box_direct"] = _frac(flags)
+        out["white_box_direct_ci95"] = _ci(flags)
+    return out
+
+
+def paired_flags(mrec: dict) -> dict[str, list[bool]]:
+    """Per-sample flags of every figure of one model: clean, each attack (cumulative in a cascade), white-box
+    worst case and worst case; the same samples for both models, so differences are paired."""
+    clean = [bool(c) for c in mrec.get("clean", [])]
+    atk = mrec.get("attacks", {})
+    out = {"clean": clean, "worst_case": worst_case_flags(clean, atk)}
+    for name, rec in atk.items():
+        out[f"attack:{name}"] = [f is True for f in rec["robust"]]
+    white = {k: v for k, v in atk.items() if v.get("kind") == "white-box"}
+    if white:
+        out["white_box_direct"] = worst_case_flags(clean, white)
+    return out
+
+
+def differences(run: dict) -> dict:
+    """Hardened - base on the same samples, per figure both models have: the difference (fraction), its paired
+    95% interval (``_ci95``), the exact McNemar p-value (``_p``) and the discordant counts (base only, hardened only)."""
+    models = run.get("models", {})
+    if "clean" not in models.get("base", {}) or "clean" not in models.get("hardened", {}):
+        return {}
+    fb, fh = paired_flags(models["base"]), paired_flags(models["hardened"])
+    out: dict[str, Any] = {}
+    for key in fb:
+        if key not in fh or len(fb[key]) != len(fh[key]):
+            continue
+        d = paired_difference(fb[key], fh[key])
+        if d is None:
+            continue
+        name = key.split(":", 1)[-1]
+        out[name] = d["diff"]
+        out[f"{name}_ci95"] = d["diff_ci95"]
+        out[f"{name}_p"] = d["p_mcnemar"]
+        out[f"{name}_discordant"] = d["discordant"]
+    return out
+
+
+ADAPTIVE_KINDS = ("transfer", "fixed-step", "bpda", "feature", "black-box")  # gradients not from the model as shipped
+
+
+def evaluation_strength(doc: dict) -> dict:
+    """Whether the run is an adaptive evaluation (at least one attack on the hardened model that does not take
+    its gradients from the model as shipped) and whether budgets were below the reference."""
+    kinds: list[str] = []
+    for run in doc.get("runs", []):
+        for rec in run.get("models", {}).get("hardened", {}).get("attacks", {}).values():
+            if rec.get("kind") and rec["kind"] not in kinds:
+                kinds.append(rec["kind"])
+    if not kinds:  # nothing finished yet: what the plan would run
+        kinds = list(dict.fromkeys(ATTACKS[a].kind for a in doc.get("plan", {}).get("hardened", []) if a in ATTACKS))
+    return {"adaptive": any(k in ADAPTIVE_KINDS for k in kinds), "reduced": reduced_budgets(doc) != {}, "kinds": kinds}
+
+
+def reduced_budgets(doc: dict) -> dict[str, dict]:
+    """{attack: {setting: [used, reference]}} for every attack that ran (or is planned) below its reference budget."""
+    cfg = doc.get("config", {})
+    norm = cfg.get("norm", "Linf")
+    k = len(doc.get("data", {}).get("classes", [])) or 10
+    eps0 = (cfg.get("eps") or [8 / 255])[0]
+    used: dict[str, dict] = {}
+    for run in doc.get("runs", []):
+        for mrec in run.get("models", {}).values():
+            for name, rec in mrec.get("attacks", {}).items():
+                used.setdefault(name, rec.get("params", {}))
+    for names in doc.get("plan", {}).values():
+        for name in names:
+            if name in ATTACKS and name not in used:
+                used[name] = ATTACKS[name].params(AttackParams(norm=norm, eps=eps0, n_classes=k, steps=cfg.get("steps"),
+                                                                queries=cfg.get("queries")))
+    out: dict[str, dict] = {}
+    for name, u in used.items():
+        if name not in ATTACKS:
+            continue
+        ref = ATTACKS[name].params(AttackParams(norm=norm, eps=eps0, n_classes=k))
+        low = {key: [u[key], r] for key, r in ref.items()
+               if isinstance(r, (int, float)) and isinstance(u.get(key), (int, float)) and u[key] < r}
+        if low:
+            out[name] = low
     return out
 
 
@@ -396,6 +491,7 @@ def summarize(doc: dict) -> dict:
         curve.append({
             "eps": run["eps"],
             "models": {m: _model_summary(r, doc["n"]) for m, r in run.get("models", {}).items()},
+            "difference": differences(run),
             "checks": run.get("checks", []),
             "done": run.get("done", False),
         })
@@ -406,7 +502,9 @@ def summarize(doc: dict) -> dict:
         "eps": first["eps"],
         "suite": doc.get("config", {}).get("suite"),
         "complete": doc.get("complete", False),
+        "evaluation": evaluation_strength(doc),
         "models": first["models"],
+        "difference": first.get("difference", {}),
         "checks": first["checks"],
         "curve": curve,
     }

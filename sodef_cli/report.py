@@ -65,6 +65,31 @@ def _delta(b: float | None, h: float | None) -> str:
     return "-" if b is None or h is None else _points(100 * (h - b))
 
 
+def pct_ci(v: Any, ci: Any, sep: str = " ", mark: str = "") -> str:
+    """``52.8% [48.4, 57.1]``: an accuracy with its 95% interval in percent (``sep`` before the interval)."""
+    if v is None:
+        return "-"
+    if not ci:
+        return pct(v) + mark
+    return f"{pct(v)}{mark}{sep}[{100 * float(ci[0]):.1f}, {100 * float(ci[1]):.1f}]"
+
+
+def points_ci(d: Any, ci: Any, sep: str = " ") -> str:
+    """``+2.4 [-1.3, +6.0]``: a difference in points with its paired 95% interval."""
+    if d is None:
+        return "-"
+    if not ci:
+        return _points(100 * float(d))
+    return f"{100 * float(d):+.1f}{sep}[{100 * float(ci[0]):+.1f}, {100 * float(ci[1]):+.1f}]"
+
+
+def fmt_p(p: Any) -> str:
+    if p is None:
+        return "-"
+    p = float(p)
+    return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+
+
 def fmt_eps(eps: float | None, norm: str | None = "Linf") -> str:
     """8/255 for Linf budgets on the 1/255 grid, else 4 significant digits."""
     if eps is None:
@@ -150,39 +175,15 @@ def check_results(doc: Any, name: str) -> None:
         raise ResultsError(f'{name}: "runs" is missing or not a list')
 
 
-def _reference_settings(doc: dict) -> dict[str, tuple[dict, dict]]:
-    """{attack: (used params, reference params)}, from the records, else from the plan and config."""
-    from .attacks import ATTACKS, AttackParams
-
-    cfg = doc.get("config", {})
-    norm = cfg.get("norm", "Linf")
-    k = len(doc.get("data", {}).get("classes", [])) or 10
-    eps0 = (cfg.get("eps") or [8 / 255])[0]
-    out: dict[str, tuple[dict, dict]] = {}
-    for run in doc.get("runs", []):
-        for mrec in run.get("models", {}).values():
-            for name, rec in mrec.get("attacks", {}).items():
-                if name in ATTACKS and name not in out:
-                    ref = ATTACKS[name].params(AttackParams(norm=norm, eps=eps0, n_classes=k))
-                    out[name] = ({kk: v for kk, v in rec.get("params", {}).items() if kk in ref}, ref)
-    for names in doc.get("plan", {}).values():
-        for name in names:
-            if name in ATTACKS and name not in out:
-                spec = ATTACKS[name]
-                used = spec.params(AttackParams(norm=norm, eps=eps0, n_classes=k, steps=cfg.get("steps"), queries=cfg.get("queries")))
-                out[name] = (used, spec.params(AttackParams(norm=norm, eps=eps0, n_classes=k)))
-    return out
-
-
 def _iterations(doc: dict) -> tuple[bool, str]:
     """(reduced?, the header's sentence about attack iterations)."""
+    from .evaluate import reduced_budgets
+
     cfg = doc.get("config", {})
-    settings = _reference_settings(doc)
-    reduced = {n: (u, r) for n, (u, r) in settings.items()
-               if any(isinstance(r.get(k), (int, float)) and isinstance(u.get(k), (int, float)) and u[k] < r[k] for k in r)}
+    reduced = reduced_budgets(doc)
     flags = " ".join(f"--{k} {cfg[k]}" for k in ("steps", "queries") if cfg.get(k) is not None)
     if reduced:
-        refs = ", ".join(f"{n} " + "/".join(f"{u.get(k)} of {r[k]} {k}" for k in r if u.get(k) != r[k]) for n, (u, r) in reduced.items())
+        refs = ", ".join(f"{n} " + "/".join(f"{u} of {r} {k}" for k, (u, r) in low.items()) for n, low in reduced.items())
         return True, f"REDUCED ({flags}): {refs}; weaker than the reference evaluation"
     if flags:
         return False, f"overridden ({flags}), at or above the reference settings"
@@ -198,11 +199,14 @@ def _model_data(mrec: dict | None, planned: list[str]) -> dict | None:
     atk = mrec.get("attacks", {})
     return {
         "clean": s["clean"],
+        "clean_ci95": s["clean_ci95"],
         "worst_case": s["worst_case"],
+        "worst_case_ci95": s["worst_case_ci95"],
         "white_box_direct": s.get("white_box_direct"),
+        "white_box_direct_ci95": s.get("white_box_direct_ci95"),
         "attacks": {
-            name: {"accuracy": s["attacks"][name], "kind": rec.get("kind"), "params": rec.get("params", {}),
-                   "attacked": rec.get("attacked"), "seconds": rec.get("seconds")}
+            name: {"accuracy": s["attacks"][name], "accuracy_ci95": s["attacks_ci95"][name], "kind": rec.get("kind"),
+                   "params": rec.get("params", {}), "attacked": rec.get("attacked"), "seconds": rec.get("seconds")}
             for name, rec in atk.items()
         },
         "missing": [a for a in planned if a not in atk],
@@ -211,7 +215,7 @@ def _model_data(mrec: dict | None, planned: list[str]) -> dict | None:
 
 
 def _file_data(doc: dict, label: str) -> dict:
-    from .evaluate import masking_checks
+    from .evaluate import differences, evaluation_strength, masking_checks
 
     cfg = doc.get("config", {})
     norm = cfg.get("norm", "Linf")
@@ -226,7 +230,7 @@ def _file_data(doc: dict, label: str) -> dict:
             provisional = bool(checks)
         pending = [m for m in ("base", "hardened") if models[m] is None and plan.get(m) and not doc.get("complete")]
         runs.append({"eps": float(run["eps"]), "done": bool(run.get("done", False)), "models": models, "pending": pending,
-                     "checks": checks, "checks_provisional": provisional})
+                     "difference": differences(run), "checks": checks, "checks_provisional": provisional})
     ran = {_eps_key(r["eps"]) for r in runs}
     not_started = [float(e) for e in cfg.get("eps", []) if _eps_key(e) not in ran]
     complete = bool(doc.get("complete", False))
@@ -267,6 +271,7 @@ def _file_data(doc: dict, label: str) -> dict:
         "complete": complete,
         "cascade": not cfg.get("all_samples", False),
         "reduced_iterations": reduced,
+        "evaluation": evaluation_strength(doc),
         "solver": head.get("solver"),
         "header": header,
         "runs": runs,
@@ -328,8 +333,18 @@ def _verdict(fd: dict) -> dict:
 
     solver = fd.get("solver")
     through = (f"the adaptive solver ({solver})" if solver in ADAPTIVE_SOLVERS else f"the {solver} solver") if solver else "the solver"
-    text = (f"Hardening gain under the adaptive worst case at eps={fmt_eps(r['eps'], norm)}: {gain:+.1f} points "
-            f"(base {pct(b['worst_case'])} -> hardened {pct(h['worst_case'])}); ")
+    ev = fd["evaluation"]
+    diff = r.get("difference", {})
+    ci, p = diff.get("worst_case_ci95"), diff.get("worst_case_p")
+    significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
+    out.update(evaluation=ev, gain_ci95_points=None if ci is None else [100 * ci[0], 100 * ci[1]], p_mcnemar=p,
+               significant=significant)
+    which = "adaptive worst case" if ev["adaptive"] else "white-box worst case"
+    text = (f"Hardening gain under the {which} at eps={fmt_eps(r['eps'], norm)}: {gain:+.1f} points"
+             + (f" (95% CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}, McNemar p={fmt_p(p)}, n={fd['n']})" if ci is not None else "")
+             + f" (base {pct(b['worst_case'])} -> hardened {pct(h['worst_case'])})"
+             + ("" if significant or ci is None else "; not significant")
+             + "; ")
     if claimed is None:
         text += f"no direct white-box attack through {through} was run."
     else:
@@ -348,8 +363,12 @@ def _verdict(fd: dict) -> dict:
     if not fd["complete"]:
         text = "Provisional (interrupted run): " + text
     if fd["reduced_iterations"]:
-        text += " Attacks ran with reduced iterations."
-    out["level"] = "bad" if flagged or gain <= 0 else ("warn" if not fd["complete"] or fd["reduced_iterations"] else "good")
+        text += f" REDUCED budgets ({fd['header']['iterations'].split(': ', 1)[-1].split(';')[0]}): weaker than the reference evaluation."
+    if not ev["adaptive"]:
+        text = ("white-box only: not an adaptive evaluation (no transfer, fixed-step, BPDA, feature or black-box attack ran; "
+                "use --suite adaptive). " + text)
+    good = ev["adaptive"] and significant and fd["complete"] and not fd["reduced_iterations"]
+    out["level"] = "bad" if flagged or gain <= 0 else ("good" if good else "warn")
     out["text"] = text
     return out
 
@@ -439,14 +458,22 @@ def _cell(md: dict | None, key: str, *, attack: bool = False, partial: bool = Fa
     if attack:
         if key in md["attacks"]:
             v = md["attacks"][key]["accuracy"]
-            return v, pct(v)
+            return v, pct_ci(v, md["attacks"][key].get("accuracy_ci95"), "\n")
         return None, ("pending" if key in md["missing"] else "-")
     v = md.get(key)
     from .attacks import ATTACKS
 
     missing_white = any(ATTACKS[a].kind == "white-box" for a in md["missing"] if a in ATTACKS)
     mark = "†" if partial and (key == "worst_case" and md["missing"] or key == "white_box_direct" and missing_white) else ""
-    return v, pct(v) + (mark if v is not None else "")
+    return v, pct_ci(v, md.get(f"{key}_ci95"), "\n", mark)
+
+
+def _delta_cells(r: dict | None, key: str, bv: float | None, hv: float | None) -> list[str]:
+    """The paired difference (points, 95% interval) and its McNemar p-value, when both models have the figure."""
+    diff = (r or {}).get("difference", {})
+    if bv is None or hv is None or key not in diff:
+        return [_delta(bv, hv), "-"]
+    return [points_ci(diff[key], diff.get(f"{key}_ci95"), "\n"), fmt_p(diff.get(f"{key}_p"))]
 
 
 def results_blocks(data: dict) -> list[dict]:
@@ -477,7 +504,8 @@ def results_blocks(data: dict) -> list[dict]:
         cols = [_col("attack", nowrap=True)] + ([] if multi else [_col("kind", nowrap=True)])
         for tag, fd in zip(tags, files):
             pre = f"{tag}\n" if multi else ""
-            cols += [_col(f"{pre}base", "right", "value"), _col(f"{pre}hardened", "right", "value"), _col(f"{pre}delta", "right", "delta")]
+            cols += [_col(f"{pre}base", "right", "value"), _col(f"{pre}hardened", "right", "value"), _col(f"{pre}delta", "right", "delta"),
+                     _col(f"{pre}p", "right")]
         rows, styles = [], []
         row_defs = [("clean accuracy", "", "clean", False)] + [(n, k, n, True) for n, k in attacks] + [
             ("white-box worst case", "", "white_box_direct", False), ("worst case", "", "worst_case", False)]
@@ -491,7 +519,7 @@ def results_blocks(data: dict) -> list[dict]:
                 pend = r["pending"] if r else []
                 bv, bs = _cell(b, key, attack=is_attack, partial=partial, pending="base" in pend)
                 hv, hs = _cell(h, key, attack=is_attack, partial=partial, pending="hardened" in pend)
-                row += [bs, hs, _delta(bv, hv)]
+                row += [bs, hs, *_delta_cells(r, key, bv, hv)]
             rows.append(row)
             styles.append("bold" if key == "worst_case" else ("dim" if key == "white_box_direct" else ""))
         cascade = {fd["cascade"] for fd in files}
@@ -501,7 +529,8 @@ def results_blocks(data: dict) -> list[dict]:
             caption = "all samples: each attack row is that attack alone on every clean-correct sample"
         else:
             caption = "mixed modes: " + "; ".join(f"{tag}: {'cascade (cumulative rows)' if fd['cascade'] else 'all samples'}" for tag, fd in zip(tags, files))
-        caption += "; worst case = correct and robust to every attack; delta in points (hardened - base)"
+        caption += ("; worst case = correct and robust to every attack; [95% interval]: Wilson for accuracies, Newcombe's "
+                    "paired score interval for delta (points, hardened - base, same samples); p = exact McNemar test")
         n_set = {fd["n"] for fd in files}
         n_txt = f", n={n_set.pop()}" if len(n_set) == 1 else ""
         blocks.append(_table(f"Robust accuracy at eps = {fmt_eps(eps, norm)}" + (f" ({norm})" if norm else "") + n_txt,
@@ -825,7 +854,8 @@ _LEVEL_STYLE = {"info": "dim", "warn": "yellow", "good": "bold green", "bad": "b
 
 def _styled_cell(text: str, role: str) -> Text:
     if role == "delta" and text not in ("-", ""):
-        return Text(text, style="green" if text.startswith("+") and text != "+0.0" else ("red" if text.startswith("-") else ""))
+        head = text.split()[0]
+        return Text(text, style="green" if head.startswith("+") and head != "+0.0" else ("red" if head.startswith("-") else ""))
     if role == "status":
         return Text(text, style={"FLAG": "bold red", "ok": "green", "not run": "dim"}.get(text, ""))
     return Text(text)
@@ -1012,11 +1042,12 @@ def _html(blocks: list[dict]) -> str:
                 cells = []
                 for v, c in zip(r, cols):
                     cls = ["r"] if c["align"] == "right" else []
-                    if c["role"] == "delta" and v not in ("-", "", "+0.0"):
+                    if c["role"] == "delta" and v.split()[0] not in ("-", "", "+0.0"):
                         cls.append("pos" if v.startswith("+") else "neg")
                     if c["role"] == "status":
                         cls.append(v.replace(" ", ""))
-                    cells.append(f'<td class="{" ".join(cls)}">{e(v)}</td>' if cls else f"<td>{e(v)}</td>")
+                    cell = e(v).replace(chr(10), "<br>")  # a figure and its interval on two lines
+                    cells.append(f'<td class="{" ".join(cls)}">{cell}</td>' if cls else f"<td>{cell}</td>")
                 body.append((f'<tr class="{style}">' if style else "<tr>") + "".join(cells) + "</tr>")
             body.append("</tbody></table>")
         elif t == "chart":

@@ -252,8 +252,9 @@ def test_results_data_and_verdict_figures():
     assert v["white_box_claimed_gain_points"] == pytest.approx(37.5)
     assert v["masking_suspected"]
     assert v["flagged_checks"] == ["black-box beats white-box", "transfer beats direct"]
-    assert v["text"].startswith("Hardening gain under the adaptive worst case at eps=4/255: +0.0 points "
-                                "(base 37.5% -> hardened 37.5%); white-box attacks through the adaptive solver (dopri5) claimed 75.0% (+37.5).")
+    assert v["text"].startswith("Hardening gain under the adaptive worst case at eps=4/255: +0.0 points (95% CI ")
+    assert "(base 37.5% -> hardened 37.5%); not significant; white-box attacks through the adaptive solver (dopri5) claimed 75.0% (+37.5)." in v["text"]
+    assert v["evaluation"] == {"adaptive": True, "reduced": False, "kinds": ["white-box", "transfer", "black-box"]}
     assert "Gradient masking suspected: black-box beats white-box, transfer beats direct." in v["text"]
     assert v["level"] == "bad"
     assert fd["header"]["iterations"] == "reference settings"
@@ -270,7 +271,72 @@ def test_reduced_iterations_are_named_in_the_header():
     assert fd["reduced_iterations"]
     assert fd["header"]["iterations"].startswith("REDUCED (--steps 5): apgd-ce 5 of 100 steps")
     assert "square" not in fd["header"]["iterations"]  # queries untouched
-    assert fd["verdict"]["text"].endswith("Attacks ran with reduced iterations.")
+    assert fd["verdict"]["text"].endswith("REDUCED budgets (apgd-ce 5 of 100 steps, transfer-apgd-ce 5 of 100 steps): "
+                                          "weaker than the reference evaluation.")
+    assert fd["evaluation"]["reduced"] is True
+
+
+def _only(doc: dict, keep: set[str]) -> dict:
+    """The document as if only the attacks in ``keep`` had run."""
+    doc["plan"] = {m: [a for a in names if a in keep] for m, names in doc["plan"].items()}
+    doc["config"]["attacks"] = sorted(keep)
+    for run in doc["runs"]:
+        for mrec in run["models"].values():
+            mrec["attacks"] = {a: r for a, r in mrec["attacks"].items() if a in keep}
+        run["checks"] = masking_checks(run)
+    return doc
+
+
+def test_white_box_only_run_is_never_called_adaptive_nor_good():
+    """`--attacks apgd-ce --no-checks`: the hardened model gains 25 points under white-box APGD-CE alone."""
+    doc = _only(make_doc(), {"apgd-ce"})
+    for run in doc["runs"]:
+        run.pop("extra_checks")
+        run["checks"] = masking_checks(run)
+    fd = results_data([doc])["files"][0]
+    v = fd["verdict"]
+    assert fd["evaluation"] == {"adaptive": False, "reduced": False, "kinds": ["white-box"]}
+    assert v["text"].startswith("white-box only: not an adaptive evaluation")
+    assert "white-box worst case" in v["text"] and "adaptive worst case" not in v["text"]
+    assert v["gain_points"] == pytest.approx(25.0)
+    assert v["level"] != "good"
+    # the same figures with a significant gain stay "warn" without an adaptive attack, "good" with one
+    big = _only(make_doc(), {"apgd-ce"})
+    for run in big["runs"]:
+        run.pop("extra_checks")
+        for m, ok in (("base", False), ("hardened", True)):
+            mrec = run["models"][m]
+            mrec["clean"] = [True] * 8
+            mrec["attacks"]["apgd-ce"]["robust"] = [ok] * 8
+        run["checks"] = masking_checks(run)
+    big["n"] = 8
+    v = results_data([big])["files"][0]["verdict"]
+    assert v["significant"] and v["level"] == "warn"
+    for run in big["runs"]:
+        run["models"]["hardened"]["attacks"]["feature"] = _attack("feature", [True] * 8, run["eps"], 1.0, steps=100)
+        run["checks"] = masking_checks(run)
+    big["plan"]["hardened"].append("feature")
+    v = results_data([big])["files"][0]["verdict"]
+    assert v["evaluation"]["adaptive"] and v["level"] == "good" and not v["text"].startswith("white-box only")
+
+
+def test_every_figure_has_its_interval_and_paired_difference():
+    data = json.loads(render(results_data([make_doc()]), "json"))
+    run = data["files"][0]["runs"][0]
+    for m in ("base", "hardened"):
+        md = run["models"][m]
+        for key in ("clean", "worst_case", "white_box_direct"):
+            lo, hi = md[f"{key}_ci95"]
+            assert lo <= md[key] <= hi
+        for a in md["attacks"].values():
+            assert a["accuracy_ci95"][0] <= a["accuracy"] <= a["accuracy_ci95"][1]
+    diff = run["difference"]
+    # worst case at 4/255: base robust on 0, 4, 7; hardened on 1, 4, 7 -> one discordant pair each way
+    assert diff["worst_case"] == 0.0 and diff["worst_case_discordant"] == [1, 1] and diff["worst_case_p"] == 1.0
+    assert diff["worst_case_ci95"][0] < 0 < diff["worst_case_ci95"][1]
+    assert diff["apgd-ce"] == pytest.approx(0.25) and "transfer-apgd-ce" not in diff  # base never ran it
+    md_text = render(results_data([make_doc()]), "markdown")
+    assert "[52.9, 97.8]" in md_text and "McNemar" in md_text
 
 
 def test_malformed_and_foreign_documents_raise_results_error():
