@@ -28,6 +28,7 @@ __all__ = [
     "load_data",
     "stratified_split",
     "select_samples",
+    "check_split",
     "DEMO_ZIP",
     "TORCHVISION_SETS",
 ]
@@ -305,3 +306,22 @@ def select_samples(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
                     break
         depth += 1
     return torch.tensor(out, dtype=torch.int64)
+
+
+def check_split(labels: torch.Tensor, train_idx: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Carve the hardening guard's own images out of the training indices: (train without them, check).
+
+    ``n`` images drawn class by class (seeded, a stream of its own), in that interleaved order; they are used
+    neither for training nor for any model selection (the validation split is carved separately). At most half
+    of the training images are taken.
+    """
+    if n <= 0:
+        raise UsageError("check.n must be positive")
+    take = min(n, len(train_idx) // 2)
+    if take < 1:
+        raise DataError("the training split is too small to hold out images for the hardening guard; pass --no-check")
+    pos = select_samples(labels[train_idx], take, seed + 7919)  # positions within train_idx
+    check = train_idx[pos]
+    keep = torch.ones(len(train_idx), dtype=torch.bool)
+    keep[pos] = False
+    return train_idx[keep], check

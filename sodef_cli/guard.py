@@ -1,8 +1,14 @@
 """The hardening guard: does the hardened model beat its base under adaptive attack?
 
 Runs the ``quick`` suite of ``sodef attack`` (APGD-CE on the model as shipped, APGD-CE through the
-fixed-step copy, transfer APGD-CE from the base) on validation images carved from train (never the test
-split), and turns the worst-case difference into a plain recommendation.
+fixed-step copy, transfer APGD-CE from the base) on the guard's own images: a check split carved from train
+(``data.check_split``), held out from training and from every model-selection step, never the test split.
+The fixed-step copy's agreement with the model is checked too (below 99% its attacks are weak).
+
+The decision is paired (both models on the same images): the worst-case difference with Newcombe's paired
+95% interval and the exact McNemar test. Three outcomes: "more robust", "LESS robust" (McNemar p < 0.05), or
+"no significant difference at n=..." with the number of images that would resolve a difference of the size
+measured (``stats.n_to_resolve``).
 """
 from __future__ import annotations
 
@@ -10,28 +16,56 @@ from typing import Any
 
 import torch
 
+from .attacks import ATTACKS, AttackParams
 from .backbone import BaseClassifier
 from .data import ImageSet, select_samples
-from .evaluate import AttackConfig, _model_summary, cascade, suite_attacks
+from .evaluate import AttackConfig, _model_summary, _surrogate_check, cascade, differences, suite_attacks, worst_case_flags
 from .head import HardenedClassifier
+from .stats import ALPHA, n_to_resolve, paired_difference
 
-__all__ = ["run_check", "recommendation"]
+__all__ = ["run_check", "recommendation", "OUTCOMES"]
+
+OUTCOMES = ("more robust", "LESS robust", "no significant difference")
 
 
-def recommendation(gain_points: float, clean_delta_points: float) -> str:
-    """The sentence printed after hardening; it follows the sign of the worst-case difference."""
-    if gain_points > 0:
-        return (f"hardened model is more robust under adaptive attack (+{gain_points:.1f} points, "
-                f"clean {clean_delta_points:+.1f})")
-    if gain_points < 0:
-        return (f"hardened model is LESS robust than its base under adaptive attack ({gain_points:.1f} points): "
+def _fig(points: float, ci: list[float] | None, p: float | None, n: int) -> str:
+    s = f"{points:+.1f} points"
+    if ci is not None:
+        s += f", 95% CI {ci[0]:+.1f} to {ci[1]:+.1f}"
+    if p is not None:
+        s += f", McNemar p={p:.3g}"
+    return s + f", n={n}"
+
+
+def recommendation(outcome: str, gain_points: float, clean_delta_points: float, *, ci_points: list[float] | None = None,
+                   p: float | None = None, n: int = 0, n_needed: int | None = None, reduced: str = "") -> str:
+    """The sentence printed after hardening, one per outcome; ``reduced`` names budgets below the reference."""
+    fig = _fig(gain_points, ci_points, p, n)
+    if outcome == "more robust":
+        text = f"hardened model is more robust under adaptive attack ({fig}; clean {clean_delta_points:+.1f})"
+    elif outcome == "LESS robust":
+        text = (f"hardened model is LESS robust than its base under adaptive attack ({fig}): "
                 "keep the base, or evaluate with `sodef attack --suite adaptive` before deploying")
-    return ("hardened model is NOT more robust than its base under adaptive attack (+0.0 points): "
-            "keep the base, or evaluate with `sodef attack --suite adaptive` before deploying")
+    else:
+        text = f"no significant difference at n={n} between the hardened model and its base under adaptive attack ({fig}); "
+        if n_needed is None:
+            text += "no sample size would resolve it (the models disagree equally often each way)"
+        else:
+            text += f"about n={n_needed} check images would resolve a difference of this size (raise check.n)"
+        text += "; evaluate with `sodef attack --suite adaptive` before deploying"
+    if reduced:
+        text += f". REDUCED: {reduced}, weaker than the reference evaluation"
+    return text
 
 
-def run_check(backbone, spec, head, probe, val: ImageSet, cfg, *, device, reporter) -> dict[str, Any]:
-    """Quick adaptive suite on up to ``cfg.check.n`` validation images. Returns figures as data."""
+def decide(gain_points: float, p: float | None) -> str:
+    if p is not None and p < ALPHA and gain_points != 0:
+        return "more robust" if gain_points > 0 else "LESS robust"
+    return "no significant difference"
+
+
+def run_check(backbone, spec, head, probe, check: ImageSet, cfg, *, device, reporter) -> dict[str, Any]:
+    """Quick adaptive suite on up to ``cfg.check.n`` held-out check images. Returns figures as data."""
     c = cfg.check
     base = BaseClassifier(backbone, spec, probe).to(device).eval()
     hardened = HardenedClassifier(backbone, spec, head).to(device).eval()
@@ -39,35 +73,52 @@ def run_check(backbone, spec, head, probe, val: ImageSet, cfg, *, device, report
     was = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
-    order = select_samples(val.labels, c.n, cfg.seed)
-    x, y = val.floats(order), val.labels[order]
+    order = select_samples(check.labels, c.n, cfg.seed)
+    x, y = check.floats(order), check.labels[order]
     acfg = AttackConfig(suite="quick", norm=c.norm, eps=(c.eps,), n=len(order), seed=cfg.seed, batch_size=c.batch_size,
                         steps=c.steps, checks=False)
     plan = suite_attacks("quick", [], c.norm)
     doc: dict = {"runs": []}
     cascade(base, hardened, x, y, acfg, plan=plan, n_classes=int(head.classifier.out_features),
             fixed_step=head.block.step_size, doc=doc, save=lambda: None, reporter=reporter, device=device)
+    agreement = _surrogate_check(hardened, x, acfg, device, head.block.step_size)
     for p, flag in zip(params, was):
         p.requires_grad_(flag)
     run = doc["runs"][0]
     summ = {m: _model_summary(r, len(order)) for m, r in run["models"].items()}
     for m in summ.values():
         m.pop("seconds", None)  # timings stay out of the file (bitwise-reproducible)
-    gain = 100 * (summ["hardened"]["worst_case"] - summ["base"]["worst_case"])
-    clean_delta = 100 * (summ["hardened"]["clean"] - summ["base"]["clean"])
+    flags = {m: worst_case_flags(r["clean"], r["attacks"]) for m, r in run["models"].items()}
+    pd = paired_difference(flags["base"], flags["hardened"])
+    diff = differences(run)
+    gain = 100 * pd["diff"]
+    ci_points = [100 * v for v in pd["diff_ci95"]]
+    clean_delta = 100 * diff["clean"]
+    outcome = decide(gain, pd["p_mcnemar"])
+    n_needed = None if outcome != "no significant difference" else n_to_resolve(*pd["discordant"], len(order))
+    reference = ATTACKS["apgd-ce"].params(AttackParams(norm=c.norm, eps=c.eps, n_classes=2))["steps"]
+    reduced_text = f"{c.steps} of {reference} APGD-CE steps" if c.steps is not None and c.steps < reference else ""
     return {
         "suite": "quick",
-        "split": "validation",
+        "split": "check",  # held out from training and from every selection step
         "n": len(order),
         "norm": c.norm,
         "eps": c.eps,
         "steps": c.steps,
-        "val_positions": [int(i) for i in order],  # positions within the validation split
+        "reduced": reduced_text or None,
+        "positions": [int(i) for i in order],  # positions within the check split
         "base": summ["base"],
         "hardened": summ["hardened"],
         "gain_points": round(gain, 6),
+        "gain_points_ci95": [round(v, 6) for v in ci_points],
+        "p_mcnemar": pd["p_mcnemar"],
+        "discordant": pd["discordant"],  # [base only robust, hardened only robust]
         "clean_delta_points": round(clean_delta, 6),
-        "more_robust": gain > 0,
-        "recommendation": recommendation(gain, clean_delta),
-        "checks": run.get("checks", []),
+        "clean_delta_points_ci95": [round(100 * v, 6) for v in diff["clean_ci95"]],
+        "outcome": outcome,
+        "n_to_resolve": n_needed,
+        "more_robust": outcome == "more robust",
+        "recommendation": recommendation(outcome, gain, clean_delta, ci_points=ci_points, p=pd["p_mcnemar"], n=len(order),
+                                         n_needed=n_needed, reduced=reduced_text),
+        "checks": run.get("checks", []) + [agreement],
     }

@@ -15,7 +15,7 @@ import torch
 
 from .backbone import BaseClassifier, ModelSpec, build_backbone, freeze, rebuild, split_state
 from .config import HardenConfig, to_dict
-from .data import load_data, stratified_split
+from .data import check_split, load_data, stratified_split
 from .diagnostics import jacobian_stability
 from .errors import ModelError, ModelFileError, OutputError, SodefError, TrainingDivergedError, UsageError
 from .head import SODEFHead, simplex_classifier
@@ -173,10 +173,13 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
     timings["load"] = time.perf_counter() - t0
 
     tr_idx, val_idx = stratified_split(data.train.labels, cfg.val_fraction, cfg.seed)
+    check_idx = torch.empty(0, dtype=torch.long)
+    if cfg.check.enabled:  # the guard's own images: held out from training and from every selection step
+        tr_idx, check_idx = check_split(data.train.labels, tr_idx, cfg.check.n, cfg.seed)
     feature_fn = BaseClassifier(backbone, spec).to(device).features  # normalize -> frozen backbone -> pre-logits
     data_digest = hashlib.sha256(data.train.labels.numpy().tobytes() + data.test.labels.numpy().tobytes()
                                  + data.train.images.numpy().tobytes() + data.test.images.numpy().tobytes()).hexdigest()
-    ckpt = _Resume(out, cfg, resume, reporter, inputs=digest_before + data_digest)
+    ckpt = _Resume(out, cfg, resume, reporter, inputs=digest_before + data_digest + f"|check {len(check_idx)}")
     t0 = time.perf_counter()
     if ckpt.done("features"):
         h_train_all, h_test = ckpt.tensors["features.train"], ckpt.tensors["features.test"]
@@ -270,7 +273,7 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
     summary: dict[str, Any] = {
         "out": str(out),
         "data": data.describe(),
-        "split": {"train": len(tr_idx), "val": len(val_idx), "seed": cfg.seed},
+        "split": {"train": len(tr_idx), "val": len(val_idx), "check": len(check_idx), "seed": cfg.seed},
         "base": {"classifier": base_kind, "val_acc": base_val, "test_clean_acc": base_test},
         "hardened": {"val_acc": m3["val_acc"], "test_clean_acc": hard_test},
         "phases": {"phase1": m1, "phase2": m2, "phase3": m3},
@@ -285,8 +288,8 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
 
         t0 = time.perf_counter()
         with local():  # torchrun: the other ranks have finished; rank 0 checks alone
-            check = run_check(backbone, spec, head, probe, data.train.subset(val_idx), cfg, device=device, reporter=reporter)
-        check["train_indices"] = [int(val_idx[i]) for i in check.pop("val_positions")]  # indices into the train split
+            check = run_check(backbone, spec, head, probe, data.train.subset(check_idx), cfg, device=device, reporter=reporter)
+        check["train_indices"] = [int(check_idx[i]) for i in check.pop("positions")]  # indices into the train split
         if cfg.check.require_gain and check["gain_points"] < 0:
             check["require_gain_failed"] = True  # the file is still written, marked as failing the guard
         timings["check"] = time.perf_counter() - t0

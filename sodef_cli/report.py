@@ -83,6 +83,15 @@ def points_ci(d: Any, ci: Any, sep: str = " ") -> str:
     return f"{100 * float(d):+.1f}{sep}[{100 * float(ci[0]):+.1f}, {100 * float(ci[1]):+.1f}]"
 
 
+def acc_ci(acc: Any, n: Any) -> str:
+    """An accuracy measured on ``n`` samples with its Wilson 95% interval."""
+    from .stats import wilson
+
+    if acc is None or not isinstance(n, int) or n <= 0:
+        return pct(acc)
+    return pct_ci(acc, wilson(min(n, max(0, round(float(acc) * n))), n))
+
+
 def fmt_p(p: Any) -> str:
     if p is None:
         return "-"
@@ -128,30 +137,42 @@ def render_harden_summary(s: dict) -> Group:
     t.add_column("")
     t.add_column("base", justify="right")
     t.add_column("hardened", justify="right")
-    t.add_row("clean accuracy (test)", pct(s["base"]["test_clean_acc"]), pct(s["hardened"]["test_clean_acc"]))
-    t.add_row("clean accuracy (val)", pct(s["base"]["val_acc"]), pct(s["hardened"]["val_acc"]))
+    n_test, n_val = (s.get("data") or {}).get("test"), (s.get("split") or {}).get("val")
+    t.add_row("clean accuracy (test)", acc_ci(s["base"]["test_clean_acc"], n_test), acc_ci(s["hardened"]["test_clean_acc"], n_test))
+    t.add_row("clean accuracy (val)", acc_ci(s["base"]["val_acc"], n_val), acc_ci(s["hardened"]["val_acc"], n_val))
     st = s["stability"]
     t.add_row("Jacobians with all Re(eig) < 0", "", f"{pct(st['before_phase2']['frac_eig_negative'])} -> {pct(st['after_phase2']['frac_eig_negative'])} (phase 2) -> {pct(st['final']['frac_eig_negative'])}")
     parts: list[Any] = [t]
+    if st.get("warning"):
+        parts.append(Text(f"warning: {st['warning']}", style="bold yellow"))
+    skipped = [p for p, m in (s.get("phases") or {}).items() if isinstance(m, dict) and m.get("skipped")]
+    if skipped:
+        parts.append(Text(f"skipped (epochs = 0): {', '.join(skipped)}", style="yellow"))
     tim = s.get("timings_s", {})
     if tim:
         parts.append(Text("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in tim.items()), style="dim"))
     check = s.get("check")
     if check:
         b, h = check["base"], check["hardened"]
-        g = Table(title=f"hardening guard: quick adaptive suite, {check['n']} validation images, {check['norm']} eps={fmt_eps(check['eps'], check['norm'])}")
+        split = "held-out check images" if check.get("split") == "check" else f"{check.get('split', 'validation')} images"
+        budget = f", REDUCED: {check['reduced']}" if check.get("reduced") else ""
+        g = Table(title=f"hardening guard: quick adaptive suite, {check['n']} {split}, {check['norm']} "
+                        f"eps={fmt_eps(check['eps'], check['norm'])}{budget}")
         g.add_column("")
         g.add_column("base", justify="right")
         g.add_column("hardened", justify="right")
-        g.add_row("clean", pct(b["clean"]), pct(h["clean"]))
+        g.add_row("clean", pct_ci(b["clean"], b.get("clean_ci95")), pct_ci(h["clean"], h.get("clean_ci95")))
         for name in h.get("attacks", {}):
-            g.add_row(name, pct(b.get("attacks", {}).get(name)), pct(h["attacks"][name]))
-        g.add_row("worst case", pct(b["worst_case"]), pct(h["worst_case"]))
+            g.add_row(name, pct_ci(b.get("attacks", {}).get(name), b.get("attacks_ci95", {}).get(name)),
+                      pct_ci(h["attacks"][name], h.get("attacks_ci95", {}).get(name)))
+        g.add_row("worst case", pct_ci(b["worst_case"], b.get("worst_case_ci95")), pct_ci(h["worst_case"], h.get("worst_case_ci95")))
         parts.append(g)
         for c in check.get("checks", []):
             if c.get("flagged"):
                 parts.append(Text(f"gradient masking signature ({c['name']}): {c['evidence']}", style="yellow"))
-        parts.append(Text(check["recommendation"], style="bold green" if check["gain_points"] > 0 else "bold red"))
+        outcome = check.get("outcome", "more robust" if check["gain_points"] > 0 else "LESS robust")
+        style = {"more robust": "bold green", "LESS robust": "bold red"}.get(outcome, "bold yellow")
+        parts.append(Text(check["recommendation"], style=style))
     else:
         parts.append(Text("hardening guard skipped (--no-check): evaluate with `sodef attack` before deploying", style="yellow"))
     return Group(*parts)
@@ -687,13 +708,24 @@ def card_blocks(data: dict) -> list[dict]:
                         + ", ".join(f"{k} {_num(reg.get(k))}" for k in reg_keys if k in reg)],
     ]))
     phases = metrics.get("phases") or {}
-    rows = [[p, _phase_settings(cfg.get(p) or {}), _phase_metrics(phases.get(p) or {})] for p in ("phase1", "phase2", "phase3") if p in phases or p in cfg]
+    rows = [[p, _phase_settings(cfg.get(p) or {}),
+             "skipped (epochs = 0)" if (cfg.get(p) or {}).get("epochs") == 0 else _phase_metrics(phases.get(p) or {})]
+            for p in ("phase1", "phase2", "phase3") if p in phases or p in cfg]
+    if data["base_classifier"] == "probe" and (cfg.get("probe") or {}).get("epochs") == 0:
+        rows.append(["probe", _phase_settings(cfg["probe"]), "skipped (epochs = 0): the baseline is an untrained linear probe"])
     if rows:
         blocks.append(_table("Hardening phases", [_col("phase"), _col("settings"), _col("final metrics")], rows))
+    p3 = cfg.get("phase3") or {}
+    if head.get("adjoint") and p3.get("epochs", 1) and p3.get("train_odefunc", True) and p3.get("adjoint", True):
+        blocks.append(_note("phase 3 trained f with gradients from the adjoint solve, which disagree with direct backprop "
+                            "through the same solver (benchmarks/adjoint_gradients.py): its fine-tuning of f is close to a "
+                            "random walk; set phase3.adjoint = false for exact gradients", "warn"))
     b, h = metrics.get("base") or {}, metrics.get("hardened") or {}
     if b or h:
-        acc = [["test", pct(b.get("test_clean_acc")), pct(h.get("test_clean_acc")), _delta(b.get("test_clean_acc"), h.get("test_clean_acc"))],
-               ["validation", pct(b.get("val_acc")), pct(h.get("val_acc")), _delta(b.get("val_acc"), h.get("val_acc"))]]
+        n_test, n_val = mdata.get("test"), split.get("val")
+        acc = [["test", acc_ci(b.get("test_clean_acc"), n_test), acc_ci(h.get("test_clean_acc"), n_test),
+                _delta(b.get("test_clean_acc"), h.get("test_clean_acc"))],
+               ["validation", acc_ci(b.get("val_acc"), n_val), acc_ci(h.get("val_acc"), n_val), _delta(b.get("val_acc"), h.get("val_acc"))]]
         blocks.append(_table("Clean accuracy", [_col("split"), _col("base", "right", "value"), _col("hardened", "right", "value"),
                                                 _col("delta", "right", "delta")], acc))
     stab = metrics.get("stability") or {}
@@ -709,6 +741,8 @@ def card_blocks(data: dict) -> list[dict]:
         blocks.append(_table("Stability while hardening (stored in the file)",
                              [_col("at z(0)")] + [_col(s.replace("_", " "), "right") for s in stages], rows,
                              f"on {pts} test features"))
+        if stab.get("warning"):
+            blocks.append(_note(f"STABILITY NOT REACHED: {stab['warning']}", "warn"))
     d = data["diagnostics"]
     if d:
         rows = [
@@ -728,15 +762,25 @@ def card_blocks(data: dict) -> list[dict]:
     check = data["check"]
     if check:
         cb, ch = check.get("base") or {}, check.get("hardened") or {}
-        rows = [["clean", pct(cb.get("clean")), pct(ch.get("clean")), _delta(cb.get("clean"), ch.get("clean"))],
-                ["worst case", pct(cb.get("worst_case")), pct(ch.get("worst_case")), _points(check.get("gain_points"))]]
-        caption = (f"{check.get('suite', '?')} suite on {check.get('n', '?')} {check.get('split', 'validation')} images, "
-                   f"{check.get('norm', '?')} eps={fmt_eps(check.get('eps'), check.get('norm'))}, {check.get('steps', '?')} steps; "
-                   f"gain {_points(check.get('gain_points'))} points")
+        gain_ci = check.get("gain_points_ci95")
+        clean_ci = check.get("clean_delta_points_ci95")
+        to_frac = lambda v, ci: (None if v is None else v / 100, None if ci is None else [c / 100 for c in ci])
+        rows = [["clean", pct_ci(cb.get("clean"), cb.get("clean_ci95")), pct_ci(ch.get("clean"), ch.get("clean_ci95")),
+                 points_ci(*to_frac(check.get("clean_delta_points"), clean_ci))],
+                ["worst case", pct_ci(cb.get("worst_case"), cb.get("worst_case_ci95")), pct_ci(ch.get("worst_case"), ch.get("worst_case_ci95")),
+                 points_ci(*to_frac(check.get("gain_points"), gain_ci))]]
+        split = "held-out check" if check.get("split") == "check" else str(check.get("split", "validation"))
+        caption = (f"{check.get('suite', '?')} suite on {check.get('n', '?')} {split} images, "
+                   f"{check.get('norm', '?')} eps={fmt_eps(check.get('eps'), check.get('norm'))}, {check.get('steps', '?')} steps"
+                   + (f" (REDUCED: {check['reduced']})" if check.get("reduced") else "")
+                   + f"; gain {_points(check.get('gain_points'))} points"
+                   + (f", McNemar p={fmt_p(check['p_mcnemar'])}" if check.get("p_mcnemar") is not None else "")
+                   + "; [95% interval]: Wilson, paired (Newcombe) for delta")
         blocks.append(_table("Hardening guard", [_col(""), _col("base", "right", "value"), _col("hardened", "right", "value"),
                                                  _col("delta", "right", "delta")], rows, caption))
         gain = check.get("gain_points") or 0.0
-        blocks.append({"type": "verdict", "label": "guard", "level": "good" if gain > 0 else "bad",
+        outcome = check.get("outcome") or ("more robust" if gain > 0 else "LESS robust")
+        blocks.append({"type": "verdict", "label": "guard", "level": {"more robust": "good", "LESS robust": "bad"}.get(outcome, "warn"),
                        "text": str(check.get("recommendation", ""))})
         flagged = [c["name"] for c in check.get("checks", []) if c.get("flagged") is True]
         if flagged:

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from typer.testing import CliRunner
 
 from sodef_cli.cli import app
 from sodef_cli.config import HardenConfig, resolve
-from sodef_cli.data import load_data, stratified_split
-from sodef_cli.guard import recommendation
+from sodef_cli.guard import decide, recommendation
 from sodef_cli.harden import harden
 from sodef_cli.io import read_metadata
+from sodef_cli.report import render_harden_summary, to_text
 
 runner = CliRunner()
 CHECK = {"check.enabled": True, "check.n": 24, "check.steps": 2, "check.batch_size": 12}
@@ -25,27 +26,78 @@ def guarded(tmp_path_factory, tiny_harden_overrides):
     return cfg, out, summary
 
 
-def test_recommendation_follows_the_sign():
-    assert recommendation(2.5, -1.0).startswith("hardened model is more robust under adaptive attack (+2.5 points, clean -1.0)")
-    low = recommendation(-3.25, 0.5)
-    assert "LESS robust than its base under adaptive attack (-3.2 points)" in low or "(-3.3 points)" in low
+def test_recommendation_names_the_three_outcomes():
+    more = recommendation("more robust", 2.5, -1.0, ci_points=[0.5, 4.5], p=0.01, n=400)
+    assert more.startswith("hardened model is more robust under adaptive attack (+2.5 points, 95% CI +0.5 to +4.5, "
+                           "McNemar p=0.01, n=400; clean -1.0)")
+    low = recommendation("LESS robust", -3.25, 0.5, ci_points=[-6.0, -0.5], p=0.02, n=400)
+    assert "LESS robust than its base under adaptive attack (-3.2 points" in low or "(-3.3 points" in low
     assert "sodef attack --suite adaptive" in low
-    assert "NOT more robust" in recommendation(0.0, 0.0)
+    tie = recommendation("no significant difference", 1.0, 0.0, ci_points=[-2.0, 4.0], p=0.5, n=100, n_needed=2221)
+    assert tie.startswith("no significant difference at n=100") and "about n=2221 check images would resolve" in tie
+    assert "no sample size would resolve it" in recommendation("no significant difference", 0.0, 0.0, n=100)
+    assert recommendation("more robust", 1.0, 0.0, n=10, reduced="50 of 100 APGD-CE steps").endswith(
+        "REDUCED: 50 of 100 APGD-CE steps, weaker than the reference evaluation")
 
 
-def test_check_runs_on_validation_images_and_is_stored(guarded):
-    cfg, out, summary = guarded
+@pytest.mark.parametrize("gain,p,outcome", [(3.0, 0.01, "more robust"), (-3.0, 0.049, "LESS robust"),
+                                            (3.0, 0.05, "no significant difference"), (-20.0, 0.2, "no significant difference"),
+                                            (0.0, 1.0, "no significant difference")])
+def test_outcome_needs_a_significant_mcnemar_test(gain, p, outcome):
+    assert decide(gain, p) == outcome
+
+
+def test_check_runs_on_held_out_images_and_is_stored(tiny_harden_overrides, tmp_path, monkeypatch):
+    """The guard's images are in neither the training nor the validation features that phases 1 and 3 see."""
+    import sodef_cli.harden as hmod
+
+    seen = {}
+    real_extract, real_phase1, real_phase3 = hmod.extract_features, hmod.phase1, hmod.phase3
+
+    def extract(fn, images, **kw):
+        out = real_extract(fn, images, **kw)
+        seen.setdefault(kw["task"], out)
+        return out
+
+    def phase1(head, h_tr, y_tr, h_val, y_val, *a, **kw):
+        seen["phase1"] = (h_tr.clone(), h_val.clone())
+        return real_phase1(head, h_tr, y_tr, h_val, y_val, *a, **kw)
+
+    def phase3(head, z_tr, y_tr, z_val, y_val, *a, **kw):
+        seen["phase3"] = (len(y_tr), len(y_val))
+        return real_phase3(head, z_tr, y_tr, z_val, y_val, *a, **kw)
+
+    monkeypatch.setattr(hmod, "extract_features", extract)
+    monkeypatch.setattr(hmod, "phase1", phase1)
+    monkeypatch.setattr(hmod, "phase3", phase3)
+    cfg = resolve(HardenConfig, overrides={"model": "test_resnet", **tiny_harden_overrides, **CHECK})
+    out = tmp_path / "h.safetensors"
+    summary = harden(cfg, out)
     check = summary["check"]
-    assert check["suite"] == "quick" and check["split"] == "validation" and check["n"] == 24
-    data = load_data("demo", image_size=16)
-    _, val_idx = stratified_split(data.train.labels, cfg.val_fraction, cfg.seed)
-    assert set(check["train_indices"]) <= set(val_idx.tolist())  # validation, never the test split
+    assert check["suite"] == "quick" and check["split"] == "check" and check["n"] == 24
+    feats = seen["features (train)"]
+    h_tr, h_val = seen["phase1"]
+    held = feats[check["train_indices"]]
+    for rows in (h_tr, h_val):  # no guard image among the rows any selection or training step saw
+        match = (held.unsqueeze(1) == rows.unsqueeze(0)).all(-1).any(1)
+        assert not match.any(), f"{int(match.sum())} guard images were seen by training/selection"
+    assert seen["phase3"] == (len(h_tr), len(h_val)) and len(h_tr) + len(h_val) + 24 == len(feats)
     assert set(check["hardened"]["attacks"]) == {"apgd-ce", "fixed-step-apgd-ce", "transfer-apgd-ce"}
-    gain = 100 * (check["hardened"]["worst_case"] - check["base"]["worst_case"])
-    assert check["gain_points"] == pytest.approx(gain)
-    assert check["recommendation"] == recommendation(check["gain_points"], check["clean_delta_points"])
+    # the paired figures agree with the accuracies they come from, and the p-value with the exact binomial test
+    b_only, h_only = check["discordant"]
+    n = check["n"]
+    assert check["hardened"]["worst_case"] - check["base"]["worst_case"] == pytest.approx((h_only - b_only) / n)
+    tail = sum(math.comb(b_only + h_only, i) for i in range(min(b_only, h_only) + 1)) / 2 ** (b_only + h_only)
+    assert check["p_mcnemar"] == pytest.approx(min(1.0, 2 * tail))
+    lo, hi = check["gain_points_ci95"]
+    assert lo <= check["gain_points"] <= hi
+    assert check["outcome"] == decide(check["gain_points"], check["p_mcnemar"])
+    assert check["reduced"] == "2 of 100 APGD-CE steps" and "REDUCED: 2 of 100 APGD-CE steps" in check["recommendation"]
+    names = [c["name"] for c in check["checks"]]
+    assert "fixed-step copy agrees with the real model" in names  # the agreement check runs in the guard
     assert read_metadata(out)["check"] == check
-    assert "check" in summary["timings_s"]
+    text = " ".join(to_text(render_harden_summary(summary), width=250).split())
+    assert "REDUCED: 2 of 100 APGD-CE steps" in text and "held-out check images" in text
 
 
 def test_check_is_deterministic_under_a_seed(guarded, tmp_path):
@@ -71,7 +123,8 @@ def test_no_check_and_require_gain(tmp_path, monkeypatch, tiny_harden_overrides)
 
     def losing(*a, **kw):
         out = real(*a, **kw)
-        out.update(gain_points=-5.0, more_robust=False, recommendation=recommendation(-5.0, 0.0))
+        out.update(gain_points=-5.0, more_robust=False, outcome="LESS robust",
+                   recommendation=recommendation("LESS robust", -5.0, 0.0, n=out["n"]))
         return out
 
     monkeypatch.setattr(guard, "run_check", losing)
