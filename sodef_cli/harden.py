@@ -20,7 +20,7 @@ from .diagnostics import jacobian_stability
 from .errors import ModelError, ModelFileError, OutputError, SodefError, TrainingDivergedError, UsageError
 from .head import SODEFHead, simplex_classifier
 from .io import load_tensors, read_metadata, save_model_file, sha256_file, versions
-from .phases import Reporter, accuracy_from_logits, batched_logits, extract_features, fit_probe, phase1, phase2, phase3
+from .phases import Reporter, accuracy_from_logits, batched_logits, extract_features, fit_probe, phase1, phase2, phase3, stability_warning
 from .distributed import device_for_rank, is_main, local, rank
 from .runtime import resolve_device, seed_everything
 
@@ -186,7 +186,8 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
         ckpt.restore_rng_if_last("features", gen)
     else:
         h_train_all = extract_features(feature_fn, data.train, device=device, batch_size=cfg.feature_batch_size, reporter=reporter, task="features (train)")
-        h_test = extract_features(feature_fn, data.test, device=device, batch_size=cfg.feature_batch_size, reporter=reporter, task="features (test)")
+        # fp32 (no autocast): the test accuracies stored in the file are those of the model as shipped
+        h_test = extract_features(feature_fn, data.test, device=device, batch_size=cfg.feature_batch_size, reporter=reporter, task="features (test)", amp=False)
         ckpt.save("features", gen, {"features.train": h_train_all, "features.test": h_test})
     timings["features"] = time.perf_counter() - t0
     if not is_main():  # torchrun: the other ranks only helped extract features; the head trains on rank 0
@@ -257,6 +258,9 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
         ckpt.save("phase2", gen, head_state(), phase2=m2, stab_before=stab_before)
     timings["phase2"] = time.perf_counter() - t0
     stab_after = jacobian_stability(head.odefunc, sample)
+    stab_warning = stability_warning(stab_after, cfg.phase2, cfg.regularizer)
+    if stab_warning:
+        reporter.log(f"warning: {stab_warning}")
 
     t0 = time.perf_counter()
     m3 = phase3(head, z_tr, y_tr, z_val, y_val, cfg.phase3, device=device, generator=gen, reporter=reporter)
@@ -277,7 +281,7 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
         "base": {"classifier": base_kind, "val_acc": base_val, "test_clean_acc": base_test},
         "hardened": {"val_acc": m3["val_acc"], "test_clean_acc": hard_test},
         "phases": {"phase1": m1, "phase2": m2, "phase3": m3},
-        "stability": {"before_phase2": stab_before, "after_phase2": stab_after, "final": stab_final},
+        "stability": {"before_phase2": stab_before, "after_phase2": stab_after, "final": stab_final, "warning": stab_warning},
         "backbone_digest": digest_before,
         "device": str(device),
     }

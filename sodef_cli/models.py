@@ -14,6 +14,7 @@ from .backbone import BaseClassifier, ModelSpec, _meta_shapes, check_shapes, fre
 from .config import HeadConfig, from_dict
 from .errors import ModelFileError
 from .head import HardenedClassifier, SODEFHead
+from .inputs import guard_inputs
 from .io import load_tensors, read_metadata
 
 __all__ = ["load_hardened", "load_base", "load_pair", "hardened_meta"]
@@ -89,10 +90,13 @@ def load_pair(path: str | Path, device: str | torch.device = "cpu") -> tuple[Bas
 
 
 def load_hardened(path: str | Path, device: str | torch.device = "cpu") -> HardenedClassifier:
-    """The hardened classifier stored in a file written by ``sodef harden``."""
-    return load_pair(path, device)[1]
+    """The hardened classifier stored in a file written by ``sodef harden``; wrong inputs raise ValueError."""
+    model = load_pair(path, device)[1]
+    return guard_inputs(model, model.spec.input_size)
 
 
 def load_base(path: str | Path, device: str | torch.device = "cpu") -> BaseClassifier:
-    """The base classifier of a ``sodef pretrain`` file, or the same-features baseline of a hardened file."""
-    return _build(path, device)[0]
+    """The base classifier of a ``sodef pretrain`` file, or the same-features baseline of a hardened file;
+    wrong inputs raise ValueError."""
+    model = _build(path, device)[0]
+    return guard_inputs(model, model.spec.input_size)

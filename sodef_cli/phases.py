@@ -21,7 +21,8 @@ from .config import Phase1Config, Phase2Config, Phase3Config, ProbeConfig, Regul
 from .errors import TrainingDivergedError
 from .regularizers import stability_loss
 
-__all__ = ["Reporter", "extract_features", "fit_probe", "phase1", "phase2", "phase3", "accuracy_from_logits", "batched_logits"]
+__all__ = ["Reporter", "extract_features", "fit_probe", "phase1", "phase2", "phase3", "accuracy_from_logits", "batched_logits",
+           "stability_warning"]
 
 
 class Reporter:
@@ -61,16 +62,18 @@ def _solve_guard(fn, phase: str, step: int):
 
 @torch.no_grad()
 def extract_features(
-    feature_fn, images, *, device: torch.device, batch_size: int, reporter: Reporter, task: str
+    feature_fn, images, *, device: torch.device, batch_size: int, reporter: Reporter, task: str, amp: bool = True
 ) -> torch.Tensor:
     """``feature_fn`` (float [0,1] images on device -> (B, d)) over an ImageSet, once. Returns float32 CPU.
+
+    On CUDA the backbone runs under bf16 autocast unless ``amp`` is False (fp32, as the model is shipped).
 
     Under torchrun the batches are spread over the ranks and gathered in order (``distributed.py``).
     """
     from .distributed import map_batches
 
     reporter.start(task, len(images))
-    use_amp = device.type == "cuda"
+    use_amp = amp and device.type == "cuda"
 
     def one(start: int, stop: int) -> torch.Tensor:
         x = images.floats(slice(start, stop)).to(device, non_blocking=True)
@@ -116,9 +119,11 @@ def fit_probe(h_tr, y_tr, h_val, y_val, num_classes: int, cfg: ProbeConfig, *, d
         acc = accuracy_from_logits(batched_logits(probe, h_val, device=device), y_val)
         if acc > best[0]:
             best = (acc, copy.deepcopy(probe.state_dict()))
+    if cfg.epochs == 0:  # skipped: the untrained probe, measured as it is
+        best = (accuracy_from_logits(batched_logits(probe, h_val, device=device), y_val), best[1])
     probe.load_state_dict(best[1])
     reporter.end("probe", val_acc=best[0])
-    return probe.eval(), {"val_acc": best[0], "epochs": cfg.epochs}
+    return probe.eval(), {"val_acc": best[0], "epochs": cfg.epochs, "skipped": cfg.epochs == 0}
 
 
 def phase1(head, h_tr, y_tr, h_val, y_val, V: torch.Tensor, cfg: Phase1Config, *, device, generator, reporter: Reporter) -> dict:
@@ -129,7 +134,7 @@ def phase1(head, h_tr, y_tr, h_val, y_val, V: torch.Tensor, cfg: Phase1Config, *
     reporter.start("phase 1", cfg.epochs * steps)
     evaluate = lambda: accuracy_from_logits(batched_logits(lambda h: head.z0(h) @ V.T, h_val, device=device), y_val)
     best = (evaluate(), copy.deepcopy(head.proj.state_dict()))
-    step, last = 0, float("nan")
+    step, last = 0, None  # None (JSON null) when no step ran: epochs = 0 skips the phase
     for _ in range(cfg.epochs):
         for idx in _batches(len(y_tr), cfg.batch_size, generator):
             loss = F.cross_entropy(head.z0(h_tr[idx].to(device)) @ V.T, y_tr[idx].to(device))
@@ -141,7 +146,7 @@ def phase1(head, h_tr, y_tr, h_val, y_val, V: torch.Tensor, cfg: Phase1Config, *
             best = (acc, copy.deepcopy(head.proj.state_dict()))
     head.proj.load_state_dict(best[1])
     reporter.end("phase 1", val_acc=best[0])
-    return {"val_acc_V": best[0], "final_loss": last, "steps": step}
+    return {"val_acc_V": best[0], "final_loss": last, "steps": step, "skipped": cfg.epochs == 0}
 
 
 def phase2(odefunc, z_tr: torch.Tensor, cfg: Phase2Config, reg: RegularizerConfig, *, device, generator, reporter: Reporter) -> dict:
@@ -164,9 +169,9 @@ def phase2(odefunc, z_tr: torch.Tensor, cfg: Phase2Config, reg: RegularizerConfi
             for k in sums:
                 sums[k] += float(terms[k].detach())
             reporter.advance("phase 2", loss=value)
-    means = {k: (v / count if count else float("nan")) for k, v in sums.items()}
-    reporter.end("phase 2", **means)
-    return {"steps": step, **{f"last_epoch_{k}": v for k, v in means.items()}}
+    means = {k: (v / count if count else None) for k, v in sums.items()}  # None (JSON null): the phase was skipped
+    reporter.end("phase 2", **{k: v for k, v in means.items() if v is not None})
+    return {"steps": step, **{f"last_epoch_{k}": v for k, v in means.items()}, "skipped": cfg.epochs == 0}
 
 
 def phase3(head, z_tr, y_tr, z_val, y_val, cfg: Phase3Config, *, device, generator, reporter: Reporter) -> dict:
@@ -189,7 +194,7 @@ def phase3(head, z_tr, y_tr, z_val, y_val, cfg: Phase3Config, *, device, generat
     state = lambda: {k: v.detach().clone() for k, v in head.state_dict().items()}
     best_acc, best_state = -1.0, state()
     beta = torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha) if cfg.mixup_alpha > 0 else None
-    step, last = 0, float("nan")
+    step, last = 0, None  # None (JSON null) when no step ran: epochs = 0 skips the phase
     for _ in range(cfg.epochs):
         for idx in _batches(len(y_tr), cfg.batch_size, generator):
             z, y = z_tr[idx].to(device), y_tr[idx].to(device)
@@ -211,5 +216,20 @@ def phase3(head, z_tr, y_tr, z_val, y_val, cfg: Phase3Config, *, device, generat
     head.load_state_dict(best_state)
     head.odefunc.requires_grad_(True)
     reporter.end("phase 3", val_acc=best_acc)
-    return {"val_acc": best_acc, "final_loss": last, "steps": step}
+    return {"val_acc": best_acc, "final_loss": last, "steps": step, "skipped": cfg.epochs == 0}
 
+
+
+STABLE_SHARE = 0.9  # below this share of stable Jacobians after phase 2, harden says so
+
+
+def stability_warning(stab: dict, phase2: Phase2Config, reg: RegularizerConfig) -> str | None:
+    """One plain sentence when phase 2 left fewer than 90% of the Jacobians at z(0) with all Re(eig) < 0."""
+    frac = stab.get("frac_eig_negative")
+    if frac is None or frac >= STABLE_SHARE:
+        return None
+    weight = ("regularizer.weight_diag", reg.weight_diag) if reg.form == "code" else ("regularizer.alpha_diag", reg.alpha_diag)
+    return (f"phase 2 left only {100 * frac:.1f}% of the Jacobians stable (all Re(eig) < 0; mean largest "
+            f"{stab.get('mean_max_real_eig', float('nan')):+.4f}), below {100 * STABLE_SHARE:.0f}%: this head has no "
+            f"Lyapunov-stable equilibria to speak of; train phase 2 longer (phase2.epochs, now {phase2.epochs}) or raise "
+            f"{weight[0]} (now {weight[1]:g})")

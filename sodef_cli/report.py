@@ -664,7 +664,7 @@ def _phase_settings(p: dict) -> str:
 
 
 def _phase_metrics(m: dict) -> str:
-    return ", ".join(f"{k} {_num(v, 4)}" for k, v in m.items())
+    return ", ".join(f"{k} {_num(v, 4)}" for k, v in m.items() if k != "skipped")
 
 
 def card_blocks(data: dict) -> list[dict]:

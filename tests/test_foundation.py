@@ -180,19 +180,39 @@ def demo16():
 
 
 @pytest.mark.parametrize("loader", ["load_hardened", "load_base"])
-@pytest.mark.parametrize("size", [32, 16])
-def test_loaders_map_unit_images_to_logits(hardened_file, loader, size):
+def test_loaders_map_unit_images_to_logits(hardened_file, loader):
     model = getattr(sodef_cli, loader)(hardened_file, device=TORCH_DEVICE)
     assert not model.training
     assert not any(p.requires_grad for p in model.parameters())
-    x = torch.rand(5, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # the 16-px model of the fixture
     out = _logits(model, x)
     assert out.shape == (5, 10)
     assert out.dtype == torch.float32
     assert torch.isfinite(out).all()
+    edge = torch.cat([torch.zeros(1, 3, 16, 16), torch.ones(1, 3, 16, 16)])  # the closed interval is accepted
+    assert _logits(model, edge).shape == (2, 10)
+
+
+@pytest.mark.parametrize("loader", ["load_hardened", "load_base"])
+@pytest.mark.parametrize("bad,got", [
+    (lambda x: torch.nn.functional.interpolate(x, size=32), "got 32x32 images"),  # the size the data came in
+    (lambda x: x[:, :1], "got 1 channel(s)"),
+    (lambda x: (x * 255).to(torch.uint8), "got dtype torch.uint8"),
+    (lambda x: x * 255, "got values in [0"),  # 0-255 floats
+    (lambda x: (x - 0.5) / 0.25, "got values in [-2"),  # normalized outside the model
+    (lambda x: x[0], "got a tensor of shape (3, 16, 16)"),
+])
+def test_loaders_refuse_inputs_outside_their_contract(hardened_file, loader, bad, got):
+    model = getattr(sodef_cli, loader)(hardened_file, device=TORCH_DEVICE)
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x[0, 0, 0, 0], x[0, 0, 0, 1] = 0.0, 1.0
+    with pytest.raises(ValueError, match=r"expected float images \(N, 3, 16, 16\) with values in \[0, 1\]") as err:
+        model(bad(x).to(TORCH_DEVICE))
+    assert got in str(err.value)
 
 
 def test_load_hardened_twice_gives_identical_logits(hardened_file, images):
+    images = images[:, :, ::2, ::2]  # the fixture's model takes 16 px
     a = _logits(sodef_cli.load_hardened(hardened_file, device=TORCH_DEVICE), images)
     b = _logits(sodef_cli.load_hardened(hardened_file, device=TORCH_DEVICE), images)
     assert torch.equal(a, b)
@@ -217,7 +237,7 @@ def test_hardened_head_runs_on_the_base_features(hardened_file, images):
     """Both models of one file share the backbone and its normalization."""
     hard = sodef_cli.load_hardened(hardened_file, device=TORCH_DEVICE)
     base = sodef_cli.load_base(hardened_file, device=TORCH_DEVICE)
-    x = images.to(TORCH_DEVICE)
+    x = images[:, :, ::2, ::2].to(TORCH_DEVICE)  # the fixture's model takes 16 px
     with torch.no_grad():
         h = base.features(x)
         assert torch.equal(h, hard.features(x))
