@@ -46,6 +46,9 @@ Columns:
   `inference.py`: `x` = hardened / base forward time at the given batch, `acc` = clean test accuracy (%),
   `agree` = share of test predictions equal to the stored (adaptive-solver) model's, `nfe` = ODE function
   evaluations per forward.
+  `adjoint_gradients.py`: cosine similarity and norm ratio (median over batches) of phase 3's gradient of f's
+  weights through `odeint_adjoint` vs direct backprop through the same solver and tolerances, and vs direct
+  backprop at rtol = atol = 1e-7.
 
 | date | benchmark | device | versions | figures |
 |---|---|---|---|---|

@@ -118,6 +118,7 @@ class Phase3Config:
     amsgrad: bool = True
     mixup_alpha: float = 1.0
     train_odefunc: bool = True
+    adjoint: bool = False  # f's gradients through odeint_adjoint when head.adjoint (the released code: inexact); false = exact
 
 
 @dataclass(frozen=True)

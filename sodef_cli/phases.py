@@ -183,7 +183,10 @@ def phase3(head, z_tr, y_tr, z_val, y_val, cfg: Phase3Config, *, device, generat
     else:
         head.odefunc.requires_grad_(False)
     opt = torch.optim.Adam(groups, amsgrad=cfg.amsgrad)
-    forward = lambda z: head.classifier(head.block(z))
+    block = head.block
+    if block.adjoint and not cfg.adjoint:  # exact gradients: direct backprop through the same solver and tolerances
+        block = block.with_solver(block.solver, adjoint=False)
+    forward = lambda z: head.classifier(block(z))
     steps = max(1, math.ceil(len(y_tr) / cfg.batch_size))
     reporter.start("phase 3", cfg.epochs * steps)
 

@@ -87,3 +87,17 @@ def test_stored_test_accuracies_use_fp32_features(tiny_harden_overrides, tmp_pat
     monkeypatch.setattr(hmod, "extract_features", spy)
     harden(resolve(HardenConfig, overrides={"model": "test_resnet", **tiny_harden_overrides}), tmp_path / "h.safetensors")
     assert amp == {"features (train)": True, "features (test)": False}
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_phase3_takes_exact_gradients_unless_told_otherwise(adjoint, tiny_harden_overrides, tmp_path, monkeypatch):
+    """head.adjoint = true (the model as shipped) and phase3.adjoint = false: phase 3 backpropagates directly."""
+    import torchdiffeq
+
+    calls = []
+    real = torchdiffeq.odeint_adjoint
+    monkeypatch.setattr(torchdiffeq, "odeint_adjoint", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    over = {**tiny_harden_overrides, "head.adjoint": True, "phase3.adjoint": adjoint, "phase2.epochs": 0, "phase1.epochs": 0}
+    harden(resolve(HardenConfig, overrides={"model": "test_resnet", **over}), tmp_path / "h.safetensors")
+    assert bool(calls) is adjoint
+    assert HardenConfig().phase3.adjoint is False  # the default trains phase 3 with exact gradients
