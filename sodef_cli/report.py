@@ -522,7 +522,7 @@ def results_blocks(data: dict) -> list[dict]:
     attacks = _attack_order(files)
     for eps in eps_all:
         # several files: columns tagged A, B, ... (named in the setup table); no kind column, to fit 80 columns
-        cols = [_col("attack", nowrap=True)] + ([] if multi else [_col("kind", nowrap=True)])
+        cols = [_col("attack", nowrap=True)]  # one file: the attack's kind on the line below its name
         for tag, fd in zip(tags, files):
             pre = f"{tag}\n" if multi else ""
             cols += [_col(f"{pre}base", "right", "value"), _col(f"{pre}hardened", "right", "value"), _col(f"{pre}delta", "right", "delta"),
@@ -531,7 +531,7 @@ def results_blocks(data: dict) -> list[dict]:
         row_defs = [("clean accuracy", "", "clean", False)] + [(n, k, n, True) for n, k in attacks] + [
             ("white-box worst case", "", "white_box_direct", False), ("worst case", "", "worst_case", False)]
         for label, kind, key, is_attack in row_defs:
-            row = [label] + ([] if multi else [kind])
+            row = [label + (f"\n({kind})" if kind and not multi else "")]
             for fd in files:
                 r = next((r for r in fd["runs"] if _eps_key(r["eps"]) == eps), None)
                 b = r["models"].get("base") if r else None
