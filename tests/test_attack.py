@@ -152,12 +152,51 @@ def test_suite_validation():
         AttackConfig(eps=(2.0,)).validate()
 
 
-def test_autoattack_components_use_reference_settings():
-    p = AttackParams(norm="Linf", eps=8 / 255, n_classes=100)
-    assert ATTACKS["apgd-ce"].params(p) == {"steps": 100}
-    assert ATTACKS["apgd-t"].params(p) == {"steps": 100, "targets": 9}
-    assert ATTACKS["fab-t"].params(p) == {"steps": 100, "targets": 9}
-    assert ATTACKS["square"].params(p) == {"queries": 5000}
+def _recording(monkeypatch, names):
+    """Replace torchattacks classes by subclasses that record their attributes when the attack is run."""
+    import torchattacks
+
+    seen: dict[str, list[dict]] = {}
+    for name in names:
+        real = getattr(torchattacks, name)
+
+        def snapshot(self, x, *a, _name=name, **kw):
+            seen.setdefault(_name, []).append({k: v for k, v in vars(self).items() if not k.startswith("_") and k != "model"})
+            return (x.clone(), x.clone()) if kw.get("best_loss") else x.clone()
+
+        monkeypatch.setattr(torchattacks, name, type(name, (real,), {"forward": snapshot, "perturb": snapshot}))
+    return seen
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_autoattack_components_are_built_at_reference_settings(monkeypatch, norm):
+    """What torchattacks receives when each attack runs: AutoAttack's settings, 9 target classes of 100."""
+    seen = _recording(monkeypatch, ["APGD", "APGDT", "FAB", "Square"])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 100))
+    x, y = torch.rand(2, 3, 4, 4), torch.tensor([1, 2])
+    eps = 8 / 255 if norm == "Linf" else 0.5
+    p = AttackParams(norm=norm, eps=eps, n_classes=100, seed=7)
+    t = Target("hardened", model, model, fixed=model, bpda=model)
+    for name in ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "transfer-apgd-ce", "fixed-step-apgd-ce", "bpda-apgd-ce"):
+        ATTACKS[name].run(t, x, y, p)
+    common = {"norm": norm, "eps": eps, "n_restarts": 1, "seed": 7}
+    apgd = seen["APGD"]
+    assert len(apgd) == 5  # apgd-ce, apgd-dlr and the three surrogate attacks
+    for rec, loss in zip(apgd, ["ce", "dlr", "ce", "ce", "ce"]):
+        assert {k: rec[k] for k in (*common, "steps", "loss")} == {**common, "steps": 100, "loss": loss}
+    (apgdt,) = seen["APGDT"]
+    assert {k: apgdt[k] for k in (*common, "steps", "n_target_classes")} == {**common, "steps": 100, "n_target_classes": 9}
+    (fab,) = seen["FAB"]
+    assert {k: fab[k] for k in (*common, "steps", "n_target_classes", "multi_targeted")} == {
+        **common, "steps": 100, "n_target_classes": 9, "multi_targeted": True}
+    (square,) = seen["Square"]
+    assert {k: square[k] for k in (*common, "n_queries", "loss", "p_init")} == {
+        **common, "n_queries": 5000, "loss": "margin", "p_init": 0.8}
+    # --steps / --queries reach the objects too
+    seen.clear()
+    ATTACKS["apgd-t"].run(t, x, y, AttackParams(norm=norm, eps=eps, n_classes=100, steps=3))
+    ATTACKS["square"].run(t, x, y, AttackParams(norm=norm, eps=eps, n_classes=100, queries=11))
+    assert seen["APGDT"][0]["steps"] == 3 and seen["Square"][0]["n_queries"] == 11
     assert SUITES["standard"]["hardened"] == ["apgd-ce", "apgd-t", "fab-t", "square"]
 
 
@@ -179,11 +218,58 @@ def test_every_attack_stays_in_the_threat_model(hardened_file, demo_data, norm, 
             continue
         xa = spec.run(target, x, y, p)
         assert xa.shape == x.shape, name
-        xp = project(xa, x, norm, eps)
-        assert xp.min() >= 0 and xp.max() <= 1
-        d = (xp - x).flatten(1)
+        if name == "cw-l2":  # unbounded by design: the cascade projects it (see the overshoot test below)
+            continue
+        assert xa.min() >= 0 and xa.max() <= 1, name  # the attack's own output, not a projection of it
+        d = (xa - x).flatten(1)
         size = d.abs().amax(1) if norm == "Linf" else d.norm(dim=1)
-        assert (size <= eps + 1e-5).all(), name
+        assert (size <= eps * (1 + 1e-4) + 1e-6).all(), (name, float(size.max()))
+
+
+def test_an_attack_that_overshoots_the_ball_is_projected_and_counted(hardened_file, monkeypatch):
+    """The cascade judges only points inside the threat model, and counts the points it had to project."""
+    import dataclasses
+
+    import sodef_cli.evaluate as ev
+    from sodef_cli.data import load_data, select_samples
+    from sodef_cli.models import load_pair
+    from sodef_cli.phases import Reporter
+
+    base, hardened, _ = load_pair(hardened_file)
+    data = load_data("demo", image_size=16)
+    idx = select_samples(data.test.labels, 12, 0)
+    x_all, y_all = data.test.floats(idx), data.test.labels[idx]
+    eps = 4 / 255
+    log: list[tuple[str, torch.Tensor]] = []
+
+    def overshoot(t, x, y, p):  # 3 eps away, and outside [0,1] where the image is dark or bright
+        log.append(("attack", x.clone()))
+        g = torch.Generator().manual_seed(0)
+        return x + 3 * p.eps * torch.sign(torch.randn(x.shape, generator=g)) + 0.5 * (x > 0.9) - 0.5 * (x < 0.1)
+
+    real_predict = ev._predict
+
+    def predict(model, x, batch_size, device):
+        if model is hardened:
+            log.append(("judge", x.clone()))
+        return real_predict(model, x, batch_size, device)
+
+    monkeypatch.setitem(ATTACKS, "overshoot", dataclasses.replace(ATTACKS["apgd-ce"], name="overshoot", kind="black-box", run=overshoot))
+    monkeypatch.setattr(ev, "_predict", predict)
+    cfg = AttackConfig(attacks=("overshoot",), eps=(eps,), n=12, batch_size=5, checks=False, all_samples=True)
+    doc = {"runs": []}
+    ev.cascade(base, hardened, x_all, y_all, cfg, plan={"base": [], "hardened": ["overshoot"]}, n_classes=10, fixed_step=0.5,
+               doc=doc, save=lambda: None, reporter=Reporter(), device="cpu")
+    rec = doc["runs"][0]["models"]["hardened"]["attacks"]["overshoot"]
+    assert rec["attacked"] > 0 and rec["projected"] == rec["attacked"]  # every attacked point overshot
+    judged = 0
+    for (kind, x), (kind2, xj) in zip(log, log[1:]):
+        if kind == "attack":
+            assert kind2 == "judge" and xj.shape == x.shape
+            assert xj.min() >= 0 and xj.max() <= 1
+            assert (xj - x).abs().amax() <= eps + 1e-6
+            judged += len(x)
+    assert judged == rec["attacked"]
 
 
 def test_feature_attack_targets_come_from_the_bank(hardened_file):
