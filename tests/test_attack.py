@@ -310,19 +310,46 @@ def test_transfer_keeps_the_highest_loss_point_where_the_base_is_not_fooled(hard
         assert moved.all(), name  # every point is perturbed, fooled on the surrogate or not
 
 
-def test_fixed_and_bpda_variants_share_weights_and_forward(hardened_file, demo_data):
-    from sodef_cli.data import load_data
+def test_fixed_step_copy_matches_a_dopri5_model(adaptive_file):
+    """The attack surrogate of a dopri5 file (RK4, fixed steps, no adjoint) predicts like the ODE solved exactly and
+    has its input gradients; the BPDA copy has the true forward and finite gradients; all share the weights."""
+    import torch.nn.functional as F
+
+    from sodef_cli.data import load_data, select_samples
+    from sodef_cli.head import HardenedClassifier, ODEBlock
     from sodef_cli.models import load_pair
 
-    _, hardened, _ = load_pair(hardened_file)
-    x = load_data("demo", image_size=16).test.floats(slice(0, 4)).requires_grad_(True)
-    bpda = hardened.variant("bpda")
-    assert torch.allclose(bpda(x), hardened(x))  # true forward
-    g = torch.autograd.grad(bpda(x).sum(), x)[0]
-    assert torch.isfinite(g).all() and g.abs().sum() > 0
-    fixed = hardened.variant("fixed")
+    _, hardened, meta = load_pair(adaptive_file)
+    blk = hardened.head.block
+    assert meta["config"]["head"]["solver"] == "dopri5" and blk.adaptive
+    # the reference: the same ODE through dopri5 at tight tolerances, plain backprop (the model's true gradients)
+    exact = ODEBlock(blk.odefunc, t1=blk.t1, solver="dopri5", rtol=1e-7, atol=1e-7, step_size=blk.step_size, adjoint=False)
+    ref = HardenedClassifier(hardened.backbone, hardened.spec, hardened.head.with_ode(exact)).eval()
+    fixed = hardened.variant("fixed", step_size=meta["config"]["head"]["step_size"])
     assert fixed.head.ode.solver == "rk4" and not fixed.head.ode.adjoint
-    assert fixed.head.proj is hardened.head.proj
+    assert fixed.head.proj is hardened.head.proj and fixed.head.odefunc is blk.odefunc  # shared, not copied
+
+    data = load_data("demo", image_size=16)
+    idx = select_samples(data.test.labels, 64, 0)
+    x, y = data.test.floats(idx), data.test.labels[idx]
+    with torch.no_grad():
+        l_ref, l_fixed = ref(x), fixed(x)
+    assert (l_ref.argmax(1) == l_fixed.argmax(1)).all()
+    assert (l_ref - l_fixed).abs().max() < 1e-3 * max(1.0, float(l_ref.abs().max()))
+    grads = []
+    for m in (ref, fixed):
+        xg = x.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(F.cross_entropy(m(xg), y), xg)[0].flatten(1))
+    cos = F.cosine_similarity(grads[0], grads[1], dim=1)
+    assert cos.min() > 0.99, float(cos.min())
+    ratio = grads[1].norm(dim=1) / grads[0].norm(dim=1)
+    assert ((ratio - 1).abs() < 0.05).all(), ratio
+
+    bpda = hardened.variant("bpda")
+    xg = x[:4].clone().requires_grad_(True)
+    assert torch.allclose(bpda(xg), hardened(xg))  # true forward
+    g = torch.autograd.grad(bpda(xg).sum(), xg)[0]
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
 
 
 def test_masking_checks_name_their_evidence():
