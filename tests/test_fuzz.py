@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import sodef_cli
+from sodef_cli.data import load_data as _load_data  # the real one: the attack test patches sodef_cli.data.load_data
 from sodef_cli.errors import SodefError
 from sodef_cli.io import read_json, read_metadata
 
@@ -314,14 +315,41 @@ def _mutated_metadata_file(real, data) -> Path:
     return _write(_pack(_with_doc(header, doc), body))
 
 
+_DEMO16: list = []
+
+
+def _demo16(*args, **kwargs):
+    """The demo data at 16 px, decoded once for every example (the fuzzed part is the model file)."""
+    if not _DEMO16:
+        _DEMO16.append(_load_data("demo", image_size=16))
+    return _DEMO16[0]
+
+
 @FUZZ
 @given(st.data())
 def test_attack_on_mutated_metadata(real, data):
-    """`sodef attack` reads the metadata before loading any model: a one-line error, never an internal one."""
+    """`sodef attack` on real data and a file with mutated metadata: whenever the metadata passes its checks the
+    model is loaded (and attacked); every failure is a one-line error, never an internal one."""
+    from unittest import mock
+
+    import sodef_cli.models as models
+
     f = _mutated_metadata_file(real, data)
-    result = _cli(["attack", str(f), "--data", str(_DIR / "no-such-data"), "--device", "cpu"])
-    assert result.exit_code in (1, 2) and result.stderr.startswith("error:"), result.output
+    try:
+        models.hardened_meta(f)
+        meta_ok = True
+    except SodefError:
+        meta_ok = False
+    calls = []
+    real_load = models.load_pair
+    with mock.patch("sodef_cli.data.load_data", _demo16), \
+            mock.patch.object(models, "load_pair", lambda *a, **kw: calls.append(1) or real_load(*a, **kw)):
+        result = _cli(["attack", str(f), "--data", "demo", "--image-size", "16", "--device", "cpu", "--n", "2",
+                       "--attacks", "fgsm", "--no-checks", "--batch-size", "2"])
+    assert result.exit_code in (0, 1, 2), result.output
+    assert result.exit_code == 0 or result.stderr.startswith("error:"), result.output
     assert "internal error" not in result.stderr, result.stderr
+    assert bool(calls) is meta_ok  # the model file itself was read whenever its metadata allowed it
 
 
 @FUZZ
