@@ -210,7 +210,7 @@ def test_code_form_value_by_hand():
     """Every term by hand, the f term included (f(0) = sin(-b) != 0)."""
     func, z = _sin_at_zero()
     cfg = _cfg("code", "column", weight_offdiag=0.5, exponent_f=5.0)
-    out = stability_loss(func, z, cfg)
+    out = {k: v.detach() for k, v in stability_loss(func, z, cfg).items()}
     c0, c1 = math.cos(0.3), math.cos(-0.2)
     f0, f1 = math.sin(-0.3), math.sin(0.2)
     j = [[-c0 * 2.0, c0 * 1.0], [-c1 * 0.5, -c1 * 3.0]]  # J = -diag(cos(b)) W
@@ -228,7 +228,7 @@ def test_paper_form_value_by_hand():
     """Eq. 7 by hand: ||f(0)||, exp(trace J) and exp(sum_i (-|J_ii| + sum_{j != i} |J_ij|))."""
     func, z = _sin_at_zero()
     cfg = _cfg("paper", "row", alpha_f=1.0, alpha_diag=0.05, alpha_offdiag=0.05)
-    out = stability_loss(func, z, cfg)
+    out = {k: v.detach() for k, v in stability_loss(func, z, cfg).items()}
     c0, c1 = math.cos(0.3), math.cos(-0.2)
     j = [[-c0 * 2.0, c0 * 1.0], [-c1 * 0.5, -c1 * 3.0]]
     r_f = math.hypot(math.sin(-0.3), math.sin(0.2))
