@@ -83,6 +83,12 @@ def points_ci(d: Any, ci: Any, sep: str = " ") -> str:
     return f"{100 * float(d):+.1f}{sep}[{100 * float(ci[0]):+.1f}, {100 * float(ci[1]):+.1f}]"
 
 
+def _p_eq(p: Any) -> str:
+    """``=0.34`` or ``<0.001``: a p-value after the letter p."""
+    text = fmt_p(p)
+    return text if text.startswith("<") else f"={text}"
+
+
 def acc_ci(acc: Any, n: Any) -> str:
     """An accuracy measured on ``n`` samples with its Wilson 95% interval."""
     from .stats import wilson
@@ -362,7 +368,7 @@ def _verdict(fd: dict) -> dict:
                significant=significant)
     which = "adaptive worst case" if ev["adaptive"] else "white-box worst case"
     text = (f"Hardening gain under the {which} at eps={fmt_eps(r['eps'], norm)}: {gain:+.1f} points"
-             + (f" (95% CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}, McNemar p={fmt_p(p)}, n={fd['n']})" if ci is not None else "")
+             + (f" (95% CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}, McNemar p{_p_eq(p)}, n={fd['n']})" if ci is not None else "")
              + f" (base {pct(b['worst_case'])} -> hardened {pct(h['worst_case'])})"
              + ("" if significant or ci is None else "; not significant")
              + "; ")
@@ -659,7 +665,7 @@ def _card_data(meta: dict, *, path: str, diagnostics: dict | None = None, notes:
 
 
 def _phase_settings(p: dict) -> str:
-    keys = ("epochs", "batch_size", "lr", "lr_fc", "lr_f", "mixup_alpha")
+    keys = ("epochs", "batch_size", "lr", "lr_fc", "lr_f", "mixup_alpha", "adjoint")
     return ", ".join(f"{k} {_num(p[k])}" for k in keys if k in p)
 
 
@@ -774,7 +780,7 @@ def card_blocks(data: dict) -> list[dict]:
                    f"{check.get('norm', '?')} eps={fmt_eps(check.get('eps'), check.get('norm'))}, {check.get('steps', '?')} steps"
                    + (f" (REDUCED: {check['reduced']})" if check.get("reduced") else "")
                    + f"; gain {_points(check.get('gain_points'))} points"
-                   + (f", McNemar p={fmt_p(check['p_mcnemar'])}" if check.get("p_mcnemar") is not None else "")
+                   + (f", McNemar p{_p_eq(check['p_mcnemar'])}" if check.get("p_mcnemar") is not None else "")
                    + "; [95% interval]: Wilson, paired (Newcombe) for delta")
         blocks.append(_table("Hardening guard", [_col(""), _col("base", "right", "value"), _col("hardened", "right", "value"),
                                                  _col("delta", "right", "delta")], rows, caption))
