@@ -61,6 +61,19 @@ def test_cascade_results_and_summary_schema(adaptive_file, tmp_path):
         assert 0.0 <= ms["worst_case"] <= min([ms["clean"], *ms["attacks"].values()])
     assert set(summary["models"]["hardened"]["attacks"]) == set(SUITES["quick"]["hardened"])
     assert set(summary["models"]["base"]["attacks"]) == set(SUITES["quick"]["base"])
+    # intervals beside their figures, the paired difference, and the evaluation's strength (reduced: --steps 2)
+    assert summary["evaluation"] == {"adaptive": True, "reduced": True, "kinds": ["white-box", "fixed-step", "transfer"]}
+    for m in ("base", "hardened"):
+        ms = summary["models"][m]
+        for key in ("clean", "worst_case"):
+            assert ms[f"{key}_ci95"][0] <= ms[key] <= ms[f"{key}_ci95"][1]
+        assert set(ms["attacks_ci95"]) == set(ms["attacks"])
+    diff = summary["difference"]
+    hard, base = summary["models"]["hardened"], summary["models"]["base"]
+    assert diff["worst_case"] == pytest.approx(hard["worst_case"] - base["worst_case"])
+    b_only, h_only = diff["worst_case_discordant"]
+    assert (h_only - b_only) / 24 == pytest.approx(diff["worst_case"])
+    assert diff["worst_case_ci95"][0] <= diff["worst_case"] <= diff["worst_case_ci95"][1] and 0 < diff["worst_case_p"] <= 1
     doc = json.loads(out.read_text())
     assert doc["schema"] == "sodef_cli/attack-results" and doc["schema_version"] == 1 and doc["complete"]
     assert len(doc["indices"]) == 24 and len(set(doc["indices"])) == 24
