@@ -10,10 +10,9 @@ from typing import Any
 
 import torch
 
-from .backbone import BaseClassifier
 from .data import ImageSet, select_samples
 from .evaluate import AttackConfig, _model_summary, cascade, suite_attacks
-from .head import HardenedClassifier
+from .head import has_ode
 
 __all__ = ["run_check", "recommendation"]
 
@@ -30,12 +29,15 @@ def recommendation(gain_points: float, clean_delta_points: float) -> str:
             "keep the base, or evaluate with `sodef attack --suite adaptive` before deploying")
 
 
-def run_check(backbone, spec, head, probe, val: ImageSet, cfg, *, device, reporter) -> dict[str, Any]:
-    """Quick adaptive suite on up to ``cfg.check.n`` validation images. Returns figures as data."""
+def run_check(base, hardened, val: ImageSet, cfg, *, device, reporter) -> dict[str, Any]:
+    """Quick adaptive suite on up to ``cfg.check.n`` validation images. Returns figures as data.
+
+    ``base`` and ``hardened`` are the models as shipped ([0,1] images -> logits); the fixed-step attack runs
+    where ``hardened`` has an ODE.
+    """
     c = cfg.check
-    base = BaseClassifier(backbone, spec, probe).to(device).eval()
-    hardened = HardenedClassifier(backbone, spec, head).to(device).eval()
-    params = list(head.parameters()) + (list(probe.parameters()) if probe is not None else [])
+    base, hardened = base.to(device).eval(), hardened.to(device).eval()
+    params = [p for m in (base, hardened) for p in m.parameters()]
     was = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
@@ -43,10 +45,13 @@ def run_check(backbone, spec, head, probe, val: ImageSet, cfg, *, device, report
     x, y = val.floats(order), val.labels[order]
     acfg = AttackConfig(suite="quick", norm=c.norm, eps=(c.eps,), n=len(order), seed=cfg.seed, batch_size=c.batch_size,
                         steps=c.steps, checks=False)
-    plan = suite_attacks("quick", [], c.norm)
+    ode = has_ode(hardened)
+    with torch.no_grad():
+        n_classes = int(hardened(x[:1].to(device)).shape[1])
+    plan = suite_attacks("quick", [], c.norm, has_ode=ode)
     doc: dict = {"runs": []}
-    cascade(base, hardened, x, y, acfg, plan=plan, n_classes=int(head.classifier.out_features),
-            fixed_step=head.block.step_size, doc=doc, save=lambda: None, reporter=reporter, device=device)
+    cascade(base, hardened, x, y, acfg, plan=plan, n_classes=n_classes,
+            fixed_step=hardened.head.block.step_size if ode else None, doc=doc, save=lambda: None, reporter=reporter, device=device)
     for p, flag in zip(params, was):
         p.requires_grad_(flag)
     run = doc["runs"][0]
