@@ -16,7 +16,8 @@ copy of the ODE with plain backprop (no adjoint), so training and its attack see
 
 Selection: after every epoch, accuracy on held-out validation images under PGD (``select_steps`` steps,
 honest gradients) and under FGSM; the epoch kept is the one with the best PGD accuracy. Catastrophic
-overfitting (PGD accuracy falling below half of the best so far while FGSM accuracy rises) rejects the epoch.
+overfitting (PGD accuracy falling below half of the best so far while FGSM accuracy rises) rejects the epoch and
+stops training.
 With ``ema > 0`` the weights evaluated and kept are an exponential moving average of the trained ones.
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "attack_batch",
     "robust_accuracy",
     "adversarial_train",
+    "catastrophic_overfitting",
     "random_crop_flip",
 ]
 
@@ -194,6 +196,12 @@ def robust_accuracy(model: Callable, images, idx: torch.Tensor, *, kind: str, ep
 # the training loop
 
 
+def catastrophic_overfitting(rec: dict, history: list[dict]) -> bool:
+    """An epoch whose PGD accuracy fell below half the best so far while its FGSM accuracy rose (Wong et al. 2020)."""
+    best_pgd = max(r["val_pgd_acc"] for r in history)
+    return bool(rec["val_pgd_acc"] < 0.5 * best_pgd and rec["val_fgsm_acc"] > history[-1]["val_fgsm_acc"])
+
+
 class _EMA:
     """Exponential moving average of the trained tensors (float ones; integer buffers are copied)."""
 
@@ -332,13 +340,14 @@ def adversarial_train(
         rec = evaluate(epoch)
         rec["train_loss"] = loss_sum / steps_per_epoch
         rec["seconds"] = time.perf_counter() - t0
-        best_pgd = max(r["val_pgd_acc"] for r in history)
-        rec["rejected"] = bool(rec["val_pgd_acc"] < 0.5 * best_pgd and rec["val_fgsm_acc"] > history[-1]["val_fgsm_acc"])
+        rec["rejected"] = catastrophic_overfitting(rec, history)
         history.append(rec)
         reporter.log(f"adversarial epoch {epoch}/{cfg.epochs}: val clean {rec['val_clean_acc']:.4f}, PGD-{cfg.select_steps} "
                      f"{rec['val_pgd_acc']:.4f}, FGSM {rec['val_fgsm_acc']:.4f}, loss {rec['train_loss']:.4f}, {rec['seconds']:.0f} s"
                      + (" - REJECTED: catastrophic overfitting" if rec["rejected"] else ""))
-        if not rec["rejected"] and rec["val_pgd_acc"] > best["score"]:
+        if rec["rejected"]:  # early stopping (Wong et al. 2020): the epochs after catastrophic overfitting do not recover
+            break
+        if rec["val_pgd_acc"] > best["score"]:
             best = {"epoch": epoch, "score": rec["val_pgd_acc"], "state": snapshot()}
     reporter.end(task)
     load(best["state"])
@@ -352,6 +361,8 @@ def adversarial_train(
         "steps": cfg.steps if kind in ("pgd", "trades") else (1 if kind == "fgsm" else 0),
         "beta": cfg.beta if kind == "trades" else None,
         "epochs": cfg.epochs,
+        "epochs_run": len(history) - 1,
+        "stopped_early": bool(history[-1].get("rejected")),
         "best_epoch": best["epoch"],
         "val_pgd_acc": best["score"],
         "select": {"n": len(sel), "attack": f"pgd-{cfg.select_steps}"},

@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from sodef_cli.adversarial import attack_batch, stage_groups, stage_parameters, trained_state_names
+from sodef_cli.adversarial import (
+    adversarial_train,
+    attack_batch,
+    catastrophic_overfitting,
+    stage_groups,
+    stage_parameters,
+    trained_state_names,
+)
 from sodef_cli.cli import app
 from sodef_cli.config import HardenConfig, HeadConfig, resolve
 from sodef_cli.errors import UsageError
@@ -247,3 +254,77 @@ def test_linear_head_file_attacks_alike_and_reports(tmp_path, checkpoints):
     code, text = _cli(["report", str(out)])
     assert code == 0, text
     assert "Adversarial training" in text and "FGSM (random start)" in text
+
+
+def test_catastrophic_overfitting_rejects_collapsing_pgd_with_rising_fgsm():
+    history = [{"val_pgd_acc": 0.30, "val_fgsm_acc": 0.40}, {"val_pgd_acc": 0.32, "val_fgsm_acc": 0.41}]
+    assert catastrophic_overfitting({"val_pgd_acc": 0.05, "val_fgsm_acc": 0.80}, history)
+    assert not catastrophic_overfitting({"val_pgd_acc": 0.05, "val_fgsm_acc": 0.20}, history)  # both fell: not CO
+    assert not catastrophic_overfitting({"val_pgd_acc": 0.31, "val_fgsm_acc": 0.80}, history)  # PGD held up
+
+
+class _Images:
+    """An ImageSet stand-in: random images whose label is the brightest of 3 colour channels."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.rand(n, 3, 8, 8, generator=g)
+        self.labels = self.x.mean(dim=(2, 3)).argmax(1)
+
+    def floats(self, idx):
+        return self.x[idx]
+
+
+def _tiny_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+
+
+_QUIET = type("R", (), {"start": lambda *a: None, "advance": lambda *a, **k: None, "end": lambda *a, **k: None,
+                        "log": lambda *a: None})()
+
+
+def test_adversarial_train_never_touches_frozen_tensors():
+    from sodef_cli.config import AdversarialConfig
+
+    model = _tiny_net()
+    frozen_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("0.", "1."))}
+    data = _Images(96, 0)
+    cfg = AdversarialConfig(attack="trades", steps=2, epochs=2, batch_size=32, lr=0.2, select_n=48, select_steps=2)
+    adversarial_train(model, ["5.weight", "5.bias"], data, torch.arange(64), data, torch.arange(64, 96), cfg,
+                      device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), reporter=_QUIET)
+    for k, v in frozen_before.items():  # BatchNorm of a frozen layer stays in eval mode: statistics untouched
+        assert torch.equal(model.state_dict()[k], v), k
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_adversarial_train_keeps_the_best_pgd_epoch_and_rejects_overfitting(monkeypatch, ema):
+    """Selection scores are scripted; the weights seen at each epoch's evaluation are recorded."""
+    import sodef_cli.adversarial as adv
+    from sodef_cli.config import AdversarialConfig
+
+    model = _tiny_net()
+    # epoch:        0     1     2     3 (catastrophic overfitting: PGD collapses, FGSM climbs)  4
+    pgd = iter([0.10, 0.30, 0.50, 0.05, 0.40])
+    fgsm = iter([0.20, 0.30, 0.40, 0.90, 0.45])
+    seen = []
+
+    def scripted(m, images, idx, *, kind, **kw):
+        if kind == "none":
+            seen.append({k: v.clone() for k, v in model.state_dict().items()})
+            return 0.5
+        return next(pgd) if kind == "pgd" else next(fgsm)
+
+    monkeypatch.setattr(adv, "robust_accuracy", scripted)
+    data = _Images(64, 0)
+    cfg = AdversarialConfig(attack="pgd", steps=1, epochs=4, batch_size=32, lr=0.5, select_n=8, augment=False, ema=ema)
+    rec = adv.adversarial_train(model, ["5.weight", "5.bias"], data, torch.arange(32), data, torch.arange(32, 64), cfg,
+                                device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), reporter=_QUIET)
+    assert [r["rejected"] for r in rec["history"][1:]] == [False, False, True]  # and training stopped there
+    assert rec["stopped_early"] and rec["epochs_run"] == 3
+    assert rec["best_epoch"] == 2 and rec["val_pgd_acc"] == 0.50
+    final = model.state_dict()
+    assert all(torch.equal(final[k], v) for k, v in seen[2].items())  # the weights evaluated at epoch 2
+    assert not all(torch.equal(final[k], v) for k, v in seen[3].items())  # not the last epoch's
