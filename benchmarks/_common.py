@@ -238,6 +238,24 @@ def append_results(benchmark: str, env: dict[str, Any], figures: str, *, path: s
     return p
 
 
+def run_sodef(args: list[str], env: dict) -> tuple[dict, float, float]:
+    """Run ``python -m sodef_cli ARGS --json`` as its own process: (parsed stdout, wall seconds, peak RSS MiB of it alone)."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "sodef_cli", *args], stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        code = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        if code != 0:
+            raise SystemExit(f"stage failed ({code}): sodef {' '.join(args)}\n{err.read()[-2000:]}")
+        return json.loads(out.read()), wall, usage.ru_maxrss / 1024
+
+
 def format_table(header: list[str], rows: list[list[Any]]) -> str:
     """A plain fixed-width text table for the console."""
     cells = [[str(c) for c in header]] + [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in r] for r in rows]

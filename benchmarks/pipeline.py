@@ -12,28 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from _common import OUT_DIR, add_common_args, append_results, environment, setup, write_json
-
-
-def _run(args: list[str], env: dict) -> tuple[dict, float, float]:
-    """(parsed --json stdout, wall seconds, peak RSS in MiB of that process alone) of one sodef command."""
-    import tempfile
-
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "sodef_cli", *args], stdout=out, stderr=err, env=env, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        if proc.returncode != 0:
-            raise SystemExit(f"stage failed ({proc.returncode}): sodef {' '.join(args)}\n{err.read()[-2000:]}")
-        return json.loads(out.read()), wall, usage.ru_maxrss / 1024
+from _common import OUT_DIR, add_common_args, append_results, environment, run_sodef, setup, write_json
 
 
 def main() -> None:
@@ -61,7 +42,7 @@ def main() -> None:
         cmd = ["harden", args.base, "--data", args.data, "--recipe", args.recipe, "--out", args.hardened, "--device", device.type, "--json"]
         for s in args.set:
             cmd += ["--set", s]
-        summary, wall, peak = _run(cmd, env)
+        summary, wall, peak = run_sodef(cmd, env)
         doc["harden"] = {"wall_s": wall, "peak_rss_mib": peak, "timings_s": summary["timings_s"], "base": summary["base"],
                          "hardened": summary["hardened"], "stability": summary["stability"], "check": summary["check"],
                          "train_images": summary["data"]["train"]}
@@ -70,8 +51,8 @@ def main() -> None:
         figures.append(
             f"harden {summary['data']['train']} imgs: head (phases 1-3) {head:.0f}s, features {t['features']:.0f}s, "
             f"check {t.get('check', 0):.0f}s, total {t['total']:.0f}s, peak RSS {peak:.0f} MiB; clean base "
-            f"{100 * summary['base']['test_clean_acc']:.1f}% / hardened {100 * summary['hardened']['test_clean_acc']:.1f}%; "
-            f"guard {summary['check']['gain_points']:+.1f} pts" if summary.get("check") else ""
+            f"{100 * summary['base']['test_clean_acc']:.1f}% / hardened {100 * summary['hardened']['test_clean_acc']:.1f}%"
+            + (f"; guard {summary['check']['gain_points']:+.1f} pts" if summary.get("check") else "")  # no guard: the rest stays
         )
     cmd = ["attack", args.hardened, "--data", args.data, "--samples", str(args.n), "--batch-size", str(args.batch_size),
            "--out", str(Path(args.out).with_suffix(".results.json")), "--device", device.type, "--json"]
@@ -79,7 +60,7 @@ def main() -> None:
     cmd += args.attack_args.split()
     doc["attack_command"] = "sodef " + " ".join(cmd)
     Path(args.out).with_suffix(".results.json").unlink(missing_ok=True)
-    summary, wall, peak = _run(cmd, env)
+    summary, wall, peak = run_sodef(cmd, env)
     doc["attack"] = {"wall_s": wall, "peak_rss_mib": peak, "summary": summary}
     m = summary["models"]
     figures.append(

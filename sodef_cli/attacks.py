@@ -44,7 +44,7 @@ class Target:
 
     name: str  # "base" | "hardened"
     model: nn.Module  # the real model: adversarial examples are judged on it
-    base: nn.Module  # the base classifier (transfer source)
+    base: nn.Module  # transfer source: the base classifier (for two plain classifiers, the other model)
     fixed: nn.Module | None = None  # fixed-step RK4 copy (hardened only)
     bpda: nn.Module | None = None  # identity-backward copy (hardened only)
     features: Callable[[torch.Tensor], torch.Tensor] | None = None  # backbone pre-logits features
@@ -286,9 +286,14 @@ SUITES: dict[str, dict[str, list[str]]] = {
 MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}  # the DLR losses index the 3rd (targeted: 4th) largest logit
 
 
-def suite_attacks(suite: str | None, attacks: list[str] | None, norm: str, n_classes: int | None = None) -> dict[str, list[str]]:
+ODE_KINDS = ("fixed-step", "bpda")  # attacks that need the hardened model to have an ODE
+
+
+def suite_attacks(suite: str | None, attacks: list[str] | None, norm: str, n_classes: int | None = None,
+                  has_ode: bool = True) -> dict[str, list[str]]:
     """Attacks per model ("base", "hardened") for a suite or an explicit list; validated for the norm and,
-    when given, the number of classes (suites drop the DLR attacks that need more classes)."""
+    when given, the number of classes (suites drop the DLR attacks that need more classes) and whether the
+    hardened model has an ODE (suites drop the fixed-step and BPDA attacks of a linear head)."""
     if attacks and n_classes is not None:
         few = [a for a in attacks if MIN_CLASSES.get(a, 2) > n_classes]
         if few:
@@ -300,10 +305,17 @@ def suite_attacks(suite: str | None, attacks: list[str] | None, norm: str, n_cla
         bad = [a for a in attacks if norm not in ATTACKS[a].norms]
         if bad:
             raise UsageError(f"attack(s) {', '.join(bad)} do not support --norm {norm} (they support {', '.join(ATTACKS[bad[0]].norms)})")
-        return {"base": [a for a in attacks if not ATTACKS[a].hardened_only], "hardened": list(attacks)}
+        no_ode = [a for a in attacks if ATTACKS[a].kind in ODE_KINDS] if not has_ode else []
+        if no_ode:
+            raise UsageError(f"attack(s) {', '.join(no_ode)} need an ODE; this hardened model has a linear head")
+        # without an ODE the two models are attacked alike (transfer attacks then take the other model as source)
+        return {"base": [a for a in attacks if not ATTACKS[a].hardened_only or not has_ode], "hardened": list(attacks)}
     if suite not in SUITES:
         raise UsageError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     out = {}
     for m, names in SUITES[suite].items():
-        out[m] = [a for a in names if norm in ATTACKS[a].norms and MIN_CLASSES.get(a, 2) <= (n_classes or 2**31)]
+        out[m] = [a for a in names if norm in ATTACKS[a].norms and MIN_CLASSES.get(a, 2) <= (n_classes or 2**31)
+                  and (has_ode or ATTACKS[a].kind not in ODE_KINDS)]
+    if not has_ode:  # two plain classifiers: the same attacks on both, transfer attacks from the other model
+        out["base"] = list(out["hardened"])
     return out

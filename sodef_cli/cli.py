@@ -212,6 +212,18 @@ def pretrain(
         )
 
 
+class HeadKind(str, Enum):
+    sodef = "sodef"
+    linear = "linear"
+
+
+class TrainAttack(str, Enum):
+    none = "none"
+    fgsm = "fgsm"
+    pgd = "pgd"
+    trades = "trades"
+
+
 @app.command()
 @_handle
 def harden(
@@ -226,6 +238,10 @@ def harden(
     dim: Annotated[Optional[int], typer.Option("--dim", min=2, help="ODE state size n.")] = None,
     solver: Annotated[Optional[str], typer.Option("--solver", help="dopri5 (default), rk4, euler, ...")] = None,
     t1: Annotated[Optional[float], typer.Option("--t1", help="Integration time T.")] = None,
+    head: Annotated[Optional[HeadKind], typer.Option("--head", help="sodef (projection -> ODE -> classifier) or linear (the model's own classifier, or a linear probe).")] = None,
+    adv_attack: Annotated[Optional[TrainAttack], typer.Option("--adv-attack", help="Adversarial training after the head is fitted: none (default), fgsm, pgd or trades.")] = None,
+    adv_stages: Annotated[Optional[int], typer.Option("--adv-stages", min=0, help="Also train the last N backbone stages (timm's grouping; 0 = head only).")] = None,
+    adv_epochs: Annotated[Optional[int], typer.Option("--adv-epochs", min=1, help="Epochs of adversarial training.")] = None,
     image_size: ImageSizeOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,
@@ -235,7 +251,8 @@ def harden(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT.resume (same options).")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Freeze a timm model, fit a SODEF head on its features and save the hardened model."""
+    """Freeze a timm model, fit a SODEF (or linear) head on its features, optionally train it and the last stages
+    adversarially, and save the hardened model."""
     from .config import HardenConfig, parse_set_options, resolve
     from .harden import harden as run
 
@@ -243,7 +260,9 @@ def harden(
         "model": model, "data": data, "data_dir": data_dir, "download": download,
         "checkpoint": str(checkpoint) if checkpoint else None, "pretrained": pretrained, "image_size": image_size,
         "seed": seed, "device": device.value if device else None,
-        "head.dim": dim, "head.solver": solver, "head.t1": t1,
+        "head.dim": dim, "head.solver": solver, "head.t1": t1, "head.kind": head.value if head else None,
+        "adversarial.attack": adv_attack.value if adv_attack else None, "adversarial.stages": adv_stages,
+        "adversarial.epochs": adv_epochs,
     }
     if no_check:
         overrides["check.enabled"] = False
@@ -379,10 +398,11 @@ def report(
         meta = hardened_meta(files[0])
         spec = data or default_card_data(meta)
         diag, notes = None, []
-        if spec:
+        has_ode = ((meta.get("config") or {}).get("head") or {}).get("kind", "sodef") == "sodef"  # a linear head has no ODE to diagnose
+        if has_ode and spec:
             diag = card_diagnostics(files[0], spec, n=n or 512, data_dir=data_dir or "",
                                     device=resolve_device(device.value if device else "auto"))
-        else:
+        elif has_ode:
             notes.append(f"stability diagnostics not computed: the hardening data {(meta.get('config') or {}).get('data')!r} "
                          "is not available here; pass --data with test images of the same classes")
         doc = card_data(meta, path=str(files[0]), diagnostics=diag, notes=notes)

@@ -32,6 +32,7 @@ __all__ = [
     "Phase2Config",
     "Phase3Config",
     "ProbeConfig",
+    "AdversarialConfig",
     "CheckConfig",
     "HardenConfig",
     "PretrainConfig",
@@ -59,6 +60,7 @@ class HeadConfig:
     atol: float = 1e-3
     step_size: float = 0.5  # fixed-step solvers, and the fixed-step attack copy
     adjoint: bool = True  # odeint_adjoint in training (O(1) memory, inexact gradients)
+    kind: str = "sodef"  # "sodef": projection -> ODE -> classifier; "linear": the model's own classifier or a linear probe
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,34 @@ class ProbeConfig:
 
 
 @dataclass(frozen=True)
+class AdversarialConfig:
+    """Adversarial training in image space after the head is fitted (``sodef_cli/adversarial.py``).
+
+    ``attack = "none"`` skips it (the paper's method). Gradients through a SODEF head use the fixed-step
+    ``ode_solver`` with plain backprop (never the adjoint), in training and in its attack alike.
+    """
+
+    attack: str = "none"  # none | fgsm | pgd | trades
+    eps: float = 8 / 255  # Linf radius of the training attack
+    step: float = 0.0  # attack step; 0 = 1.25 eps (fgsm) or 2.5 eps / steps (pgd, trades)
+    steps: int = 5  # pgd / trades iterations
+    beta: float = 6.0  # trades: weight of the KL term
+    stages: int = 0  # last N backbone stages trained with the head (timm's grouping; the stem is the first)
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 0.05  # peak of a one-cycle schedule (linear warm-up, linear decay), SGD + Nesterov
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 0.3  # fraction of the steps spent warming up
+    ema: float = 0.0  # weight averaging: decay of an exponential moving average of the trained weights (0 = off)
+    augment: bool = True  # random crop + flip
+    select_n: int = 1000  # validation images for model selection
+    select_steps: int = 10  # PGD steps of the selection attack
+    ode_solver: str = "rk4"  # fixed-step solver used whenever training differentiates through the ODE
+    stability_weight: float = 1.0  # SODEF head: weight of the stability regularizers during adversarial training
+
+
+@dataclass(frozen=True)
 class CheckConfig:
     """The hardening guard: the quick adaptive suite on held-out validation images."""
 
@@ -163,6 +193,7 @@ class HardenConfig:
     phase2: Phase2Config = field(default_factory=Phase2Config)
     phase3: Phase3Config = field(default_factory=Phase3Config)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
 
 
@@ -331,6 +362,30 @@ def resolve(cls: type, *, recipe: str | Path | None = None, overrides: dict[str,
     return cfg
 
 
+def _validate_adversarial(cfg: "HardenConfig") -> None:
+    a = cfg.adversarial
+    if a.attack not in ("none", "fgsm", "pgd", "trades"):
+        raise UsageError(f"adversarial.attack {a.attack!r} unknown; choose one of none, fgsm, pgd, trades")
+    if a.attack == "none":
+        if cfg.head.kind == "linear":
+            raise UsageError("head.kind = linear trains a linear head adversarially; choose a training attack "
+                             "(adversarial.attack = fgsm, pgd or trades)")
+        if a.stages:
+            raise UsageError("adversarial.stages needs a training attack (adversarial.attack = fgsm, pgd or trades)")
+        return
+    if not 0.0 < a.eps <= 1.0 or a.step < 0 or a.steps < 1 or a.beta < 0:
+        raise UsageError("adversarial.eps must be in (0, 1], step >= 0, steps >= 1 and beta >= 0")
+    if a.epochs < 1 or a.batch_size < 1 or a.lr <= 0 or not 0.0 <= a.warmup < 1.0 or not 0.0 <= a.ema < 1.0:
+        raise UsageError("adversarial.epochs, batch_size must be >= 1, lr > 0, warmup in [0, 1) and ema in [0, 1)")
+    if a.stages < 0 or a.select_n < 1 or a.select_steps < 1 or a.stability_weight < 0:
+        raise UsageError("adversarial.stages must be >= 0, select_n and select_steps >= 1, stability_weight >= 0")
+    if cfg.head.kind == "sodef" and a.ode_solver not in FIXED_SOLVERS:
+        raise UsageError(
+            f"adversarial training differentiates through the ODE with a fixed-step solver, but adversarial.ode_solver is "
+            f"{a.ode_solver!r}; choose one of {', '.join(FIXED_SOLVERS)}"
+        )
+
+
 def validate(cfg: Any) -> None:
     """Value checks that a type alone does not express."""
     if isinstance(cfg, HardenConfig):
@@ -353,6 +408,9 @@ def validate(cfg: Any) -> None:
                 raise UsageError(f"{name}.epochs must be >= 0 and {name}.batch_size >= 1")
         if cfg.check.norm not in ("Linf", "L2") or not 0.0 <= cfg.check.eps <= 1.0:
             raise UsageError("check.norm must be Linf or L2 and check.eps in [0, 1]")
+        if h.kind not in ("sodef", "linear"):
+            raise UsageError(f"head.kind {h.kind!r} unknown; choose sodef or linear")
+        _validate_adversarial(cfg)
     if isinstance(cfg, PretrainConfig):
         if cfg.adversarial not in ("none", "fgsm"):
             raise UsageError("adversarial must be 'none' or 'fgsm'")

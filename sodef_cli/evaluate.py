@@ -24,6 +24,7 @@ import torch
 from .attacks import ATTACKS, AttackParams, Target, project, suite_attacks
 from .distributed import all_gather_objects, gather_merge, is_main, map_batches, mine
 from .errors import ModelError, ResultsError, UsageError
+from .head import has_ode
 from .io import read_json, sha256_file, versions, write_json
 from .stats import paired_difference, wilson
 
@@ -131,6 +132,9 @@ def masking_checks(run: dict) -> list[dict]:
 
 
 def _target(name: str, base, hardened, fixed_step: float | None) -> Target:
+    if not has_ode(hardened):  # two plain classifiers, attacked alike: each is the other's transfer source
+        other = hardened if name == "base" else base
+        return Target(name, base if name == "base" else hardened, other, features=(base if name == "base" else hardened).features)
     if name == "base":
         return Target("base", base, base, features=base.features)
     return Target("hardened", hardened, base, fixed=hardened.variant("fixed", step_size=fixed_step),
@@ -140,7 +144,8 @@ def _target(name: str, base, hardened, fixed_step: float | None) -> Target:
 def _large_eps_check(hardened, base, x, y, cfg: AttackConfig, device) -> dict:
     """Accuracy under a budget that must break any model: not near zero = gradients are not informative."""
     eps = LARGE_EPS[cfg.norm]
-    n_classes = int(hardened.head.classifier.out_features)
+    with torch.no_grad():
+        n_classes = int(hardened(x[:1].to(device)).shape[1])
     p = AttackParams(norm=cfg.norm, eps=eps, n_classes=n_classes, seed=cfg.seed, steps=20)
     out = {}
     for name, model in (("base", base), ("hardened", hardened)):
@@ -195,7 +200,7 @@ def batch_dependence(model, x: torch.Tensor, batch_size: int, device, seed: int)
 
 def _batch_check(hardened, x, cfg: AttackConfig, device) -> dict:
     stats = batch_dependence(hardened, x, cfg.batch_size, device, cfg.seed)
-    adaptive = getattr(hardened.head.block, "adaptive", False)
+    adaptive = has_ode(hardened) and hardened.head.block.adaptive
     return {
         "name": "predictions independent of batch composition",
         "flagged": stats["frac_predictions_changed"] > 0,
@@ -269,7 +274,7 @@ def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str 
     indices = select_samples(data.test.labels, cfg.n, cfg.seed)
     x_all = data.test.floats(indices)
     y_all = data.test.labels[indices]
-    plan = suite_attacks(cfg.suite, list(cfg.attacks), cfg.norm, n_classes=len(classes))
+    plan = suite_attacks(cfg.suite, list(cfg.attacks), cfg.norm, n_classes=len(classes), has_ode=has_ode(hardened))
     data_desc = {"spec": data_spec or data.name, "split": "test", "classes": list(data.classes), "test_size": len(data.test)}
     doc = _new_results(model_path, meta, data_desc, cfg, indices, y_all, device, plan)
     if out is not None and is_main() and Path(out).exists():
@@ -279,7 +284,7 @@ def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str 
         doc["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     doc = all_gather_objects(doc)[0]  # torchrun: every rank continues from rank 0's view (no shared disk needed)
     save = (lambda: write_json(out, doc)) if out is not None and is_main() else (lambda: None)
-    fixed_step = meta.get("config", {}).get("head", {}).get("step_size")
+    fixed_step = meta.get("config", {}).get("head", {}).get("step_size") if has_ode(hardened) else None
     cascade(base, hardened, x_all, y_all, cfg, plan=plan, n_classes=len(classes), fixed_step=fixed_step, doc=doc,
             save=save, reporter=reporter, device=device)
     doc["complete"] = True
@@ -314,7 +319,7 @@ def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Attac
             target = _target(mname, base, hardened, fixed_step)
             # an adaptive solver's output depends on the rest of the batch: an example that fools the model in
             # some batch composition is not counted robust (one extra forward per attacked sample)
-            judge_alone = mname == "hardened" and getattr(hardened.head.block, "adaptive", False)
+            judge_alone = mname == "hardened" and has_ode(hardened) and hardened.head.block.adaptive
             if any(ATTACKS[a].kind == "feature" for a in plan[mname] if a not in mrec["attacks"]):
                 with torch.no_grad():
                     feats = map_batches(lambda a, b: target.features(x_all[a:b].to(device)).float(), len(y_all), cfg.batch_size)
@@ -367,7 +372,9 @@ def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Attac
         if cfg.checks and "extra_checks" not in run and is_main():
             m = min(cfg.check_samples, len(indices))
             sub = torch.linspace(0, len(indices) - 1, m).round().long()  # spread over the (interleaved) classes
-            extra = [_batch_check(hardened, x_all[sub], cfg, device), _surrogate_check(hardened, x_all[sub], cfg, device, fixed_step)]
+            extra = [_batch_check(hardened, x_all[sub], cfg, device)]
+            if has_ode(hardened):
+                extra.append(_surrogate_check(hardened, x_all[sub], cfg, device, fixed_step))
             if run["models"]["hardened"]["attacks"]:
                 extra.append(_large_eps_check(hardened, base, x_all[sub], y_all[sub], cfg, device))
             run["extra_checks"] = extra

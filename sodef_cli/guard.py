@@ -17,10 +17,9 @@ from typing import Any
 import torch
 
 from .attacks import ATTACKS, AttackParams
-from .backbone import BaseClassifier
 from .data import ImageSet, select_samples
 from .evaluate import AttackConfig, _model_summary, _surrogate_check, cascade, differences, suite_attacks, worst_case_flags
-from .head import HardenedClassifier
+from .head import has_ode
 from .stats import ALPHA, n_to_resolve, paired_difference
 
 __all__ = ["run_check", "recommendation", "OUTCOMES"]
@@ -64,12 +63,15 @@ def decide(gain_points: float, p: float | None) -> str:
     return "no significant difference"
 
 
-def run_check(backbone, spec, head, probe, check: ImageSet, cfg, *, device, reporter) -> dict[str, Any]:
-    """Quick adaptive suite on up to ``cfg.check.n`` held-out check images. Returns figures as data."""
+def run_check(base, hardened, check: ImageSet, cfg, *, device, reporter) -> dict[str, Any]:
+    """Quick adaptive suite on up to ``cfg.check.n`` held-out check images. Returns figures as data.
+
+    ``base`` and ``hardened`` are the models as shipped ([0,1] images -> logits); the fixed-step attack and the
+    fixed-step agreement check run where ``hardened`` has an ODE.
+    """
     c = cfg.check
-    base = BaseClassifier(backbone, spec, probe).to(device).eval()
-    hardened = HardenedClassifier(backbone, spec, head).to(device).eval()
-    params = list(head.parameters()) + (list(probe.parameters()) if probe is not None else [])
+    base, hardened = base.to(device).eval(), hardened.to(device).eval()
+    params = [p for m in (base, hardened) for p in m.parameters()]
     was = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(False)
@@ -77,11 +79,15 @@ def run_check(backbone, spec, head, probe, check: ImageSet, cfg, *, device, repo
     x, y = check.floats(order), check.labels[order]
     acfg = AttackConfig(suite="quick", norm=c.norm, eps=(c.eps,), n=len(order), seed=cfg.seed, batch_size=c.batch_size,
                         steps=c.steps, checks=False)
-    plan = suite_attacks("quick", [], c.norm)
+    ode = has_ode(hardened)
+    with torch.no_grad():
+        n_classes = int(hardened(x[:1].to(device)).shape[1])
+    plan = suite_attacks("quick", [], c.norm, has_ode=ode)
     doc: dict = {"runs": []}
-    cascade(base, hardened, x, y, acfg, plan=plan, n_classes=int(head.classifier.out_features),
-            fixed_step=head.block.step_size, doc=doc, save=lambda: None, reporter=reporter, device=device)
-    agreement = _surrogate_check(hardened, x, acfg, device, head.block.step_size)
+    fixed_step = hardened.head.block.step_size if ode else None
+    cascade(base, hardened, x, y, acfg, plan=plan, n_classes=n_classes,
+            fixed_step=fixed_step, doc=doc, save=lambda: None, reporter=reporter, device=device)
+    agreement = [_surrogate_check(hardened, x, acfg, device, fixed_step)] if ode else []
     for p, flag in zip(params, was):
         p.requires_grad_(flag)
     run = doc["runs"][0]
@@ -120,5 +126,5 @@ def run_check(backbone, spec, head, probe, check: ImageSet, cfg, *, device, repo
         "more_robust": outcome == "more robust",
         "recommendation": recommendation(outcome, gain, clean_delta, ci_points=ci_points, p=pd["p_mcnemar"], n=len(order),
                                          n_needed=n_needed, reduced=reduced_text),
-        "checks": run.get("checks", []) + [agreement],
+        "checks": run.get("checks", []) + agreement,
     }

@@ -5,6 +5,7 @@ checked bitwise-unchanged before the file is written. Features are extracted onc
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -18,13 +19,14 @@ from .config import HardenConfig, to_dict
 from .data import check_split, load_data, stratified_split
 from .diagnostics import jacobian_stability
 from .errors import ModelError, ModelFileError, OutputError, SodefError, TrainingDivergedError, UsageError
-from .head import SODEFHead, simplex_classifier
+from .head import HardenedClassifier, SODEFHead, simplex_classifier
 from .io import load_tensors, read_metadata, save_model_file, sha256_file, versions
 from .phases import Reporter, accuracy_from_logits, batched_logits, extract_features, fit_probe, phase1, phase2, phase3, stability_warning
+from .regularizers import stability_loss
 from .distributed import device_for_rank, is_main, local, rank
 from .runtime import resolve_device, seed_everything
 
-__all__ = ["harden", "state_digest"]
+__all__ = ["harden", "state_digest", "training_view", "training_line"]
 
 STABILITY_POINTS = 1000  # features sampled for the eigenvalue diagnostics
 
@@ -166,8 +168,12 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
     t0 = time.perf_counter()
     backbone, spec, source, data = _load_model(cfg, reporter)
     k = len(data.classes)
-    if cfg.head.dim < k:
+    if cfg.head.kind == "sodef" and cfg.head.dim < k:
         raise UsageError(f"head.dim ({cfg.head.dim}) must be >= the number of classes ({k}); pass --dim {max(64, k)}")
+    if cfg.adversarial.attack != "none":  # before any expensive work: does the model have that many stages?
+        from .adversarial import stage_parameters
+
+        stage_parameters(backbone, cfg.adversarial.stages)
     backbone = freeze(backbone).to(device)
     digest_before = state_digest(backbone)
     timings["load"] = time.perf_counter() - t0
@@ -223,10 +229,101 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
         ckpt.save("base", gen, {f"probe.{n}": v for n, v in probe.state_dict().items()} if probe is not None else {})
     timings["base_classifier"] = time.perf_counter() - t0
 
+    if cfg.head.kind == "sodef":
+        head, sodef_metrics = _fit_sodef_head(cfg, ckpt, h_tr, y_tr, h_val, y_val, h_test, k, device, gen, reporter, timings)
+    else:  # a linear head: the baseline's own classifier (or probe), trained adversarially below
+        head, sodef_metrics = None, {"phases": None, "stability": None}
+
+    adv = None
+    tuned_backbone, linear = backbone, None
+    if cfg.adversarial.attack != "none":
+        t0 = time.perf_counter()
+        tuned_backbone, head, linear, adv = _adversarial_stage(cfg, backbone, spec, head, probe, data, tr_idx, val_idx,
+                                                               device=device, generator=gen, reporter=reporter)
+        timings["adversarial"] = time.perf_counter() - t0
+    hardened = _hardened_model(tuned_backbone, spec, head, linear).to(device).eval()
+    if adv is None and head is not None:  # clean phases only: the cached test features give the same logits
+        with torch.no_grad():
+            logits_test = batched_logits(head, h_test, device=device, batch_size=cfg.phase3.batch_size)
+        hard_test = accuracy_from_logits(logits_test, y_test)
+        hard_val = sodef_metrics["phases"]["phase3"]["val_acc"]
+    else:  # the backbone or the head changed in image space: measure the model as shipped on the images
+        hard_test = _image_accuracy(hardened, data.test, torch.arange(len(data.test)), device, cfg.feature_batch_size)
+        hard_val = _image_accuracy(hardened, data.train, val_idx, device, cfg.feature_batch_size)
+
+    if state_digest(backbone) != digest_before:  # pragma: no cover - a bug, never a user error
+        raise SodefError("internal error: the frozen backbone changed during hardening; no file written")
+
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "data": data.describe(),
+        "split": {"train": len(tr_idx), "val": len(val_idx), "check": len(check_idx), "seed": cfg.seed},
+        "base": {"classifier": base_kind, "val_acc": base_val, "test_clean_acc": base_test},
+        "hardened": {"head": cfg.head.kind, "val_acc": hard_val, "test_clean_acc": hard_test},
+        "phases": sodef_metrics["phases"],
+        "stability": sodef_metrics["stability"],
+        "adversarial": adv,
+        "backbone_digest": digest_before,
+        "device": str(device),
+    }
+
+    check = None
+    if cfg.check.enabled:
+        from .guard import run_check
+
+        t0 = time.perf_counter()
+        base_model = BaseClassifier(backbone, spec, probe).to(device).eval()
+        with local():  # torchrun: the other ranks have finished; rank 0 checks alone
+            check = run_check(base_model, hardened, data.train.subset(check_idx), cfg, device=device, reporter=reporter)
+        check["train_indices"] = [int(check_idx[i]) for i in check.pop("positions")]  # indices into the train split
+        if cfg.check.require_gain and check["gain_points"] < 0:
+            check["require_gain_failed"] = True  # the file is still written, marked as failing the guard
+        timings["check"] = time.perf_counter() - t0
+    summary["check"] = check
+    timings["total"] = time.perf_counter() - t_all
+    summary["timings_s"] = timings
+
+    tensors = {f"backbone.{k_}": v for k_, v in backbone.state_dict().items()}
+    if head is not None:
+        tensors.update({f"head.{k_}": v for k_, v in head.export_state().items()})
+    if probe is not None:
+        tensors.update({f"probe.{k_}": v for k_, v in probe.state_dict().items()})
+    if adv is not None:
+        tuned_sd = tuned_backbone.state_dict()
+        tensors.update({f"tuned.{n}": tuned_sd[n] for n in adv["tuned_backbone_state"]})
+    if linear is not None:
+        tensors.update({f"linear.{k_}": v for k_, v in linear.state_dict().items()})
+    # version 2 only where an older reader would silently rebuild the wrong model (tuned stages, a linear head)
+    new_layout = adv is not None and (adv["tuned_backbone_state"] or linear is not None or head is None)
+    meta = {
+        "format": "sodef_cli/hardened",
+        "format_version": 2 if new_layout else 1,
+        "backbone": spec.to_dict(),
+        "classes": list(data.classes),
+        "num_classes": k,
+        "feature_dim": int(h_tr.shape[1]),
+        "base_classifier": base_kind,
+        "source": source,
+        "config": to_dict(cfg),
+        # no timings or timestamps: same inputs and seed give a bitwise-identical file
+        "metrics": {k_: v for k_, v in summary.items() if k_ not in ("out", "check", "timings_s", "device")},
+        "check": check,
+        "versions": versions(),
+    }
+    if adv is not None:
+        meta["metrics"]["adversarial"] = {k_: v for k_, v in adv.items() if k_ != "seconds"}
+    save_model_file(out, tensors, meta)
+    ckpt.remove()
+    return summary
+
+
+def _fit_sodef_head(cfg: HardenConfig, ckpt: _Resume, h_tr, y_tr, h_val, y_val, h_test, k: int, device, gen, reporter,
+                    timings: dict[str, float]):
+    """Phases 1-3 of the paper on cached features. Returns (head, {"phases", "stability"})."""
     head = SODEFHead(h_tr.shape[1], k, cfg.head).to(device)
     V = simplex_classifier(k, cfg.head.dim)
-    t0 = time.perf_counter()
     head_state = lambda: {f"head.{n}": v for n, v in head.state_dict().items()}
+    t0 = time.perf_counter()
     if ckpt.done("phase1"):
         head.materialize()
         m1 = ckpt.meta["phase1"]
@@ -261,65 +358,109 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
     stab_warning = stability_warning(stab_after, cfg.phase2, cfg.regularizer)
     if stab_warning:
         reporter.log(f"warning: {stab_warning}")
-
     t0 = time.perf_counter()
     m3 = phase3(head, z_tr, y_tr, z_val, y_val, cfg.phase3, device=device, generator=gen, reporter=reporter)
     timings["phase3"] = time.perf_counter() - t0
     stab_final = jacobian_stability(head.odefunc, sample)
     head.eval()
-    with torch.no_grad():
-        logits_test = batched_logits(lambda z: head.classifier(head.block(z)), z_test, device=device, batch_size=cfg.phase3.batch_size)
-    hard_test = accuracy_from_logits(logits_test, y_test)
+    return head, {"phases": {"phase1": m1, "phase2": m2, "phase3": m3},
+                  "stability": {"before_phase2": stab_before, "after_phase2": stab_after, "final": stab_final,
+                                "warning": stab_warning}}
 
-    if state_digest(backbone) != digest_before:  # pragma: no cover - a bug, never a user error
-        raise SodefError("internal error: the frozen backbone changed during hardening; no file written")
 
-    summary: dict[str, Any] = {
-        "out": str(out),
-        "data": data.describe(),
-        "split": {"train": len(tr_idx), "val": len(val_idx), "check": len(check_idx), "seed": cfg.seed},
-        "base": {"classifier": base_kind, "val_acc": base_val, "test_clean_acc": base_test},
-        "hardened": {"val_acc": m3["val_acc"], "test_clean_acc": hard_test},
-        "phases": {"phase1": m1, "phase2": m2, "phase3": m3},
-        "stability": {"before_phase2": stab_before, "after_phase2": stab_after, "final": stab_final, "warning": stab_warning},
-        "backbone_digest": digest_before,
-        "device": str(device),
-    }
+def _hardened_model(backbone, spec: ModelSpec, head: SODEFHead | None, linear: torch.nn.Linear | None) -> torch.nn.Module:
+    """The model as shipped: SODEF head on the (possibly tuned) backbone, or a linear head (own classifier or ``linear``)."""
+    if head is not None:
+        return HardenedClassifier(backbone, spec, head)
+    return BaseClassifier(backbone, spec, linear)
 
-    check = None
-    if cfg.check.enabled:
-        from .guard import run_check
 
-        t0 = time.perf_counter()
-        with local():  # torchrun: the other ranks have finished; rank 0 checks alone
-            check = run_check(backbone, spec, head, probe, data.train.subset(check_idx), cfg, device=device, reporter=reporter)
-        check["train_indices"] = [int(check_idx[i]) for i in check.pop("positions")]  # indices into the train split
-        if cfg.check.require_gain and check["gain_points"] < 0:
-            check["require_gain_failed"] = True  # the file is still written, marked as failing the guard
-        timings["check"] = time.perf_counter() - t0
-    summary["check"] = check
-    timings["total"] = time.perf_counter() - t_all
-    summary["timings_s"] = timings
+@torch.no_grad()
+def _image_accuracy(model, images, idx: torch.Tensor, device, batch_size: int) -> float:
+    """Clean accuracy of ``model`` (fp32, as shipped) on ``images[idx]``."""
+    correct = 0
+    for i in range(0, len(idx), batch_size):
+        j = idx[i : i + batch_size]
+        correct += int((model(images.floats(j).to(device)).argmax(1).cpu() == images.labels[j]).sum())
+    return correct / max(1, len(idx))
 
-    meta = {
-        "format": "sodef_cli/hardened",
-        "format_version": 1,
-        "backbone": spec.to_dict(),
-        "classes": list(data.classes),
-        "num_classes": k,
-        "feature_dim": int(h_tr.shape[1]),
-        "base_classifier": base_kind,
-        "source": source,
-        "config": to_dict(cfg),
-        # no timings or timestamps: same inputs and seed give a bitwise-identical file
-        "metrics": {k_: v for k_, v in summary.items() if k_ not in ("out", "check", "timings_s", "device")},
-        "check": check,
-        "versions": versions(),
-    }
-    tensors = {f"backbone.{k_}": v for k_, v in backbone.state_dict().items()}
-    tensors.update({f"head.{k_}": v for k_, v in head.export_state().items()})
-    if probe is not None:
-        tensors.update({f"probe.{k_}": v for k_, v in probe.state_dict().items()})
-    save_model_file(out, tensors, meta)
-    ckpt.remove()
-    return summary
+
+def _adversarial_stage(cfg: HardenConfig, backbone, spec: ModelSpec, head: SODEFHead | None, probe, data, tr_idx, val_idx, *,
+                       device, generator, reporter):
+    """Adversarial training in image space (``cfg.adversarial``). Returns (tuned backbone, head, linear head, record).
+
+    The original backbone is never touched: the last ``stages`` stages are trained on a copy, and the file stores
+    only the copy's trained tensors (``tuned.*``) next to the original weights. Gradients through a SODEF head come
+    from the fixed-step ``adversarial.ode_solver`` with plain backprop (no adjoint), in training and its attack alike.
+    """
+    from .adversarial import adversarial_train, stage_parameters, trained_state_names
+
+    a = cfg.adversarial
+    tuned = copy.deepcopy(backbone)
+    stage_names = stage_parameters(tuned, a.stages)  # UsageError when the model has fewer stages
+    trained = [f"backbone.{n}" for n in stage_names]
+    linear = None
+    extra_loss = None
+    if head is None:  # linear head: the model's own classifier, or an adversarial linear probe started from the clean probe
+        if probe is None:
+            clf = tuned.get_classifier()
+            trained += [f"backbone.{n}" for n, p in tuned.named_parameters() if any(p is q for q in clf.parameters())]
+            model = BaseClassifier(tuned, spec)
+        else:
+            linear = copy.deepcopy(probe)
+            model = BaseClassifier(tuned, spec, linear)
+            trained += [f"probe.{n}" for n, _ in linear.named_parameters()]
+        what = "the linear head"
+    else:
+        train_head = training_view(head, cfg)
+        model = HardenedClassifier(tuned, spec, train_head)
+        trained += [f"head.{n}" for n, _ in train_head.named_parameters() if not n.startswith("proj.")]
+        what = "the SODEF head (f and the classifier)"
+        if a.stability_weight > 0:
+            def extra_loss(m, x):
+                with torch.no_grad():
+                    z0 = train_head.proj(m.features(x))
+                return a.stability_weight * stability_loss(head.odefunc, z0, cfg.regularizer)["loss"]
+    model = model.to(device)
+    if a.stages:
+        what += f" + the last {a.stages} backbone stage(s) ({len(stage_names)} tensors)"
+    reporter.log(f"adversarial training of {what}: {a.attack}, eps {a.eps:.4g}, {a.epochs} epoch(s)")
+    rec = adversarial_train(model, trained, data.train, tr_idx, data.train, val_idx, a, device=device, generator=generator,
+                            reporter=reporter, extra_loss=extra_loss)
+    tuned_state = [n[len("backbone."):] for n in trained_state_names(model, set(trained)) if n.startswith("backbone.")]
+    # bitwise check: everything outside the trained stages is the original
+    orig, new = backbone.state_dict(), tuned.state_dict()
+    changed = [n for n in orig if n not in tuned_state and not torch.equal(orig[n], new[n])]
+    if changed:  # pragma: no cover - a bug, never a user error
+        raise SodefError(f"internal error: frozen tensors changed during adversarial training ({changed[:3]}); no file written")
+    freeze(tuned)
+    if linear is not None:
+        freeze(linear)
+    if head is not None:
+        head.eval()
+    # names as stored in the file (the training view of the head calls its ODE block "ode", the file "block")
+    rec["trained_parameters"] = sorted(n.replace("head.ode.", "head.block.") for n in rec["trained_parameters"])
+    rec["trained_state"] = sorted(n.replace("head.ode.", "head.block.") for n in rec["trained_state"])
+    rec["tuned_backbone_state"] = tuned_state
+    rec["stages"] = a.stages
+    rec["head"] = cfg.head.kind
+    rec["ode_solver"] = a.ode_solver if head is not None else None
+    rec["summary"] = training_line(rec)
+    return tuned, head, linear, rec
+
+
+def training_view(head: SODEFHead, cfg: HardenConfig):
+    """The head as adversarial training and its attack see it: the same weights, the ODE solved with the fixed-step
+    ``adversarial.ode_solver`` at ``head.step_size`` and differentiated by plain backprop (never the adjoint)."""
+    return head.with_ode(head.block.with_solver(cfg.adversarial.ode_solver, step_size=cfg.head.step_size, adjoint=False))
+
+
+def training_line(rec: dict) -> str:
+    """One line for the model card: what was trained, with which attack, for how long."""
+    attack = {"fgsm": "FGSM (random start)", "pgd": f"PGD-{rec['steps']}", "trades": f"TRADES-{rec['steps']} (beta {rec['beta']})"}.get(
+        rec["attack"], rec["attack"])
+    what = "SODEF head" if rec["head"] == "sodef" else "linear head"
+    if rec["stages"]:
+        what += f" + last {rec['stages']} backbone stage(s)"
+    return (f"{what} trained adversarially with {attack} at Linf {rec['eps'] * 255:.1f}/255 for {rec['epochs']} epoch(s), "
+            f"kept epoch {rec['best_epoch']} ({len(rec['trained_parameters'])} parameter tensors)")

@@ -286,6 +286,11 @@ class HardenedClassifier(nn.Module):
         return out.eval()
 
 
+def has_ode(model: nn.Module) -> bool:
+    """Whether ``model`` classifies through a SODEF head (ODE-aware attacks and checks apply)."""
+    return isinstance(model, HardenedClassifier)
+
+
 class _HeadView(nn.Module):
     """proj -> ode -> classifier with modules borrowed from a SODEFHead."""
 
@@ -316,4 +321,4 @@ class _HeadView(nn.Module):
         return self.classifier(self.ode(self.proj(h)))
 
 
-__all__ += ["make_odefunc", "generic_stability_stats", "BaseClassifier"]
+__all__ += ["make_odefunc", "generic_stability_stats", "BaseClassifier", "has_ode"]

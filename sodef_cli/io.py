@@ -36,7 +36,7 @@ __all__ = [
     "META_KEY",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: hardened files may hold tuned backbone stages (tuned.*) and a linear head (linear.*)
 META_KEY = "sodef_cli"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 MAX_META_BYTES = 16 * 1024 * 1024

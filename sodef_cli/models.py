@@ -5,6 +5,7 @@ logits (N, classes); normalization is inside the model.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -53,32 +54,53 @@ def _build(path: str | Path, device: str | torch.device) -> tuple[BaseClassifier
     tensors = load_tensors(path)
     spec = ModelSpec.from_dict(meta.get("backbone", {}))
     backbone = freeze(rebuild(spec, split_state(tensors, "backbone.")))
-    probe = None
-    probe_state = split_state(tensors, "probe.")
-    if probe_state:
-        w = probe_state.get("weight")
-        if w is None or w.ndim != 2:
-            raise ModelFileError(f"{path}: probe weights are malformed")
-        probe = nn.Linear(w.shape[1], w.shape[0])
-        check_shapes({k: v.shape for k, v in probe.state_dict().items()}, probe_state, f"{path}: probe weights are malformed")
-        probe.load_state_dict(probe_state)
+    probe = _linear(path, split_state(tensors, "probe."), "probe")
     base = BaseClassifier(backbone, spec, probe)
     hardened = None
     if meta["format"] == "sodef_cli/hardened":
-        cfg = _head_config(meta)
-        head_state = split_state(tensors, "head.")
-        make = lambda: SODEFHead(int(meta["feature_dim"]), int(meta["num_classes"]), cfg, orthogonal=False)
-        # sizes from metadata are compared with the file's tensors on the meta device before any allocation
-        expected = _meta_shapes(make)
-        if expected is None:
-            raise ModelFileError(f"{path}: the head described by its metadata cannot be built")
-        check_shapes(expected, head_state, f"{path}: head weights do not match its metadata")
-        head = make()
-        head.load_state_dict(head_state)
-        hardened = HardenedClassifier(backbone, spec, head)
+        hardened = _hardened(path, meta, tensors, backbone, spec)
         freeze(hardened).to(device)
     freeze(base).to(device)
     return base, hardened, meta
+
+
+def _linear(path, state: dict[str, torch.Tensor], what: str) -> nn.Linear | None:
+    if not state:
+        return None
+    w = state.get("weight")
+    if w is None or w.ndim != 2:
+        raise ModelFileError(f"{path}: {what} weights are malformed")
+    lin = nn.Linear(w.shape[1], w.shape[0])
+    check_shapes({k: v.shape for k, v in lin.state_dict().items()}, state, f"{path}: {what} weights are malformed")
+    lin.load_state_dict(state)
+    return lin
+
+
+def _hardened(path, meta: dict, tensors: dict[str, torch.Tensor], backbone: nn.Module, spec: ModelSpec) -> nn.Module:
+    """The hardened model: the original backbone with its tuned stages (``tuned.*``, when adversarial training
+    changed them) under a SODEF head or a linear head (the backbone's own classifier, or ``linear.*``)."""
+    tuned = split_state(tensors, "tuned.")
+    if tuned:
+        own = backbone.state_dict()
+        check_shapes({k: own[k].shape for k in tuned if k in own}, tuned, f"{path}: tuned backbone tensors do not fit the backbone")
+        backbone = copy.deepcopy(backbone)  # the base keeps the original weights, bit for bit
+        with torch.no_grad():
+            for k, v in tuned.items():
+                own_t = backbone.state_dict()[k]
+                own_t.copy_(v)
+    cfg = _head_config(meta)
+    if cfg.kind == "linear":
+        return BaseClassifier(backbone, spec, _linear(path, split_state(tensors, "linear."), "linear head"))
+    head_state = split_state(tensors, "head.")
+    make = lambda: SODEFHead(int(meta["feature_dim"]), int(meta["num_classes"]), cfg, orthogonal=False)
+    # sizes from metadata are compared with the file's tensors on the meta device before any allocation
+    expected = _meta_shapes(make)
+    if expected is None:
+        raise ModelFileError(f"{path}: the head described by its metadata cannot be built")
+    check_shapes(expected, head_state, f"{path}: head weights do not match its metadata")
+    head = make()
+    head.load_state_dict(head_state)
+    return HardenedClassifier(backbone, spec, head)
 
 
 def load_pair(path: str | Path, device: str | torch.device = "cpu") -> tuple[BaseClassifier, HardenedClassifier, dict]:

@@ -146,14 +146,19 @@ def render_harden_summary(s: dict) -> Group:
     n_test, n_val = (s.get("data") or {}).get("test"), (s.get("split") or {}).get("val")
     t.add_row("clean accuracy (test)", acc_ci(s["base"]["test_clean_acc"], n_test), acc_ci(s["hardened"]["test_clean_acc"], n_test))
     t.add_row("clean accuracy (val)", acc_ci(s["base"]["val_acc"], n_val), acc_ci(s["hardened"]["val_acc"], n_val))
-    st = s["stability"]
-    t.add_row("Jacobians with all Re(eig) < 0", "", f"{pct(st['before_phase2']['frac_eig_negative'])} -> {pct(st['after_phase2']['frac_eig_negative'])} (phase 2) -> {pct(st['final']['frac_eig_negative'])}")
+    st = s.get("stability")
+    if st:
+        t.add_row("Jacobians with all Re(eig) < 0", "", f"{pct(st['before_phase2']['frac_eig_negative'])} -> {pct(st['after_phase2']['frac_eig_negative'])} (phase 2) -> {pct(st['final']['frac_eig_negative'])}")
     parts: list[Any] = [t]
-    if st.get("warning"):
+    if st and st.get("warning"):
         parts.append(Text(f"warning: {st['warning']}", style="bold yellow"))
     skipped = [p for p, m in (s.get("phases") or {}).items() if isinstance(m, dict) and m.get("skipped")]
     if skipped:
         parts.append(Text(f"skipped (epochs = 0): {', '.join(skipped)}", style="yellow"))
+    adv = s.get("adversarial")
+    if adv:
+        parts.append(Text(f"adversarial training: {adv['summary']}; validation PGD-{adv['select']['attack'].split('-')[-1]} "
+                          f"accuracy {pct(adv['history'][0]['val_pgd_acc'])} -> {pct(adv['val_pgd_acc'])}"))
     tim = s.get("timings_s", {})
     if tim:
         parts.append(Text("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in tim.items()), style="dim"))
@@ -664,6 +669,30 @@ def _card_data(meta: dict, *, path: str, diagnostics: dict | None = None, notes:
     }
 
 
+def _backbone_state(metrics: dict) -> str:
+    stages = (metrics.get("adversarial") or {}).get("stages") or 0
+    return f"last {stages} stage(s) trained adversarially, the rest frozen" if stages else "frozen"
+
+
+def _sodef_head_rows(cfg: dict, head: dict) -> list[list[str]]:
+    from .config import ADAPTIVE_SOLVERS
+
+    solver = head.get("solver", "?")
+    if solver in ADAPTIVE_SOLVERS:
+        solver_txt = f"{solver} (adaptive, rtol {_num(head.get('rtol'))}, atol {_num(head.get('atol'))})"
+    else:
+        solver_txt = f"{solver} (fixed step {_num(head.get('step_size'))})"
+    reg = cfg.get("regularizer") or {}
+    reg_keys = ("weight_f", "weight_diag", "weight_offdiag") if reg.get("form", "code") == "code" else ("alpha_f", "alpha_diag", "alpha_offdiag")
+    return [
+        ["ODE function", f"{head.get('odefunc', '?')}, state dim n={head.get('dim', '?')}" + (f", hidden {head['hidden']}" if head.get("odefunc") not in (None, "sin") else "")],
+        ["solver", f"{solver_txt}, T={_num(head.get('t1'))}, adjoint {'yes' if head.get('adjoint') else 'no'} in training"],
+        ["attack copy", f"fixed-step RK4, step {_num(head.get('step_size'))}"],
+        ["regularizer", f"{reg.get('form', '?')} form, {reg.get('convention', '?')} dominance, "
+                        + ", ".join(f"{k} {_num(reg.get(k))}" for k in reg_keys if k in reg)],
+    ]
+
+
 def _phase_settings(p: dict) -> str:
     keys = ("epochs", "batch_size", "lr", "lr_fc", "lr_f", "mixup_alpha", "adjoint")
     return ", ".join(f"{k} {_num(p[k])}" for k in keys if k in p)
@@ -675,8 +704,6 @@ def _phase_metrics(m: dict) -> str:
 
 def card_blocks(data: dict) -> list[dict]:
     """The model card as blocks (see ``render``)."""
-    from .config import ADAPTIVE_SOLVERS
-
     cfg, metrics, bb = data["config"], data["metrics"], data["backbone"]
     name = str(data["file"]).rsplit("/", 1)[-1]
     blocks: list[dict] = [_title(f"Model card: {name}")]
@@ -686,7 +713,7 @@ def card_blocks(data: dict) -> list[dict]:
         data["base_classifier"], str(data["base_classifier"]))
     blocks.append(_kv("Base model", [
         ["file", f"{data['file']} ({data['format']})"],
-        ["backbone", f"{bb.get('timm_name', '?')} (frozen), input {'x'.join(map(str, bb.get('input_size', []))) or '?'}, "
+        ["backbone", f"{bb.get('timm_name', '?')} ({_backbone_state(metrics)}), input {'x'.join(map(str, bb.get('input_size', []))) or '?'}, "
                      f"{data['feature_dim']} features"],
         ["source", data["source_text"]],
         ["classes", cls],
@@ -699,30 +726,36 @@ def card_blocks(data: dict) -> list[dict]:
         ["split", f"{split.get('train', '?')} train / {split.get('val', '?')} validation (seed {split.get('seed', '?')})"],
     ]))
     head = cfg.get("head") or {}
-    solver = head.get("solver", "?")
-    if solver in ADAPTIVE_SOLVERS:
-        solver_txt = f"{solver} (adaptive, rtol {_num(head.get('rtol'))}, atol {_num(head.get('atol'))})"
+    if head.get("kind", "sodef") == "sodef":
+        blocks.append(_kv("Head and solver", _sodef_head_rows(cfg, head)))
     else:
-        solver_txt = f"{solver} (fixed step {_num(head.get('step_size'))})"
-    reg = cfg.get("regularizer") or {}
-    reg_keys = ("weight_f", "weight_diag", "weight_offdiag") if reg.get("form", "code") == "code" else ("alpha_f", "alpha_diag", "alpha_offdiag")
-    blocks.append(_kv("Head and solver", [
-        ["ODE function", f"{head.get('odefunc', '?')}, state dim n={head.get('dim', '?')}" + (f", hidden {head['hidden']}" if head.get("odefunc") not in (None, "sin") else "")],
-        ["solver", f"{solver_txt}, T={_num(head.get('t1'))}, adjoint {'yes' if head.get('adjoint') else 'no'} in training"],
-        ["attack copy", f"fixed-step RK4, step {_num(head.get('step_size'))}"],
-        ["regularizer", f"{reg.get('form', '?')} form, {reg.get('convention', '?')} dominance, "
-                        + ", ".join(f"{k} {_num(reg.get(k))}" for k in reg_keys if k in reg)],
-    ]))
+        blocks.append(_kv("Head", [["head", "linear: " + ("the backbone's own classifier" if data["base_classifier"] == "own"
+                                                           else "a linear probe on the backbone's features")]]))
+    adv = metrics.get("adversarial")
+    if adv:
+        acfg = cfg.get("adversarial") or {}
+        rows = [["trained", adv.get("summary", "?")],
+                ["settings", ", ".join(f"{k} {_num(v)}" for k, v in (("eps", adv.get("eps")), ("step", adv.get("step")),
+                                                                       ("steps", adv.get("steps")), ("beta", adv.get("beta")))
+                                       if v is not None)
+                 + ", " + ", ".join(f"{k} {_num(acfg[k])}" for k in ("epochs", "batch_size", "lr", "weight_decay", "ema") if k in acfg)],
+                ["selection", f"best validation accuracy under {adv.get('select', {}).get('attack', '?')} on "
+                              f"{adv.get('select', {}).get('n', '?')} images: epoch {adv.get('best_epoch')} "
+                              f"({pct(adv.get('val_pgd_acc'))}; start {pct((adv.get('history') or [{}])[0].get('val_pgd_acc'))})"],
+                ["original weights", f"kept for the base: {len(adv.get('tuned_backbone_state') or [])} tuned backbone tensors stored beside them"]]
+        if adv.get("ode_solver"):
+            rows.append(["ODE gradients", f"{adv['ode_solver']} fixed step {_num(head.get('step_size'))}, plain backprop (no adjoint)"])
+        blocks.append(_kv("Adversarial training", rows))
     phases = metrics.get("phases") or {}
     rows = [[p, _phase_settings(cfg.get(p) or {}),
              "skipped (epochs = 0)" if (cfg.get(p) or {}).get("epochs") == 0 else _phase_metrics(phases.get(p) or {})]
-            for p in ("phase1", "phase2", "phase3") if p in phases or p in cfg]
+            for p in ("phase1", "phase2", "phase3") if p in phases or p in cfg and head.get("kind", "sodef") == "sodef"]
     if data["base_classifier"] == "probe" and (cfg.get("probe") or {}).get("epochs") == 0:
         rows.append(["probe", _phase_settings(cfg["probe"]), "skipped (epochs = 0): the baseline is an untrained linear probe"])
     if rows:
         blocks.append(_table("Hardening phases", [_col("phase"), _col("settings"), _col("final metrics")], rows))
     p3 = cfg.get("phase3") or {}
-    if head.get("adjoint") and p3.get("epochs", 1) and p3.get("train_odefunc", True) and p3.get("adjoint", True):
+    if head.get("kind", "sodef") == "sodef" and head.get("adjoint") and p3.get("epochs", 1) and p3.get("train_odefunc", True) and p3.get("adjoint", True):
         blocks.append(_note("phase 3 trained f with gradients from the adjoint solve, which disagree with direct backprop "
                             "through the same solver (benchmarks/adjoint_gradients.py): its fine-tuning of f is close to a "
                             "random walk; set phase3.adjoint = false for exact gradients", "warn"))

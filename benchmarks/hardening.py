@@ -1,0 +1,176 @@
+"""The hardening ablation: which adversarial training mode makes the demo base more robust under adaptive attack?
+
+    python benchmarks/hardening.py --data CIFAR_DIR [--base sodef_cli/assets/demo_base.safetensors]
+        [--recipe recipes/adversarial.toml] [--arms A,B,C,D,E,F] [--n 1000] [--jobs 2] [--threads 1]
+
+CIFAR_DIR is CIFAR-10 in ImageFolder layout (``train/<class>/*.jpg`` and ``test/<class>/*.jpg``). Every trained arm
+starts from the same base with the same data, the same epoch budget and the same optimizer settings (those of
+``--recipe``, the winning arm D), and is evaluated by the same ``sodef attack`` on the same ``--n`` test images:
+
+- A: the base as it is;
+- B: continued FGSM adversarial training of the same parameters as D (more training, not a better method);
+- C: the linear head alone, adversarially (the recipe's attack), frozen backbone;
+- D: the recipe: linear head + the last stages, PGD/TRADES;
+- E: the SODEF head trained adversarially through the fixed-step solver, stability terms on, frozen backbone;
+- F: D with the SODEF head in place of the linear one.
+
+The attack list is the adaptive suite without FAB-T and SPSA (too slow on CPU; ``--attacks`` changes it); attacks
+that need an ODE run only on the SODEF arms. A's worst case is the base under the attacks that need no other model
+(``BASE_ATTACKS``); an arm's worst case is its hardened model under every attack of its run, transfer and feature
+attacks included, so the comparison leans against the arms. The gain over A comes with a paired 95% interval and an
+exact McNemar p-value from the per-sample flags. Each arm's files stay in ``--work``; finished arms are reused
+(``--fresh`` reruns them). Writes JSON, appends a row to benchmarks/RESULTS.md and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from _common import OUT_DIR, ROOT, append_results, environment, run_sodef, setup, write_json
+
+LINEAR_ATTACKS = ["apgd-ce", "apgd-t", "transfer-apgd-ce", "transfer-pgd", "feature", "square"]
+ODE_ATTACKS = ["fixed-step-apgd-ce", "fixed-step-pgd", "bpda-apgd-ce"]
+BASE_ATTACKS = ("apgd-ce", "apgd-t", "square")  # what A faces: attacks that need no second model
+
+ARMS = {
+    "B": ("continued FGSM training, same parameters as D", lambda a: ["--head", "linear", "--adv-attack", "fgsm"]),
+    "C": ("linear head alone, frozen backbone", lambda a: ["--head", "linear", "--adv-stages", "0"]),
+    "D": ("the recipe: linear head + last stages", lambda a: []),
+    "E": ("SODEF head alone (fixed-step, stability terms), frozen backbone", lambda a: ["--head", "sodef", "--adv-stages", "0"]),
+    "F": ("SODEF head + last stages (D with the SODEF head)", lambda a: ["--head", "sodef"]),
+}
+
+
+def _arm(name: str, args, env: dict) -> dict:
+    """Harden (unless A) and attack one arm; reuses finished files unless --fresh."""
+    work = Path(args.work)
+    rec_path = work / f"arm_{name}.json"
+    if rec_path.exists() and not args.fresh:
+        return json.loads(rec_path.read_text())
+    rec: dict = {"arm": name}
+    model = work / f"arm_{name}.safetensors"
+    extra = ARMS[name][1](args)
+    cmd = ["harden", args.base, "--data", args.data, "--recipe", args.recipe, "--out", str(model), "--json", *extra]
+    rec["harden_command"] = "sodef " + " ".join(cmd)
+    summary, wall, peak = run_sodef(cmd, env)
+    rec["harden"] = {"wall_s": wall, "peak_rss_mib": peak, "timings_s": summary["timings_s"], "base": summary["base"],
+                     "hardened": summary["hardened"], "check": summary.get("check"),
+                     "adversarial": {k: v for k, v in (summary.get("adversarial") or {}).items()
+                                     if k not in ("trained_parameters", "trained_state", "tuned_backbone_state")}}
+    sodef = summary["hardened"].get("head", "sodef") == "sodef"
+    attacks = args.attacks.split(",") if args.attacks else LINEAR_ATTACKS[:2] + ODE_ATTACKS + LINEAR_ATTACKS[2:]
+    attacks = [a for a in attacks if sodef or a not in ODE_ATTACKS]  # a linear head has no ODE
+    results = work / f"arm_{name}.results.json"
+    acmd = ["attack", str(model), "--data", args.data, "--samples", str(args.n), "--attacks", ",".join(attacks),
+            "--batch-size", str(args.batch_size), "--out", str(results), "--json"]
+    rec["attack_command"] = "sodef " + " ".join(acmd)
+    _, wall, peak = run_sodef(acmd, env)
+    rec["attack"] = {"wall_s": wall, "peak_rss_mib": peak, "results": str(results)}
+    rec_path.write_text(json.dumps(rec, indent=1))
+    return rec
+
+
+def _flags(results: dict, model: str, attacks=None) -> tuple[list[bool], list[bool]]:
+    """(clean, worst-case) per-sample flags of ``model`` over ``attacks`` (all when None) at the first eps."""
+    from sodef_cli.evaluate import worst_case_flags
+
+    mrec = results["runs"][0]["models"][model]
+    atk = {k: v for k, v in mrec["attacks"].items() if attacks is None or k in attacks}
+    return mrec["clean"], worst_case_flags(mrec["clean"], atk)
+
+
+def analyze(records: dict[str, dict]) -> dict:
+    """The ablation table as data: per arm clean and worst case (Wilson 95%), gain over A (paired 95%, McNemar)."""
+    from sodef_cli.stats import paired_difference, wilson
+
+    docs = {name: json.loads(Path(r["attack"]["results"]).read_text()) for name, r in records.items()}
+    indices = {tuple(d["indices"]) for d in docs.values()}
+    if len(indices) != 1:
+        raise SystemExit("the arms were attacked on different samples; rerun with the same --n and seed")
+    a_runs = {name: _flags(d, "base", BASE_ATTACKS) for name, d in docs.items()}
+    a_clean, a_worst = next(iter(a_runs.values()))
+    same = all(w == a_worst and c == a_clean for c, w in a_runs.values())
+    n = len(a_worst)
+    rows = {"A": {"description": "the base as it is", "clean": sum(a_clean) / n, "clean_ci95": wilson(sum(a_clean), n),
+                  "worst_case": sum(a_worst) / n, "worst_case_ci95": wilson(sum(a_worst), n), "harden_s": 0.0,
+                  "attacks": list(BASE_ATTACKS)}}
+    for name, d in docs.items():
+        clean, worst = _flags(d, "hardened")
+        diff = paired_difference(a_worst, worst)
+        cdiff = paired_difference(a_clean, clean)
+        rec = records[name]
+        rows[name] = {
+            "description": ARMS[name][0],
+            "clean": sum(clean) / n, "clean_ci95": wilson(sum(clean), n),
+            "clean_gain_points": 100 * cdiff["diff"], "clean_gain_points_ci95": [100 * v for v in cdiff["diff_ci95"]],
+            "worst_case": sum(worst) / n, "worst_case_ci95": wilson(sum(worst), n),
+            "gain_points": 100 * diff["diff"], "gain_points_ci95": [100 * v for v in diff["diff_ci95"]],
+            "mcnemar_p": diff["p_mcnemar"], "discordant_base_only_arm_only": diff["discordant"],
+            "harden_s": rec["harden"]["wall_s"], "attack_s": rec["attack"]["wall_s"],
+            "attacks": list(d["runs"][0]["models"]["hardened"]["attacks"]),
+            "trained": (rec["harden"]["adversarial"] or {}).get("summary"),
+            "best_epoch": (rec["harden"]["adversarial"] or {}).get("best_epoch"),
+            "command": rec["harden_command"],
+        }
+    return {"n": n, "a_consistent_across_runs": same, "rows": rows}
+
+
+def table(doc: dict) -> str:
+    pct = lambda v: f"{100 * v:.1f}"
+    ci = lambda c: f"[{100 * c[0]:.1f}, {100 * c[1]:.1f}]"
+    lines = ["| arm | what | clean % (95% CI) | adaptive worst case % (95% CI) | gain over A, points (95% CI) | McNemar p | harden wall |",
+             "|---|---|---|---|---|---|---|"]
+    for name in sorted(doc["rows"]):
+        r = doc["rows"][name]
+        gain = "" if name == "A" else f"{r['gain_points']:+.1f} [{r['gain_points_ci95'][0]:+.1f}, {r['gain_points_ci95'][1]:+.1f}]"
+        p = "" if name == "A" else f"{r['mcnemar_p']:.3g}"
+        lines.append(f"| {name} | {r['description']} | {pct(r['clean'])} {ci(r['clean_ci95'])} | {pct(r['worst_case'])} "
+                     f"{ci(r['worst_case_ci95'])} | {gain} | {p} | {r['harden_s'] / 60:.1f} min |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="CIFAR-10 in ImageFolder layout (train/ and test/)")
+    ap.add_argument("--base", default=str(ROOT / "sodef_cli/assets/demo_base.safetensors"))
+    ap.add_argument("--recipe", default=str(ROOT / "recipes/adversarial.toml"), help="arm D; every arm shares its budgets")
+    ap.add_argument("--arms", default="B,C,D,E,F", help="trained arms to run (A comes with every run)")
+    ap.add_argument("--n", type=int, default=1000, help="test images attacked (default 1000)")
+    ap.add_argument("--attacks", default="", help="comma-separated attacks instead of the default list")
+    ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--jobs", type=int, default=1, help="arms run at once, each a process with --threads threads")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    ap.add_argument("--work", default=str(OUT_DIR / "hardening"), help="folder for the arms' files")
+    ap.add_argument("--fresh", action="store_true", help="rerun arms that already have results in --work")
+    ap.add_argument("--out", default=str(OUT_DIR / "hardening.json"))
+    ap.add_argument("--results", default=str(ROOT / "benchmarks/RESULTS.md"), help="'' = do not append a row")
+    args = ap.parse_args()
+    args.device, args.repeats = "cpu", 1
+    device = setup(args)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or not arms:
+        raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        records = dict(zip(arms, pool.map(lambda a: _arm(a, args, env), arms)))
+    doc = {"data": args.data, "base": args.base, "recipe": args.recipe, "env": environment(device), "jobs": args.jobs,
+           "threads": args.threads, **analyze(records)}
+    write_json(doc, args.out)
+    text = table(doc)
+    if args.results:
+        figures = "; ".join(
+            f"{k} clean {100 * r['clean']:.1f} worst {100 * r['worst_case']:.1f}"
+            + (f" gain {r['gain_points']:+.1f} [{r['gain_points_ci95'][0]:+.1f}, {r['gain_points_ci95'][1]:+.1f}] "
+               f"p={r['mcnemar_p']:.2g} harden {r['harden_s']:.0f}s" if k != "A" else "")
+            for k, r in sorted(doc["rows"].items()))
+        append_results(f"hardening.py n={doc['n']} jobs={args.jobs}x{args.threads} threads", doc["env"], figures, path=args.results)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

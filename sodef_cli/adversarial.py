@@ -1,0 +1,373 @@
+"""Adversarial training of a classifier's trainable parts in image space (``sodef harden --adv-attack``).
+
+What is trained is chosen from outside: the caller passes the model ([0,1] images -> logits) and the names
+of the parameters to train (:func:`stage_parameters` finds the last N stages from timm's own grouping).
+Every other parameter and buffer stays bitwise frozen: frozen modules are kept in eval mode (BatchNorm
+statistics included), trained modules are switched to train mode.
+
+Training attacks (Linf, in [0,1] pixel space):
+- ``fgsm``: one step from a uniform random start (Wong et al. 2020), step ``1.25 eps`` by default;
+- ``pgd``: k steps of size ``2.5 eps / k`` from a random start (Madry et al. 2018);
+- ``trades``: k steps maximizing KL(f(x) || f(x')) from x + 0.001 N(0,1); the loss is
+  CE(f(x), y) + beta KL (Zhang et al. 2019).
+
+Gradients through a SODEF head come from the model the caller passes: ``harden`` passes the fixed-step
+copy of the ODE with plain backprop (no adjoint), so training and its attack see exact gradients.
+
+Selection: after every epoch, accuracy on held-out validation images under PGD (``select_steps`` steps,
+honest gradients) and under FGSM; the epoch kept is the one with the best PGD accuracy. Catastrophic
+overfitting (PGD accuracy falling below half of the best so far while FGSM accuracy rises) rejects the epoch and
+stops training.
+With ``ema > 0`` the weights evaluated and kept are an exponential moving average of the trained ones.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ModelError, TrainingDivergedError, UsageError
+
+__all__ = [
+    "TRAINING_ATTACKS",
+    "stage_groups",
+    "stage_parameters",
+    "trained_modules",
+    "attack_batch",
+    "robust_accuracy",
+    "adversarial_train",
+    "catastrophic_overfitting",
+    "random_crop_flip",
+]
+
+TRAINING_ATTACKS = ("none", "fgsm", "pgd", "trades")
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding of size/8 and a horizontal flip, per sample. x: float (B,C,H,W)."""
+    b, _, h, w = x.shape
+    pad = max(1, h // 8)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).tolist()
+    flip = torch.rand(b, generator=generator) < 0.5
+    out = torch.stack([xp[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# what is trained: timm's own grouping
+
+
+def _classifier_prefix(model: nn.Module) -> str:
+    clf = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(clf, nn.Module):
+        for name, mod in model.named_modules():
+            if mod is clf and name:
+                return name + "."
+    key = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    return f"{key}." if isinstance(key, str) else "\0"
+
+
+def stage_groups(model: nn.Module) -> list[list[str]]:
+    """Parameter names of a timm model grouped into stages, input side first, from ``group_matcher(coarse=True)``.
+
+    The stem is the first stage; the classifier's parameters are left out (the head is chosen separately);
+    anything else in timm's last group (a final norm) joins the last stage. Models without a
+    ``group_matcher`` fall back to their ``feature_info`` module names.
+    """
+    from timm.models import group_parameters
+
+    clf = _classifier_prefix(model)
+    names = [n for n, _ in model.named_parameters() if not n.startswith(clf)]
+    if hasattr(model, "group_matcher"):
+        groups = group_parameters(model, model.group_matcher(coarse=True))
+        ordered = [groups[k] for k in sorted(groups)]
+        # timm's last group holds the classifier, sometimes with a final norm: that norm joins the last stage
+        tail = ordered.pop() if len(ordered) > 1 and any(n.startswith(clf) for n in ordered[-1]) else []
+        stages = [list(g) for g in ordered if g]
+        stages[-1].extend(n for n in tail if not n.startswith(clf))
+        stages = [[n for n in s if not n.startswith(clf)] for s in stages]
+        stages = [s for s in stages if s]
+    elif getattr(model, "feature_info", None):
+        mods = [f["module"] for f in model.feature_info]
+        stages = [[] for _ in mods]
+        stem: list[str] = []
+        for n in names:
+            hit = [i for i, m in enumerate(mods) if n.startswith(m + ".")]
+            (stages[hit[0]] if hit else (stem if not any(stages) else stages[-1])).append(n)
+        stages = [s for s in [stem] + stages if s]
+    else:
+        raise ModelError(f"{type(model).__name__} has neither timm's group_matcher nor feature_info: cannot find its stages")
+    missing = set(names) - {n for s in stages for n in s}
+    if missing:  # never silently leave parameters out of every stage
+        stages[-1].extend(sorted(missing))
+    return stages
+
+
+def stage_parameters(model: nn.Module, n_stages: int) -> list[str]:
+    """Names of the parameters of the last ``n_stages`` stages (0: none)."""
+    stages = stage_groups(model)
+    if n_stages < 0 or n_stages > len(stages):
+        raise UsageError(f"adversarial.stages = {n_stages}: {type(model).__name__} has {len(stages)} stages "
+                         f"(the stem counts as the first); choose 0 to {len(stages)}")
+    return [n for s in (stages[len(stages) - n_stages :] if n_stages else []) for n in s]
+
+
+def trained_modules(model: nn.Module, trained: set[str]) -> list[tuple[str, nn.Module]]:
+    """Modules whose own parameters are all trained: they go to train mode and their buffers are trained too."""
+    out = []
+    for name, mod in model.named_modules():
+        own = [f"{name}.{p}" if name else p for p, _ in mod.named_parameters(recurse=False)]
+        if own and all(p in trained for p in own):
+            out.append((name, mod))
+    return out
+
+
+def trained_state_names(model: nn.Module, trained: set[str]) -> list[str]:
+    """Parameters and buffers that training may change (sorted): trained parameters + buffers of trained modules."""
+    out = set(trained)
+    for name, mod in trained_modules(model, trained):
+        out.update(f"{name}.{b}" if name else b for b, _ in mod.named_buffers(recurse=False))
+    return sorted(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# attacks used in training and selection
+
+
+def _project(delta: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    return (x + delta.clamp(-eps, eps)).clamp(0, 1) - x
+
+
+def attack_batch(model: Callable, x: torch.Tensor, y: torch.Tensor, *, kind: str, eps: float, step: float, steps: int,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Adversarial images for training or selection. ``kind``: fgsm | pgd | trades (Linf, random start)."""
+    if kind == "none":
+        return x
+    with torch.enable_grad():
+        if kind == "trades":
+            with torch.no_grad():
+                p_clean = F.softmax(model(x), dim=1)
+            noise = torch.randn(x.shape, generator=generator).to(x.device)
+            delta = _project(0.001 * noise, x, eps)
+            for _ in range(steps):
+                delta.requires_grad_(True)
+                loss = F.kl_div(F.log_softmax(model(x + delta), dim=1), p_clean, reduction="sum")
+                (grad,) = torch.autograd.grad(loss, delta)
+                delta = _project(delta.detach() + step * grad.sign(), x, eps)
+            return (x + delta).detach()
+        start = (torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1) * eps
+        delta = _project(start, x, eps)
+        for _ in range(1 if kind == "fgsm" else steps):
+            delta.requires_grad_(True)
+            loss = F.cross_entropy(model(x + delta), y)
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = _project(delta.detach() + step * grad.sign(), x, eps)
+    return (x + delta).detach()
+
+
+def default_step(kind: str, eps: float, steps: int, step: float = 0.0) -> float:
+    if step > 0:
+        return step
+    return 1.25 * eps if kind == "fgsm" else 2.5 * eps / max(1, steps)
+
+
+def robust_accuracy(model: Callable, images, idx: torch.Tensor, *, kind: str, eps: float, steps: int, device,
+                    batch_size: int = 256, seed: int = 0) -> float:
+    """Accuracy of ``model`` (eval mode) on ``images[idx]`` under a ``kind`` attack ("none" = clean)."""
+    g = torch.Generator().manual_seed(seed)
+    correct = 0
+    for i in range(0, len(idx), batch_size):
+        j = idx[i : i + batch_size]
+        x, y = images.floats(j).to(device), images.labels[j].to(device)
+        xa = attack_batch(model, x, y, kind=kind, eps=eps, step=default_step(kind, eps, steps), steps=steps, generator=g)
+        with torch.no_grad():
+            correct += int((model(xa).argmax(1) == y).sum())
+    return correct / max(1, len(idx))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the training loop
+
+
+def catastrophic_overfitting(rec: dict, history: list[dict]) -> bool:
+    """An epoch whose PGD accuracy fell below half the best so far while its FGSM accuracy rose (Wong et al. 2020)."""
+    best_pgd = max(r["val_pgd_acc"] for r in history)
+    return bool(rec["val_pgd_acc"] < 0.5 * best_pgd and rec["val_fgsm_acc"] > history[-1]["val_fgsm_acc"])
+
+
+class _EMA:
+    """Exponential moving average of the trained tensors (float ones; integer buffers are copied)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in tensors.items()}
+
+    @torch.no_grad()
+    def update(self, tensors: dict[str, torch.Tensor], step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))  # warm-up: early averages follow the weights closely
+        for k, v in tensors.items():
+            s = self.shadow[k]
+            if s.is_floating_point():
+                s.mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                s.copy_(v)
+
+
+def adversarial_train(
+    model: nn.Module,
+    trained: list[str],
+    train_set,
+    train_idx: torch.Tensor,
+    val_set,
+    val_idx: torch.Tensor,
+    cfg,
+    *,
+    device: torch.device,
+    generator: torch.Generator,
+    reporter,
+    extra_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+    eval_model: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Train the parameters named ``trained`` of ``model`` adversarially; load the best epoch's weights into it.
+
+    ``cfg`` is an :class:`~sodef_cli.config.AdversarialConfig`. ``extra_loss(model, x)`` adds a term to the loss
+    (the SODEF stability terms). ``eval_model`` (default ``model``) is what selection attacks: it must share
+    ``model``'s weights. Returns the history and selection as data.
+    """
+    eval_model = eval_model if eval_model is not None else model
+    tset = set(trained)
+    params = dict(model.named_parameters())
+    unknown = tset - set(params)
+    if unknown:
+        raise ModelError(f"cannot train unknown parameters {sorted(unknown)[:3]}")
+    for n, p in params.items():
+        p.requires_grad_(n in tset)
+    modules = trained_modules(model, tset)
+    state_names = trained_state_names(model, tset)
+    state = model.state_dict(keep_vars=True)
+    tensors = lambda: {k: state[k] for k in state_names}
+
+    def set_mode(train: bool) -> None:
+        model.eval()
+        if train:
+            for _, m in modules:
+                m.train()
+
+    decay, no_decay = [], []
+    for n in trained:
+        (no_decay if params[n].ndim <= 1 else decay).append(params[n])
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
+    total = cfg.epochs * steps_per_epoch
+    if total >= 8:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup,
+                                                    anneal_strategy="linear", cycle_momentum=False)
+    else:  # too few steps for a warm-up
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    ema = _EMA(tensors(), cfg.ema) if cfg.ema > 0 else None
+    eps, kind = cfg.eps, cfg.attack
+    step_size = default_step(kind, eps, cfg.steps, cfg.step)
+    sel = val_idx[torch.randperm(len(val_idx), generator=generator)[: cfg.select_n]]
+
+    def evaluate(epoch: int) -> dict[str, Any]:
+        set_mode(False)
+        rec = {"epoch": epoch}
+        rec["val_clean_acc"] = robust_accuracy(eval_model, val_set, sel, kind="none", eps=eps, steps=0, device=device)
+        rec["val_pgd_acc"] = robust_accuracy(eval_model, val_set, sel, kind="pgd", eps=eps, steps=cfg.select_steps, device=device, seed=epoch)
+        rec["val_fgsm_acc"] = robust_accuracy(eval_model, val_set, sel, kind="fgsm", eps=eps, steps=1, device=device, seed=epoch)
+        return rec
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in (ema.shadow if ema else tensors()).items()}
+
+    @torch.no_grad()
+    def load(sd: dict[str, torch.Tensor]) -> None:
+        for k, v in sd.items():
+            state[k].copy_(v)
+
+    history = [evaluate(0)]  # epoch 0: the starting point, a candidate like any other
+    best = {"epoch": 0, "score": history[0]["val_pgd_acc"], "state": snapshot()}
+    reporter.log(f"adversarial training: start val clean {history[0]['val_clean_acc']:.4f}, PGD-{cfg.select_steps} {history[0]['val_pgd_acc']:.4f}")
+    task = f"adversarial training ({kind})"
+    reporter.start(task, total)
+    step = 0
+    live = {k: v.detach().clone() for k, v in tensors().items()}
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        if ema is not None:  # train the live weights, not the averaged ones evaluated last epoch
+            load(live)
+        set_mode(True)
+        perm = train_idx[torch.randperm(len(train_idx), generator=generator)]
+        loss_sum = 0.0
+        for i in range(0, len(perm), cfg.batch_size):
+            j = perm[i : i + cfg.batch_size]
+            x = train_set.floats(j)
+            if cfg.augment:
+                x = random_crop_flip(x, generator)
+            x, y = x.to(device), train_set.labels[j].to(device)
+            xa = attack_batch(model, x, y, kind=kind, eps=eps, step=step_size, steps=cfg.steps, generator=generator)
+            if kind == "trades":
+                logits_clean = model(x)
+                loss = F.cross_entropy(logits_clean, y) + cfg.beta * F.kl_div(
+                    F.log_softmax(model(xa), dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
+            else:
+                loss = F.cross_entropy(model(xa), y)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, x)
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(f"adversarial training: loss became {loss.item()} at epoch {epoch}, step {step}; "
+                                            "lower adversarial.lr. No output was written")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            loss_sum += loss.item()
+            if ema is not None:
+                ema.update(tensors(), step)
+            reporter.advance(task, loss=loss.item())
+        live = {k: v.detach().clone() for k, v in tensors().items()}
+        if ema is not None:
+            load(ema.shadow)
+        rec = evaluate(epoch)
+        rec["train_loss"] = loss_sum / steps_per_epoch
+        rec["seconds"] = time.perf_counter() - t0
+        rec["rejected"] = catastrophic_overfitting(rec, history)
+        history.append(rec)
+        reporter.log(f"adversarial epoch {epoch}/{cfg.epochs}: val clean {rec['val_clean_acc']:.4f}, PGD-{cfg.select_steps} "
+                     f"{rec['val_pgd_acc']:.4f}, FGSM {rec['val_fgsm_acc']:.4f}, loss {rec['train_loss']:.4f}, {rec['seconds']:.0f} s"
+                     + (" - REJECTED: catastrophic overfitting" if rec["rejected"] else ""))
+        if rec["rejected"]:  # early stopping (Wong et al. 2020): the epochs after catastrophic overfitting do not recover
+            break
+        if rec["val_pgd_acc"] > best["score"]:
+            best = {"epoch": epoch, "score": rec["val_pgd_acc"], "state": snapshot()}
+    reporter.end(task)
+    load(best["state"])
+    set_mode(False)
+    for p in params.values():
+        p.requires_grad_(False)
+    return {
+        "attack": kind,
+        "eps": eps,
+        "step": step_size,
+        "steps": cfg.steps if kind in ("pgd", "trades") else (1 if kind == "fgsm" else 0),
+        "beta": cfg.beta if kind == "trades" else None,
+        "epochs": cfg.epochs,
+        "epochs_run": len(history) - 1,
+        "stopped_early": bool(history[-1].get("rejected")),
+        "best_epoch": best["epoch"],
+        "val_pgd_acc": best["score"],
+        "select": {"n": len(sel), "attack": f"pgd-{cfg.select_steps}"},
+        "history": [{k: v for k, v in r.items() if k != "seconds"} for r in history],
+        "seconds": [r.get("seconds", 0.0) for r in history],
+        "trained_parameters": sorted(tset),
+        "trained_state": state_names,
+    }
