@@ -50,8 +50,8 @@ def _arm(name: str, args, env: dict) -> dict:
     rec_path = work / f"arm_{name}.json"
     if rec_path.exists() and not args.fresh:
         return json.loads(rec_path.read_text())
-    rec: dict = {"arm": name}
     model = work / f"arm_{name}.safetensors"
+    rec: dict = {"arm": name, "model": str(model)}
     extra = ARMS[name][1](args)
     cmd = ["harden", args.base, "--data", args.data, "--recipe", args.recipe, "--out", str(model), "--json", *extra]
     rec["harden_command"] = "sodef " + " ".join(cmd)
@@ -118,6 +118,33 @@ def analyze(records: dict[str, dict]) -> dict:
     return {"n": n, "a_consistent_across_runs": same, "rows": rows}
 
 
+def capacity(records: dict[str, dict], data_spec: str, n: int = 1000, steps: int = 10) -> dict:
+    """What limits the gain: PGD accuracy on training images against test images, for the base and every arm.
+
+    A model whose robust accuracy on the images it was trained on is barely above its test figure has no capacity
+    left to fit the adversarial objective (underfitting); a large gap is overfitting.
+    """
+    import torch
+
+    from sodef_cli.adversarial import robust_accuracy
+    from sodef_cli.data import load_data, select_samples
+    from sodef_cli.models import load_pair
+
+    data = load_data(data_spec)
+    tr, te = select_samples(data.train.labels, n, 1), select_samples(data.test.labels, n, 1)
+    out: dict = {}
+    for name, rec in records.items():
+        base, hardened, _ = load_pair(rec.get("model") or str(Path(rec["attack"]["results"]).with_suffix("").with_suffix(".safetensors")))
+        for label, model in ([("A", base)] if not out else []) + [(name, hardened)]:
+            fig = {}
+            for split, images, idx in (("train", data.train, tr), ("test", data.test, te)):
+                fig[f"{split}_clean"] = robust_accuracy(model, images, idx, kind="none", eps=8 / 255, steps=0, device=torch.device("cpu"))
+                fig[f"{split}_pgd{steps}"] = robust_accuracy(model, images, idx, kind="pgd", eps=8 / 255, steps=steps,
+                                                             device=torch.device("cpu"))
+            out[label] = fig
+    return out
+
+
 def table(doc: dict) -> str:
     pct = lambda v: f"{100 * v:.1f}"
     ci = lambda c: f"[{100 * c[0]:.1f}, {100 * c[1]:.1f}]"
@@ -145,6 +172,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     ap.add_argument("--work", default=str(OUT_DIR / "hardening"), help="folder for the arms' files")
     ap.add_argument("--fresh", action="store_true", help="rerun arms that already have results in --work")
+    ap.add_argument("--capacity", action="store_true",
+                    help="also measure PGD-10 accuracy on 1,000 training against 1,000 test images per model (what limits the gain)")
     ap.add_argument("--out", default=str(OUT_DIR / "hardening.json"))
     ap.add_argument("--results", default=str(ROOT / "benchmarks/RESULTS.md"), help="'' = do not append a row")
     args = ap.parse_args()
@@ -160,8 +189,14 @@ def main() -> None:
         records = dict(zip(arms, pool.map(lambda a: _arm(a, args, env), arms)))
     doc = {"data": args.data, "base": args.base, "recipe": args.recipe, "env": environment(device), "jobs": args.jobs,
            "threads": args.threads, **analyze(records)}
+    if args.capacity:
+        doc["capacity"] = capacity(records, args.data)
     write_json(doc, args.out)
     text = table(doc)
+    if doc.get("capacity"):
+        text += "\n\n| model | train clean | train PGD-10 | test clean | test PGD-10 |\n|---|---|---|---|---|\n" + "\n".join(
+            f"| {k} | " + " | ".join(f"{100 * v:.1f}" for v in (f["train_clean"], f["train_pgd10"], f["test_clean"], f["test_pgd10"])) + " |"
+            for k, f in doc["capacity"].items())
     if args.results:
         figures = "; ".join(
             f"{k} clean {100 * r['clean']:.1f} worst {100 * r['worst_case']:.1f}"

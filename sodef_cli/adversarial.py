@@ -15,7 +15,8 @@ Gradients through a SODEF head come from the model the caller passes: ``harden``
 copy of the ODE with plain backprop (no adjoint), so training and its attack see exact gradients.
 
 Selection: after every epoch, accuracy on held-out validation images under PGD (``select_steps`` steps,
-honest gradients) and under FGSM; the epoch kept is the one with the best PGD accuracy. Catastrophic
+honest gradients) and under FGSM; the epoch kept is the one with the best PGD accuracy (ties go to the epoch with
+the better clean accuracy). Catastrophic
 overfitting (PGD accuracy falling below half of the best so far while FGSM accuracy rises) rejects the epoch and
 stops training.
 With ``ema > 0`` the weights evaluated and kept are an exponential moving average of the trained ones.
@@ -294,7 +295,7 @@ def adversarial_train(
             state[k].copy_(v)
 
     history = [evaluate(0)]  # epoch 0: the starting point, a candidate like any other
-    best = {"epoch": 0, "score": history[0]["val_pgd_acc"], "state": snapshot()}
+    best = {"epoch": 0, "score": history[0]["val_pgd_acc"], "clean": history[0]["val_clean_acc"], "state": snapshot()}
     reporter.log(f"adversarial training: start val clean {history[0]['val_clean_acc']:.4f}, PGD-{cfg.select_steps} {history[0]['val_pgd_acc']:.4f}")
     task = f"adversarial training ({kind})"
     reporter.start(task, total)
@@ -347,8 +348,8 @@ def adversarial_train(
                      + (" - REJECTED: catastrophic overfitting" if rec["rejected"] else ""))
         if rec["rejected"]:  # early stopping (Wong et al. 2020): the epochs after catastrophic overfitting do not recover
             break
-        if rec["val_pgd_acc"] > best["score"]:
-            best = {"epoch": epoch, "score": rec["val_pgd_acc"], "state": snapshot()}
+        if (rec["val_pgd_acc"], rec["val_clean_acc"]) > (best["score"], best["clean"]):  # ties go to the cleaner epoch
+            best = {"epoch": epoch, "score": rec["val_pgd_acc"], "clean": rec["val_clean_acc"], "state": snapshot()}
     reporter.end(task)
     load(best["state"])
     set_mode(False)

@@ -307,14 +307,15 @@ def test_adversarial_train_keeps_the_best_pgd_epoch_and_rejects_overfitting(monk
 
     model = _tiny_net()
     # epoch:        0     1     2     3 (catastrophic overfitting: PGD collapses, FGSM climbs)  4
-    pgd = iter([0.10, 0.30, 0.50, 0.05, 0.40])
+    pgd = iter([0.10, 0.50, 0.50, 0.05, 0.40])
     fgsm = iter([0.20, 0.30, 0.40, 0.90, 0.45])
+    clean = iter([0.6, 0.5, 0.7, 0.8, 0.8])  # epochs 1 and 2 tie on PGD: the cleaner one (2) is kept
     seen = []
 
     def scripted(m, images, idx, *, kind, **kw):
         if kind == "none":
             seen.append({k: v.clone() for k, v in model.state_dict().items()})
-            return 0.5
+            return next(clean)
         return next(pgd) if kind == "pgd" else next(fgsm)
 
     monkeypatch.setattr(adv, "robust_accuracy", scripted)
