@@ -36,15 +36,24 @@ def _fig(points: float, ci: list[float] | None, p: float | None, n: int) -> str:
     return s + f", n={n}"
 
 
+ROBUST_RECIPE = "recipes/adversarial.toml"  # the ablation's winner (benchmarks/hardening.py), pointed to after a SODEF loss
+
+
 def recommendation(outcome: str, gain_points: float, clean_delta_points: float, *, ci_points: list[float] | None = None,
-                   p: float | None = None, n: int = 0, n_needed: int | None = None, reduced: str = "") -> str:
-    """The sentence printed after hardening, one per outcome; ``reduced`` names budgets below the reference."""
+                   p: float | None = None, n: int = 0, n_needed: int | None = None, reduced: str = "",
+                   sodef_head: bool = False) -> str:
+    """The sentence printed after hardening, one per outcome; ``reduced`` names budgets below the reference.
+
+    A SODEF head found LESS robust is pointed to adversarial fine-tuning, the mode that measurably hardens."""
     fig = _fig(gain_points, ci_points, p, n)
     if outcome == "more robust":
         text = f"hardened model is more robust under adaptive attack ({fig}; clean {clean_delta_points:+.1f})"
     elif outcome == "LESS robust":
         text = (f"hardened model is LESS robust than its base under adaptive attack ({fig}): "
                 "keep the base, or evaluate with `sodef attack --suite adaptive` before deploying")
+        if sodef_head:
+            text += (f"; to harden it instead, fine-tune the base adversarially: `sodef harden BASE --recipe {ROBUST_RECIPE}` "
+                     "(see the README's ablation)")
     else:
         text = f"no significant difference at n={n} between the hardened model and its base under adaptive attack ({fig}); "
         if n_needed is None:
@@ -125,6 +134,6 @@ def run_check(base, hardened, check: ImageSet, cfg, *, device, reporter) -> dict
         "n_to_resolve": n_needed,
         "more_robust": outcome == "more robust",
         "recommendation": recommendation(outcome, gain, clean_delta, ci_points=ci_points, p=pd["p_mcnemar"], n=len(order),
-                                         n_needed=n_needed, reduced=reduced_text),
+                                         n_needed=n_needed, reduced=reduced_text, sodef_head=ode),
         "checks": run.get("checks", []) + agreement,
     }

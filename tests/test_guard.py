@@ -31,6 +31,14 @@ def test_recommendation_names_the_three_outcomes():
     assert more.startswith("hardened model is more robust under adaptive attack (+2.5 points, 95% CI +0.5 to +4.5, "
                            "McNemar p=0.01, n=400; clean -1.0)")
     low = recommendation("LESS robust", -3.25, 0.5, ci_points=[-6.0, -0.5], p=0.02, n=400)
+    assert "--recipe" not in low  # a linear head's loss is not pointed to the recipe it may come from
+    sodef_low = recommendation("LESS robust", -3.25, 0.5, ci_points=[-6.0, -0.5], p=0.02, n=400, sodef_head=True)
+    assert sodef_low.startswith(low) and "--recipe recipes/adversarial.toml" in sodef_low
+    from pathlib import Path
+
+    from sodef_cli.guard import ROBUST_RECIPE
+
+    assert (Path(__file__).resolve().parent.parent / ROBUST_RECIPE).is_file()  # the pointer leads to a real recipe
     assert "LESS robust than its base under adaptive attack (-3.2 points" in low or "(-3.3 points" in low
     assert "sodef attack --suite adaptive" in low
     tie = recommendation("no significant difference", 1.0, 0.0, ci_points=[-2.0, 4.0], p=0.5, n=100, n_needed=2221)
