@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SodefError, UsageError
+from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ModelError, SodefError, UsageError
 
 app = typer.Typer(
     name="sodef",
@@ -305,7 +305,9 @@ class Norm(str, Enum):
 @app.command()
 @_handle
 def attack(
-    model: Annotated[Path, typer.Argument(help="A hardened safetensors file made by `sodef harden`.")],
+    models: Annotated[list[str], typer.Argument(help="Models to attack on the same samples: hardened files (`sodef harden`), base files "
+                                                     "(`sodef pretrain`), timm names with --checkpoint, or local-dir:/hf-hub: names.",
+                                                show_default=False, metavar="MODEL...")],
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = None,
@@ -320,16 +322,22 @@ def attack(
     queries: Annotated[Optional[int], typer.Option("--queries", min=1, help="Override Square's query budget (reference 5000).")] = None,
     all_samples: Annotated[bool, typer.Option("--all-samples", help="Run every attack on every clean-correct sample (per-attack figures) instead of the cascade.")] = False,
     no_checks: Annotated[bool, typer.Option("--no-checks", help="Skip the large-eps and batch-composition checks.")] = False,
+    checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", help="Weights for a timm-name MODEL (.safetensors, or .pth read with weights_only=True); repeat it for several timm names, in order.")] = None,
+    reference: Annotated[Optional[str], typer.Option("--reference", help="The model the others are compared with (its label or argument; default: the first; a hardened file alone: its own base).")] = None,
+    transfer_from: Annotated[Optional[str], typer.Option("--transfer-from", help="Source model of every other model's transfer attacks (default: a hardened file's own base, else the first other model).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (attacks per model, samples, estimated time) and exit.")] = False,
     image_size: ImageSizeOpt = None,
     device: DeviceOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Results JSON (atomic; rerun with the same file to resume).")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Attack the base and the hardened model of a file over the same samples; report the worst case."""
+    """Attack one or several models over the same samples and report the worst case of each.
+
+    A hardened file alone is compared with its own base; several models are compared with --reference."""
     from .config import parse_fraction
     from .data import load_data
-    from .evaluate import AttackConfig, run_evaluation, summarize
-    from .models import hardened_meta
+    from .evaluate import AttackConfig, run_comparison, run_evaluation, summarize, summarize_comparison
+    from .models import describe_model
     from .runtime import resolve_device
 
     names = tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else ()
@@ -339,19 +347,43 @@ def attack(
     cfg.validate()
     from . import distributed
 
-    meta = hardened_meta(model)
+    infos = [describe_model(m) for m in models]
+    checkpoints = [str(c) for c in checkpoint or []]
+    n_timm = sum(1 for i in infos if i["kind"] == "timm")
+    if checkpoints and len(checkpoints) != n_timm:
+        raise UsageError(f"{len(checkpoints)} --checkpoint given for {n_timm} timm-name model(s); give one per timm name, in order")
+    single = len(models) == 1 and infos[0]["kind"] == "hardened" and reference is None and transfer_from is None
+    sized = [(m, i) for m, i in zip(models, infos) if i["input_size"]]
+    if len({tuple(i["input_size"]) for _, i in sized}) > 1:
+        raise UsageError("the models expect different input sizes (" + ", ".join(f"{m}: {i['input_size']}" for m, i in sized)
+                         + "); compare models made for the same images")
+    counted = [(m, i) for m, i in zip(models, infos) if i["num_classes"]]
+    if len({i["num_classes"] for _, i in counted}) > 1:
+        raise ModelError("class-count mismatch between models (" + ", ".join(f"{m}: {i['num_classes']}" for m, i in counted) + ")")
     distributed.init_from_env(device.value if device else "auto")
     dev = resolve_device(device.value if device else "auto")
-    spec = meta["backbone"]
     if not data:
-        raise UsageError("--data is required (the data the model was hardened on, e.g. demo)")
-    ds = load_data(data, data_dir=data_dir or "", download=bool(download), channels=int(spec["in_chans"]),
-                   image_size=image_size or int(spec["input_size"][-1]))
+        raise UsageError("--data is required (the data the models were trained or hardened on, e.g. demo)")
+    chans = sized[0][1]["in_chans"] if sized else None
+    size = image_size or (sized[0][1]["input_size"][-1] if sized else 0)
+    ds = load_data(data, data_dir=data_dir or "", download=bool(download), channels=chans, image_size=size)
     with _reporter() as rep:
-        doc = run_evaluation(model, ds, cfg, out=out, device=distributed.device_for_rank(dev), reporter=rep, data_spec=data)
+        if single:
+            doc = run_evaluation(models[0], ds, cfg, out=out, device=distributed.device_for_rank(dev), reporter=rep, data_spec=data,
+                                 dry_run=dry_run)
+        else:
+            cands = _candidates(models, infos, checkpoints, ds, distributed.device_for_rank(dev))
+            ref = _model_label(reference, models, cands, "--reference") if reference else cands[0].label
+            src = _model_label(transfer_from, models, cands, "--transfer-from") if transfer_from else None
+            doc = run_comparison(cands, ds, cfg, reference=ref, transfer_from=src, out=out, device=distributed.device_for_rank(dev),
+                                 reporter=rep, data_spec=data, dry_run=dry_run)
     if not distributed.is_main():
         return
-    summary = summarize(doc)
+    if dry_run:
+        if json_:
+            _print_json(doc["plan"])
+        return
+    summary = summarize(doc) if single else summarize_comparison(doc)
     if out:
         summary["out"] = str(out)
     if json_:
@@ -360,6 +392,28 @@ def attack(
         from .report import render_results
 
         _out_console().print(render_results([doc]))
+
+
+def _candidates(models: list[str], infos: list[dict], checkpoints: list[str], ds, device) -> list:
+    """Load every MODEL with a unique label (its file name, else its path; a timm name as given)."""
+    from .models import load_candidate
+
+    names = [Path(m).name if i["kind"] != "timm" else m for m, i in zip(models, infos)]
+    labels = [nm if names.count(nm) == 1 else (m if i["kind"] != "timm" else f"{nm} #{j + 1}")
+              for j, (nm, m, i) in enumerate(zip(names, models, infos))]
+    if len(set(labels)) != len(labels):
+        raise UsageError("the same model is given twice: " + ", ".join(sorted({lab for lab in labels if labels.count(lab) > 1})))
+    ckpts = iter(checkpoints)
+    return [load_candidate(m, lab, data=ds, checkpoint=next(ckpts, "") if i["kind"] == "timm" else "", device=device)
+            for m, lab, i in zip(models, labels, infos)]
+
+
+def _model_label(value: str, models: list[str], cands: list, option: str) -> str:
+    """The label of the model an option names (by label or by the argument as given)."""
+    for m, c in zip(models, cands):
+        if value in (c.label, m):
+            return c.label
+    raise UsageError(f"{option} {value!r} is not among the models ({', '.join(c.label for c in cands)})")
 
 
 class ReportFormat(str, Enum):

@@ -29,7 +29,8 @@ from .io import read_json, sha256_file, versions, write_json
 from .stats import paired_difference, wilson
 
 __all__ = ["AttackConfig", "run_evaluation", "summarize", "worst_case_flags", "SCHEMA", "SCHEMA_VERSION", "masking_checks",
-           "differences", "evaluation_strength", "reduced_budgets", "ADAPTIVE_KINDS"]
+           "differences", "evaluation_strength", "reduced_budgets", "ADAPTIVE_KINDS", "estimate_plan", "plan_text", "run_comparison",
+           "comparison_differences", "summarize_comparison", "COMPARISON_VERSION"]
 
 SCHEMA = "sodef_cli/attack-results"
 SCHEMA_VERSION = 1
@@ -254,8 +255,9 @@ def _check_resume(doc: dict, fresh: dict) -> None:
 
 
 def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str | Path | None = None, device=None,
-                   reporter=None, data_spec: str = "") -> dict:
-    """Run the suite on base and hardened; returns the results document (also written to ``out``)."""
+                   reporter=None, data_spec: str = "", dry_run: bool = False) -> dict:
+    """Run the suite on base and hardened; returns the results document (also written to ``out``), or
+    ``{"plan": ...}`` with ``dry_run`` (the plan is logged through ``reporter`` before the first attack either way)."""
     from .models import load_pair
     from .phases import Reporter
 
@@ -276,7 +278,18 @@ def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str 
     y_all = data.test.labels[indices]
     plan = suite_attacks(cfg.suite, list(cfg.attacks), cfg.norm, n_classes=len(classes), has_ode=has_ode(hardened))
     data_desc = {"spec": data_spec or data.name, "split": "test", "classes": list(data.classes), "test_size": len(data.test)}
+    ode = has_ode(hardened)
+    fixed_step = meta.get("config", {}).get("head", {}).get("step_size") if ode else None
+    entries = [{"label": "base", "model": base, "attacks": plan["base"], "source": None if ode else hardened},
+               {"label": "hardened", "model": hardened, "attacks": plan["hardened"], "source": base,
+                "fixed": hardened.variant("fixed", step_size=fixed_step) if ode else None,
+                "judge_alone": ode and hardened.head.block.adaptive}]
+    estimate = estimate_plan(entries, x_all, y_all, cfg, n_classes=len(classes), device=device) if is_main() else {}
+    reporter.log(plan_text(estimate))
+    if dry_run:
+        return {"plan": estimate}
     doc = _new_results(model_path, meta, data_desc, cfg, indices, y_all, device, plan)
+    doc["estimate"] = {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")}
     if out is not None and is_main() and Path(out).exists():
         old = read_json(out)
         _check_resume(old, doc)
@@ -284,9 +297,10 @@ def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str 
         doc["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     doc = all_gather_objects(doc)[0]  # torchrun: every rank continues from rank 0's view (no shared disk needed)
     save = (lambda: write_json(out, doc)) if out is not None and is_main() else (lambda: None)
-    fixed_step = meta.get("config", {}).get("head", {}).get("step_size") if has_ode(hardened) else None
+    reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
     cascade(base, hardened, x_all, y_all, cfg, plan=plan, n_classes=len(classes), fixed_step=fixed_step, doc=doc,
             save=save, reporter=reporter, device=device)
+    reporter.end("all attacks")
     doc["complete"] = True
     doc["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     save()
@@ -320,55 +334,8 @@ def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Attac
             # an adaptive solver's output depends on the rest of the batch: an example that fools the model in
             # some batch composition is not counted robust (one extra forward per attacked sample)
             judge_alone = mname == "hardened" and has_ode(hardened) and hardened.head.block.adaptive
-            if any(ATTACKS[a].kind == "feature" for a in plan[mname] if a not in mrec["attacks"]):
-                with torch.no_grad():
-                    feats = map_batches(lambda a, b: target.features(x_all[a:b].to(device)).float(), len(y_all), cfg.batch_size)
-                target.bank = (feats, y_all)
-            robust = torch.tensor(worst_case_flags(mrec["clean"], mrec["attacks"]), dtype=torch.bool)
-            clean = torch.tensor(mrec["clean"], dtype=torch.bool)
-            for aname in plan[mname]:
-                if aname in mrec["attacks"]:
-                    continue
-                spec = ATTACKS[aname]
-                pool = clean if cfg.all_samples else robust
-                idx = torch.nonzero(pool).flatten()
-                flags: list[bool | None] = [None] * len(indices)
-                p = AttackParams(norm=cfg.norm, eps=eps, n_classes=k, seed=_seed_for(cfg.seed, aname, eps, mname),
-                                 steps=cfg.steps, queries=cfg.queries)
-                task = f"{mname}: {aname} (eps={eps:.4g})"
-                reporter.start(task, len(idx))
-                t0 = time.perf_counter()
-                projected = 0
-                for b, s in enumerate(range(0, len(idx), cfg.batch_size)):
-                    if not mine(b):  # torchrun: batch b runs on rank b % world, same composition as one process
-                        continue
-                    j = idx[s : s + cfg.batch_size]
-                    x, y = x_all[j].to(device), y_all[j].to(device)
-                    torch.manual_seed(p.seed + s)
-                    xa = spec.run(target, x, y, p).detach()
-                    xp = project(xa, x, cfg.norm, eps)
-                    if (xp - xa).abs().max().item() > 1e-6:
-                        projected += int(((xp - xa).flatten(1).abs().amax(1) > 1e-6).sum())
-                    ok = _predict(model, xp, cfg.batch_size, device) == y.cpu()
-                    if judge_alone:  # adaptive solver: robust only if also correct when judged on its own
-                        ok &= _predict(model, xp, 1, device) == y.cpu()
-                    for jj, good in zip(j.tolist(), ok.tolist()):
-                        flags[jj] = bool(good)
-                    reporter.advance(task, len(j))
-                flags = gather_merge(flags)
-                seconds = max(all_gather_objects(time.perf_counter() - t0))
-                projected = sum(all_gather_objects(projected))
-                reporter.end(task)
-                mrec["attacks"][aname] = {
-                    "kind": spec.kind,
-                    "params": {**spec.params(p), "norm": cfg.norm, "eps": eps},
-                    "robust": flags,
-                    "attacked": len(idx),
-                    "seconds": seconds,
-                    "projected": projected,
-                }
-                robust = torch.tensor(worst_case_flags(mrec["clean"], mrec["attacks"]), dtype=torch.bool)
-                save()
+            _attack_model(mrec, model, target, plan[mname], x_all, y_all, cfg, eps=eps, n_classes=k, seed_key=mname,
+                          task_prefix=mname, judge_alone=judge_alone, save=save, reporter=reporter, device=device)
         if cfg.checks and "extra_checks" not in run and is_main():
             m = min(cfg.check_samples, len(indices))
             sub = torch.linspace(0, len(indices) - 1, m).round().long()  # spread over the (interleaved) classes
@@ -382,6 +349,63 @@ def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Attac
         run["done"] = True
         save()
     return doc
+
+
+def _attack_model(mrec: dict, model, target: Target, names: list[str], x_all: torch.Tensor, y_all: torch.Tensor,
+                  cfg: AttackConfig, *, eps: float, n_classes: int, seed_key: str, task_prefix: str, judge_alone: bool,
+                  save, reporter, device) -> None:
+    """Run ``names`` on one model at one eps into ``mrec["attacks"]`` (the cascade), skipping finished attacks."""
+    indices = list(range(len(y_all)))
+    if any(ATTACKS[a].kind == "feature" for a in names if a not in mrec["attacks"]):
+        with torch.no_grad():
+            feats = map_batches(lambda a, b: target.features(x_all[a:b].to(device)).float(), len(y_all), cfg.batch_size)
+        target.bank = (feats, y_all)
+    robust = torch.tensor(worst_case_flags(mrec["clean"], mrec["attacks"]), dtype=torch.bool)
+    clean = torch.tensor(mrec["clean"], dtype=torch.bool)
+    for aname in names:
+        if aname in mrec["attacks"]:
+            continue
+        spec = ATTACKS[aname]
+        pool = clean if cfg.all_samples else robust
+        idx = torch.nonzero(pool).flatten()
+        flags: list[bool | None] = [None] * len(indices)
+        p = AttackParams(norm=cfg.norm, eps=eps, n_classes=n_classes, seed=_seed_for(cfg.seed, aname, eps, seed_key),
+                         steps=cfg.steps, queries=cfg.queries)
+        task = f"{task_prefix}: {aname} (eps={eps:.4g})"
+        reporter.start(task, len(idx))
+        t0 = time.perf_counter()
+        projected = 0
+        for b, s in enumerate(range(0, len(idx), cfg.batch_size)):
+            if not mine(b):  # torchrun: batch b runs on rank b % world, same composition as one process
+                continue
+            j = idx[s : s + cfg.batch_size]
+            x, y = x_all[j].to(device), y_all[j].to(device)
+            torch.manual_seed(p.seed + s)
+            xa = spec.run(target, x, y, p).detach()
+            xp = project(xa, x, cfg.norm, eps)
+            if (xp - xa).abs().max().item() > 1e-6:
+                projected += int(((xp - xa).flatten(1).abs().amax(1) > 1e-6).sum())
+            ok = _predict(model, xp, cfg.batch_size, device) == y.cpu()
+            if judge_alone:  # adaptive solver: robust only if also correct when judged on its own
+                ok &= _predict(model, xp, 1, device) == y.cpu()
+            for jj, good in zip(j.tolist(), ok.tolist()):
+                flags[jj] = bool(good)
+            reporter.advance(task, len(j))
+        flags = gather_merge(flags)
+        seconds = max(all_gather_objects(time.perf_counter() - t0))
+        projected = sum(all_gather_objects(projected))
+        reporter.end(task)
+        reporter.advance("all attacks", 1)
+        mrec["attacks"][aname] = {
+            "kind": spec.kind,
+            "params": {**spec.params(p), "norm": cfg.norm, "eps": eps},
+            "robust": flags,
+            "attacked": len(idx),
+            "seconds": seconds,
+            "projected": projected,
+        }
+        robust = torch.tensor(worst_case_flags(mrec["clean"], mrec["attacks"]), dtype=torch.bool)
+        save()
 
 
 def _ci(flags: list) -> list[float] | None:
@@ -515,3 +539,318 @@ def summarize(doc: dict) -> dict:
         "checks": first["checks"],
         "curve": curve,
     }
+
+
+# ----------------------------------------------------------------------------------------------------
+# the plan: attacks per model, samples, and an estimated time from a timing of the first batch
+
+
+def _units(name: str, p: AttackParams) -> tuple[float, str]:
+    """(passes per attacked sample, "grad" or "forward") of one attack at its settings: a rough cost model."""
+    prm = ATTACKS[name].params(p)
+    steps = float(prm.get("steps", prm.get("iterations", 1)))
+    if name == "fgsm":
+        return 1.0, "grad"
+    if name == "eot-pgd":
+        return 2 * steps, "grad"
+    if name in ("apgd-t", "fab-t"):
+        return steps * prm.get("targets", 1) * (2 if name == "fab-t" else 1), "grad"
+    if name == "square":
+        return float(prm["queries"]), "forward"
+    if name == "spsa":
+        return steps * 2 * prm.get("samples", 128), "forward"
+    return steps, "grad"
+
+
+def _time_passes(model, x: torch.Tensor, y: torch.Tensor, device) -> tuple[float, float, float]:
+    """(seconds per sample of a forward pass, of a forward + backward pass, clean accuracy) on one batch."""
+    import torch.nn.functional as F
+
+    x, y = x.to(device), y.to(device)
+    with torch.no_grad():
+        model(x[:1])  # warm-up (lazy initialization, allocator)
+        t0 = time.perf_counter()
+        acc = float((model(x).argmax(1) == y).float().mean())
+        fwd = time.perf_counter() - t0
+    xg = x.clone().requires_grad_(True)
+    t0 = time.perf_counter()
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xg), y), xg)
+    grad = time.perf_counter() - t0
+    return fwd / len(x), grad / len(x), acc
+
+
+def estimate_plan(entries: list[dict], x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, *, n_classes: int, device) -> dict:
+    """The plan of a run with its estimated time, from timing one forward and one backward pass per model on the
+    first batch of the evaluated samples (at most 32 images).
+
+    ``entries``: ``{"label", "model", "attacks", "fixed" (fixed-step copy or None), "source" (transfer source or
+    None), "judge_alone"}`` per model. The estimate assumes every attack runs on every clean-correct sample (the
+    all-samples mode); the cascade attacks fewer, so it is an upper bound for a cascade.
+    """
+    m = min(len(y), cfg.batch_size, 32)
+    xb, yb = x[:m], y[:m]
+    timed: dict[int, tuple[float, float, float]] = {}
+
+    def cost(model) -> tuple[float, float, float]:
+        if id(model) not in timed:
+            timed[id(model)] = _time_passes(model, xb, yb, device)
+        return timed[id(model)]
+
+    t_start = time.perf_counter()
+    models, total = [], 0.0
+    for e in entries:
+        fwd, grad, acc = cost(e["model"])
+        per_eps = 0.0
+        for name in e["attacks"]:
+            kind = ATTACKS[name].kind
+            via = e["model"]
+            if kind == "transfer" and e.get("source") is not None:
+                via = e["source"]
+            elif kind == "fixed-step" and e.get("fixed") is not None:
+                via = e["fixed"]
+            f_via, g_via, _ = cost(via)
+            p = AttackParams(norm=cfg.norm, eps=cfg.eps[0], n_classes=n_classes, steps=cfg.steps, queries=cfg.queries)
+            units, what = _units(name, p)
+            per_sample = units * (g_via if what == "grad" else f_via) + fwd * (2 if e.get("judge_alone") else 1)
+            per_eps += per_sample * acc * len(y)
+        seconds = per_eps * len(cfg.eps)
+        total += seconds
+        models.append({"label": e["label"], "attacks": list(e["attacks"]), "clean_first_batch": acc,
+                       "seconds_per_sample_forward": fwd, "seconds_per_sample_grad": grad, "estimated_seconds": seconds})
+    return {"n": int(len(y)), "eps": list(cfg.eps), "norm": cfg.norm, "batch_size": cfg.batch_size, "timing_batch": m,
+            "timing_seconds": time.perf_counter() - t_start, "models": models, "estimated_seconds": total,
+            "mode": "all samples" if cfg.all_samples else "cascade", "checks": cfg.checks}
+
+
+# ----------------------------------------------------------------------------------------------------
+# several models side by side (results schema v2)
+
+
+COMPARISON_VERSION = 2
+
+
+def _comparison_entries(cands: list, cfg: AttackConfig, *, n_classes: int, transfer_from: str | None) -> list[dict]:
+    """Attacks, transfer source and surrogates of every model of a comparison."""
+    from .attacks import ODE_KINDS
+
+    labels = [c.label for c in cands]
+    by_label = {c.label: c for c in cands}
+    any_ode = any(has_ode(c.model) for c in cands)
+    if cfg.attacks:  # validated once as if some model had an ODE; ODE attacks then run where there is one
+        suite_attacks(None, list(cfg.attacks), cfg.norm, n_classes=n_classes, has_ode=any_ode)
+    entries = []
+    for c in cands:
+        ode = has_ode(c.model)
+        if cfg.attacks:
+            names = [a for a in cfg.attacks if ode or ATTACKS[a].kind not in ODE_KINDS]
+        else:
+            names = suite_attacks(cfg.suite, [], cfg.norm, n_classes=n_classes, has_ode=ode)["hardened"]
+        if transfer_from and transfer_from != c.label:
+            source, source_name = by_label[transfer_from].model, transfer_from
+        elif c.own_base is not None:
+            source, source_name = c.own_base, "own base"
+        else:
+            other = [lab for lab in labels if lab != c.label]
+            source_name = other[0] if other else None
+            source = by_label[source_name].model if source_name else None
+        if source is None:  # a plain model alone: no other model to transfer from
+            names = [a for a in names if ATTACKS[a].kind != "transfer"]
+        fixed = c.model.variant("fixed", step_size=c.fixed_step) if ode else None
+        entries.append({"label": c.label, "model": c.model, "attacks": names, "source": source, "source_name": source_name,
+                        "fixed": fixed, "judge_alone": ode and c.model.head.block.adaptive,
+                        "target": Target(c.label, c.model, source if source is not None else c.model, fixed=fixed,
+                                         bpda=c.model.variant("bpda") if ode else None, features=c.model.features)})
+    return entries
+
+
+def _large_eps_one(model, x, y, cfg: AttackConfig, device, n_classes: int) -> dict:
+    eps = LARGE_EPS[cfg.norm]
+    p = AttackParams(norm=cfg.norm, eps=eps, n_classes=n_classes, seed=cfg.seed, steps=20)
+    xa = ATTACKS["pgd" if cfg.norm == "Linf" else "pgd-l2"].run(Target("m", model, model), x.to(device), y.to(device), p)
+    acc = float((_predict(model, xa, cfg.batch_size, device) == y).float().mean())
+    threshold = 0.5 / n_classes
+    return {"name": "accuracy near zero at a very large eps", "flagged": acc > threshold, "eps": eps, "accuracy": acc,
+            "threshold": threshold,
+            "evidence": f"PGD-20 at {cfg.norm} eps={eps} on {len(y)} samples leaves {100 * acc:.1f}% (flag above {100 * threshold:.1f}%)"}
+
+
+def run_comparison(cands: list, data, cfg: AttackConfig, *, reference: str, transfer_from: str | None = None,
+                   out: str | Path | None = None, device=None, reporter=None, data_spec: str = "", dry_run: bool = False) -> dict:
+    """Attack several models (``models.Candidate``) on the same samples with the same seeds.
+
+    Every model gets the suite's attacks (ODE-aware ones where it has an ODE); a model's transfer attacks take
+    ``transfer_from`` (a label), else its own base (a hardened file), else the first other model. Returns the
+    results document (schema v2: ``models`` and ``reference``; written to ``out``), or ``{"plan": ...}`` with
+    ``dry_run``.
+    """
+    from .data import select_samples
+    from .phases import Reporter
+
+    reporter = reporter or Reporter()
+    cfg.validate()
+    labels = [c.label for c in cands]
+    if reference not in labels:
+        raise UsageError(f"--reference {reference!r} is not among the models ({', '.join(labels)})")
+    if transfer_from is not None and transfer_from not in labels:
+        raise UsageError(f"--transfer-from {transfer_from!r} is not among the models ({', '.join(labels)})")
+    k = len(data.classes)
+    for c in cands:
+        if c.classes and len(c.classes) != k:
+            raise ModelError(f"class-count mismatch: {c.label} has {len(c.classes)} classes, the data has {k}")
+        size = list(c.desc.get("input_size") or [])
+        if size and list(data.test.images.shape[1:]) != size:
+            raise UsageError(f"the data's images are {list(data.test.images.shape[1:])}, {c.label} expects {size}; pass --image-size")
+    indices = select_samples(data.test.labels, cfg.n, cfg.seed)
+    x_all = data.test.floats(indices)
+    y_all = data.test.labels[indices]
+    entries = _comparison_entries(cands, cfg, n_classes=k, transfer_from=transfer_from)
+    plan = {e["label"]: e["attacks"] for e in entries}
+    estimate = estimate_plan(entries, x_all, y_all, cfg, n_classes=k, device=device) if is_main() else {}
+    for e, m in zip(entries, estimate.get("models", [])):
+        m["transfer_source"] = e["source_name"] if any(ATTACKS[a].kind == "transfer" for a in e["attacks"]) else None
+    reporter.log(plan_text(estimate))
+    if dry_run:
+        return {"plan": estimate}
+    models = []
+    for c, e in zip(cands, entries):
+        models.append({**c.desc, "transfer_source": e["source_name"]})
+    doc = {
+        "schema": SCHEMA, "schema_version": COMPARISON_VERSION, "kind": "comparison", "complete": False,
+        "models": models, "reference": reference,
+        "data": {"spec": data_spec or data.name, "split": "test", "classes": list(data.classes), "test_size": len(data.test)},
+        "config": {k_: (list(v) if isinstance(v, tuple) else v) for k_, v in asdict(cfg).items()},
+        "plan": plan, "estimate": {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")},
+        "n": len(indices), "indices": [int(i) for i in indices], "labels": [int(v) for v in y_all], "device": str(device),
+        "versions": versions(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": [],
+    }
+    if out is not None and is_main() and Path(out).exists():
+        old = read_json(out)
+        if old.get("schema") != SCHEMA or old.get("schema_version") != COMPARISON_VERSION:
+            raise ResultsError("the --out file is not a results file of several models; choose another --out")
+        for key, what in (("indices", "samples"), ("plan", "attack plan"), ("reference", "reference model")):
+            if old.get(key) != doc[key]:
+                raise ResultsError(f"the --out file holds results for a different {what}; use another --out or the same options")
+        if [m.get("sha256") for m in old.get("models", [])] != [m.get("sha256") for m in models]:
+            raise ResultsError("the --out file holds results for different models; use another --out")
+        old["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        doc = old
+    doc = all_gather_objects(doc)[0]
+    save = (lambda: write_json(out, doc)) if out is not None and is_main() else (lambda: None)
+    reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
+    for eps in cfg.eps:
+        run = next((r for r in doc["runs"] if abs(r["eps"] - eps) < 1e-12), None)
+        if run is None:
+            run = {"eps": eps, "models": {}, "done": False}
+            doc["runs"].append(run)
+        if run.get("done"):
+            continue
+        for e in entries:
+            lab, model = e["label"], e["model"]
+            mrec = run["models"].setdefault(lab, {"attacks": {}})
+            done = next((r["models"][lab]["clean"] for r in doc["runs"] if "clean" in r["models"].get(lab, {})), None)
+            if "clean" not in mrec and done is not None:
+                mrec["clean"] = list(done)
+            if "clean" not in mrec:
+                pred = map_batches(lambda a, b: _predict(model, x_all[a:b], cfg.batch_size, device), len(y_all), cfg.batch_size)
+                mrec["clean"] = [bool(v) for v in (pred == y_all).tolist()]
+                save()
+            # the same seed for every model: attack randomness depends on the attack and eps only
+            _attack_model(mrec, model, e["target"], e["attacks"], x_all, y_all, cfg, eps=eps, n_classes=k, seed_key="",
+                          task_prefix=lab, judge_alone=e["judge_alone"], save=save, reporter=reporter, device=device)
+            if cfg.checks and "checks" not in mrec and is_main():
+                m = min(cfg.check_samples, len(y_all))
+                sub = torch.linspace(0, len(y_all) - 1, m).round().long()
+                extra = []
+                if has_ode(model):
+                    extra += [_batch_check(model, x_all[sub], cfg, device),
+                              _surrogate_check(model, x_all[sub], cfg, device, e["fixed"].head.ode.step_size)]
+                if mrec["attacks"]:
+                    extra.append(_large_eps_one(model, x_all[sub], y_all[sub], cfg, device, k))
+                mrec["checks"] = masking_checks({"models": {"hardened": mrec}, "extra_checks": extra})
+                save()
+        run["done"] = True
+        save()
+    reporter.end("all attacks")
+    doc["complete"] = True
+    doc["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    save()
+    return doc
+
+
+def comparison_differences(run: dict, reference: str) -> dict[str, dict]:
+    """{label: model - reference on the same samples} per figure (as ``differences``) for every other model."""
+    models = run.get("models", {})
+    ref = models.get(reference, {})
+    out: dict[str, dict] = {}
+    if "clean" not in ref:
+        return out
+    fr = paired_flags(ref)
+    for lab, mrec in models.items():
+        if lab == reference or "clean" not in mrec:
+            continue
+        fm = paired_flags(mrec)
+        d_out: dict[str, Any] = {}
+        for key in fm:
+            if key not in fr or len(fr[key]) != len(fm[key]):
+                continue
+            d = paired_difference(fr[key], fm[key])
+            if d is None:
+                continue
+            name = key.split(":", 1)[-1]
+            d_out[name] = d["diff"]
+            d_out[f"{name}_ci95"] = d["diff_ci95"]
+            d_out[f"{name}_p"] = d["p_mcnemar"]
+            d_out[f"{name}_discordant"] = d["discordant"]
+        out[lab] = d_out
+    return out
+
+
+def summarize_comparison(doc: dict) -> dict:
+    """The ``--json`` summary of several models: per eps, each model's figures with intervals, and each model's
+    paired difference against the reference."""
+    curve = []
+    for run in doc.get("runs", []):
+        curve.append({
+            "eps": run["eps"],
+            "models": {m: {**_model_summary(r, doc["n"]), "checks": r.get("checks", [])} for m, r in run.get("models", {}).items()},
+            "difference": comparison_differences(run, doc["reference"]),
+            "done": run.get("done", False),
+        })
+    first = curve[0] if curve else {"eps": None, "models": {}, "difference": {}}
+    return {
+        "n": doc.get("n"), "norm": doc.get("config", {}).get("norm"), "eps": first["eps"], "suite": doc.get("config", {}).get("suite"),
+        "complete": doc.get("complete", False), "reference": doc.get("reference"),
+        "models_attacked": [m["label"] for m in doc.get("models", [])],
+        "indices": doc.get("indices"),
+        "models": first["models"], "difference": first["difference"], "curve": curve,
+    }
+
+
+def plan_text(plan: dict) -> str:
+    """The plan as the lines printed before a run (stderr)."""
+    if not plan:
+        return ""
+    lines = [f"plan: {len(plan['models'])} model(s), {plan['n']} samples, {plan['norm']} eps "
+             + ", ".join(_eps_text(e, plan["norm"]) for e in plan["eps"]) + f", {plan['mode']}"]
+    for m in plan["models"]:
+        src = f"; transfer from {m['transfer_source']}" if m.get("transfer_source") else ""
+        lines.append(f"  {m['label']}: {', '.join(m['attacks']) or 'no attacks'}{src} "
+                     f"(clean {100 * m['clean_first_batch']:.0f}% on the timing batch; about {_duration(m['estimated_seconds'])})")
+    lines.append(f"estimated time: about {_duration(plan['estimated_seconds'])} (timed on the first batch of "
+                 f"{plan['timing_batch']} images; assumes every attack runs on every clean-correct sample, so a cascade "
+                 "usually ends sooner" + ("; masking checks not included" if plan.get("checks") else "") + ")")
+    return "\n".join(lines)
+
+
+def _eps_text(eps: float, norm: str) -> str:
+    k = eps * 255
+    return f"{round(k)}/255" if norm == "Linf" and eps > 0 and abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+
+
+def _duration(s: float) -> str:
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"

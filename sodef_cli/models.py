@@ -6,19 +6,21 @@ logits (N, classes); normalization is inside the model.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from .backbone import BaseClassifier, ModelSpec, _meta_shapes, check_shapes, freeze, rebuild, split_state
 from .config import HeadConfig, from_dict
-from .errors import ModelFileError
+from .errors import ModelError, ModelFileError, UsageError
 from .head import HardenedClassifier, SODEFHead
 from .inputs import guard_inputs
 from .io import load_tensors, read_metadata
 
-__all__ = ["load_hardened", "load_base", "load_pair", "hardened_meta"]
+__all__ = ["load_hardened", "load_base", "load_pair", "hardened_meta", "Candidate", "describe_model", "load_candidate"]
 
 
 def hardened_meta(path: str | Path) -> dict:
@@ -122,3 +124,96 @@ def load_base(path: str | Path, device: str | torch.device = "cpu") -> BaseClass
     wrong inputs raise ValueError."""
     model = _build(path, device)[0]
     return guard_inputs(model, model.spec.input_size)
+
+
+# ----------------------------------------------------------------------------------------------------
+# any model for ``sodef attack MODEL [MODEL ...]``
+
+
+@dataclass
+class Candidate:
+    """One model of a ``sodef attack`` run, with what its report needs to say about it.
+
+    ``own_base`` is the base classifier of a hardened file (its default transfer source, as with one file);
+    ``fixed_step`` the step of the attacks' fixed-step RK4 copy when the model has an ODE.
+    """
+
+    label: str
+    model: nn.Module
+    desc: dict[str, Any]
+    own_base: nn.Module | None = None
+    fixed_step: float | None = None
+    classes: list[str] = field(default_factory=list)
+
+
+def _is_file_arg(arg: str) -> bool:
+    p = Path(arg)
+    return p.suffix in (".safetensors", ".pth", ".pt", ".bin") or p.exists()
+
+
+def describe_model(arg: str) -> dict[str, Any]:
+    """What a MODEL argument is, from metadata only (nothing loaded): kind ("hardened", "base" or "timm"),
+    input size and classes where a file records them. ``ModelFileError``/``ModelError`` for what is no model."""
+    if _is_file_arg(arg):
+        if Path(arg).suffix != ".safetensors":
+            raise ModelFileError(f"{arg}: a model file must be a safetensors file made by `sodef pretrain` or `sodef harden`; "
+                                 "for other weights pass the timm name and --checkpoint FILE")
+        meta = _checked(read_metadata(arg), arg)
+        spec = meta["backbone"]
+        kind = "hardened" if meta["format"] == "sodef_cli/hardened" else "base"
+        classes = meta.get("classes") if kind == "hardened" else spec.get("classes")
+        return {"kind": kind, "input_size": [int(v) for v in spec["input_size"]], "in_chans": int(spec["in_chans"]),
+                "classes": list(classes or []), "num_classes": len(classes) if classes else int(spec.get("num_classes", 0)), "meta": meta}
+    from .backbone import _check_name
+
+    _check_name(arg)  # ModelError with close names for a typo
+    return {"kind": "timm", "input_size": None, "in_chans": None, "classes": [], "num_classes": None, "meta": None}
+
+
+def load_candidate(arg: str, label: str, *, data, checkpoint: str = "", device: str | torch.device = "cpu") -> Candidate:
+    """A model to attack from a hardened file, a ``sodef pretrain`` file, or a timm name with ``checkpoint``
+    (``.safetensors``/``.pth`` weights) or a ``local-dir:``/``hf-hub:`` name (timm loads its weights).
+
+    Raises:
+        ModelError: a timm name without weights, or a classifier whose classes do not match the data.
+    """
+    info = describe_model(arg)
+    if info["kind"] in ("hardened", "base"):
+        base, hardened, meta = _build(arg, device)
+        from .head import has_ode
+        from .io import sha256_file
+
+        head = (meta.get("config") or {}).get("head") or {}
+        desc = {"label": label, "arg": arg, "kind": info["kind"], "path": str(arg), "sha256": sha256_file(arg),
+                "backbone": meta["backbone"].get("timm_name"), "input_size": meta["backbone"]["input_size"]}
+        if hardened is not None:
+            desc.update(head=head, base_classifier=meta.get("base_classifier"), has_ode=has_ode(hardened))
+            step = head.get("step_size") if has_ode(hardened) else None
+            return Candidate(label, hardened, desc, own_base=base, fixed_step=step, classes=list(meta.get("classes") or []))
+        if base.probe is None and int(base.spec.num_classes) < 2:
+            raise ModelFileError(f"{arg}: the base file has no classifier head to attack")
+        desc.update(head=None, base_classifier="own", has_ode=False,
+                    adversarial=(meta.get("config") or {}).get("adversarial"))
+        return Candidate(label, base, desc, classes=list(base.spec.classes))
+    name = arg
+    hub = name.startswith(("hf-hub:", "hf_hub:", "local-dir:"))
+    if not checkpoint and not hub:
+        raise ModelError(f"{name}: a timm name needs its weights to be attacked: pass --checkpoint FILE "
+                         "(or a local-dir:/hf-hub: name); random weights are no model")
+    from .backbone import build_backbone
+
+    model, spec = build_backbone(name, data_classes=list(data.classes), in_chans=data.channels, image_size=data.image_size,
+                                 pretrained=hub and not checkpoint, checkpoint=checkpoint)
+    k = int(getattr(model, "num_classes", 0))
+    if k != len(data.classes):
+        raise ModelError(f"class-count mismatch: {name}" + (f" with {checkpoint}" if checkpoint else "")
+                         + f" classifies {k} classes, the data has {len(data.classes)}")
+    base = freeze(BaseClassifier(freeze(model), spec)).to(device)
+    desc = {"label": label, "arg": arg, "kind": "timm", "path": str(checkpoint) if checkpoint else name, "backbone": name,
+            "input_size": spec.input_size, "head": None, "base_classifier": "own", "has_ode": False}
+    if checkpoint:
+        from .io import sha256_file
+
+        desc["sha256"] = sha256_file(checkpoint)
+        desc["checkpoint"] = str(checkpoint)
+    return Candidate(label, base, desc, classes=list(data.classes))

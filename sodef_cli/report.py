@@ -42,6 +42,9 @@ __all__ = [
     "render",
     "to_text",
     "chart_lines",
+    "bar_lines",
+    "hist_lines",
+    "base_card_data",
 ]
 
 FORMATS = ("table", "markdown", "json", "html")
@@ -200,9 +203,14 @@ def check_results(doc: Any, name: str) -> None:
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ResultsError(f'{name} is not a sodef attack results file (expected "schema": "{SCHEMA}"); '
                            "make one with `sodef attack MODEL --out FILE`")
-    if not isinstance(doc.get("schema_version"), int) or doc["schema_version"] > SCHEMA_VERSION:
+    from .evaluate import COMPARISON_VERSION
+
+    top = max(SCHEMA_VERSION, COMPARISON_VERSION)
+    if not isinstance(doc.get("schema_version"), int) or doc["schema_version"] > top:
         raise ResultsError(f"{name} has results schema version {doc.get('schema_version')!r}; this sodef_cli reads "
-                           f"up to {SCHEMA_VERSION}: upgrade sodef_cli")
+                           f"up to {top}: upgrade sodef_cli")
+    if doc["schema_version"] == COMPARISON_VERSION and not (isinstance(doc.get("models"), list) and doc.get("reference")):
+        raise ResultsError(f'{name}: a results file of several models needs "models" and "reference"')
     if not isinstance(doc.get("runs"), list):
         raise ResultsError(f'{name}: "runs" is missing or not a list')
 
@@ -405,6 +413,154 @@ def _verdict(fd: dict) -> dict:
     return out
 
 
+def _model_strength(doc: dict, label: str) -> dict:
+    """evaluation_strength of one model of a comparison: adaptive when some attack on it does not take its
+    gradients from the model itself."""
+    from .attacks import ATTACKS
+    from .evaluate import ADAPTIVE_KINDS
+
+    kinds: list[str] = []
+    for run in doc.get("runs", []):
+        for rec in (run.get("models", {}).get(label) or {}).get("attacks", {}).values():
+            if rec.get("kind") and rec["kind"] not in kinds:
+                kinds.append(rec["kind"])
+    if not kinds:
+        kinds = list(dict.fromkeys(ATTACKS[a].kind for a in doc.get("plan", {}).get(label, []) if a in ATTACKS))
+    return {"adaptive": any(k in ADAPTIVE_KINDS for k in kinds), "kinds": kinds}
+
+
+def _model_line(m: dict) -> str:
+    """One line about a model of a comparison: what it is."""
+    kind = m.get("kind")
+    head = m.get("head") or {}
+    if kind == "hardened":
+        what = (f"hardened file, {head.get('odefunc', '?')} ODE head ({head.get('solver', '?')}, dim {head.get('dim', '?')})"
+                if m.get("has_ode") else "hardened file, linear head")
+    elif kind == "base":
+        adv = m.get("adversarial")
+        what = "base file (`sodef pretrain`" + (f", {adv} adversarial training)" if adv and adv != "none" else ")")
+    else:
+        what = "timm model" + (f" with checkpoint {m['checkpoint']}" if m.get("checkpoint") else " (hub weights)")
+    src = f"; transfer attacks from {m['transfer_source']}" if m.get("transfer_source") else ""
+    sha = f" (sha256 {m['sha256'][:12]})" if m.get("sha256") else ""
+    return f"{m.get('backbone') or '?'}: {what}; {m.get('path', '?')}{sha}{src}"
+
+
+def _comparison_data(doc: dict, label: str) -> dict:
+    """Everything the report shows about one results file of several models (schema v2), as data."""
+    from .evaluate import comparison_differences
+
+    cfg = doc.get("config", {})
+    norm = cfg.get("norm", "Linf")
+    plan = doc.get("plan", {})
+    models = [m["label"] for m in doc["models"]]
+    ref = doc["reference"]
+    complete = bool(doc.get("complete", False))
+    runs = []
+    for run in doc["runs"]:
+        mds = {lab: _model_data(run.get("models", {}).get(lab), plan.get(lab, [])) for lab in models}
+        runs.append({"eps": float(run["eps"]), "done": bool(run.get("done", False)), "models": mds,
+                     "pending": [lab for lab in models if mds[lab] is None and not complete],
+                     "difference": comparison_differences(run, ref),
+                     "checks": {lab: (run.get("models", {}).get(lab) or {}).get("checks", []) for lab in models}})
+    reduced, iterations = _iterations(doc)
+    data = doc.get("data", {})
+    tags = _tags(len(models))
+    vers = doc.get("versions", {})
+    est = (doc.get("estimate") or {}).get("seconds")
+    spent = sum((r["models"].get(lab) or {}).get("seconds", 0.0) for r in runs for lab in models)
+    header = {
+        "results": label,
+        **{f"model {tag}": _model_line(m) + (" [reference]" if m["label"] == ref else "") for tag, m in zip(tags, doc["models"])},
+        "data": f"{data.get('spec', '?')}, {data.get('split', 'test')} split: {doc.get('n', '?')} of {data.get('test_size', '?')} images",
+        "threat model": f"{norm}, eps " + ", ".join(fmt_eps(e, norm) for e in cfg.get("eps", [])),
+        "samples": f"n={doc.get('n', '?')}, seed {cfg.get('seed', '?')} (drawn class by class); the same samples and attack seeds for every model",
+        "attacks": (f"suite {cfg.get('suite')}" if not cfg.get("attacks") else "--attacks " + ",".join(cfg["attacks"]))
+                   + "".join(f"; {tag}: {', '.join(plan.get(lab, []))}" for tag, lab in zip(tags, models)),
+        "mode": ("all samples: each attack ran on every clean-correct sample" if cfg.get("all_samples")
+                 else "cascade: each attack ran on the samples still robust (per-attack rows are cumulative)"),
+        "iterations": iterations,
+        "device": str(doc.get("device", "?")),
+        "versions": ", ".join(f"{k} {v}" for k, v in vers.items() if k in ("sodef-cli", "torch", "timm", "torchattacks", "torchdiffeq")) or "-",
+        "run": ("complete" if complete else "INTERRUPTED (partial results)") + f"; started {doc.get('started') or '?'}"
+               + (f", finished {doc['finished']}" if doc.get("finished") else "") + f"; attack time {spent:.1f} s"
+               + (f" (estimated before the run: {est:.1f} s)" if isinstance(est, (int, float)) else ""),
+    }
+    notes = []
+    if not complete:
+        notes.append({"level": "warn", "text": f"{label}: interrupted run: worst cases cover only the attacks that finished, so they "
+                                                 "can only go down; rerun the same command with the same --out to resume."})
+    fd = {"kind": "comparison", "label": label, "models": models, "tags": tags, "reference": ref, "norm": norm, "n": doc.get("n"),
+          "complete": complete, "cascade": not cfg.get("all_samples", False), "reduced_iterations": reduced,
+          "evaluation": {lab: _model_strength(doc, lab) for lab in models}, "header": header, "runs": runs,
+          "notes": notes}
+    fd["verdict"] = _comparison_verdict(fd)
+    return fd
+
+
+def _tags(n: int) -> list[str]:
+    return [chr(ord("A") + i) if i < 26 else str(i + 1) for i in range(n)]
+
+
+def _comparison_verdict(fd: dict) -> dict:
+    """One paragraph: each model's worst case with its interval and its paired difference to the reference."""
+    norm, ref = fd["norm"], fd["reference"]
+    usable = [r for r in fd["runs"] if all(r["models"].get(lab) for lab in fd["models"])]
+    flagged = {lab: list(dict.fromkeys(c["name"] for r in fd["runs"] for c in r["checks"].get(lab, []) if c.get("flagged") is True))
+               for lab in fd["models"]}
+    out: dict[str, Any] = {"available": bool(usable), "reference": ref,
+                           "masking_suspected": {lab: bool(v) for lab, v in flagged.items()}}
+    if not usable:
+        out.update(level="warn", text="No verdict: not every model has finished its attacks at any eps yet.")
+        return out
+    r = usable[0]
+    tag = dict(zip(fd["models"], fd["tags"]))
+    parts, significant_better, worse = [], [], []
+    for lab in fd["models"]:
+        md = r["models"][lab]
+        txt = f"{tag[lab]} {lab} {pct_ci(md['worst_case'], md.get('worst_case_ci95'))}"
+        if lab == ref:
+            txt += " (reference)"
+        else:
+            d = r["difference"].get(lab, {})
+            ci, p = d.get("worst_case_ci95"), d.get("worst_case_p")
+            if "worst_case" in d:
+                txt += f", {points_ci(d['worst_case'], ci)} points vs {tag[ref]} (McNemar p{_p_eq(p)})"
+                if ci and ci[0] > 0:
+                    significant_better.append(lab)
+                elif ci and ci[1] < 0:
+                    worse.append(lab)
+        if not fd["evaluation"][lab]["adaptive"]:
+            txt += " [white-box only]"
+        parts.append(txt)
+    best = max(fd["models"], key=lambda lab: r["models"][lab]["worst_case"])
+    text = (f"Worst-case robust accuracy at eps={fmt_eps(r['eps'], norm)} on the same {fd['n']} samples: " + "; ".join(parts) + ". ")
+    if significant_better:
+        text += f"Significantly more robust than the reference: {', '.join(significant_better)}. "
+    else:
+        text += "No model is significantly more robust than the reference. "
+    if worse:
+        text += f"Significantly LESS robust: {', '.join(worse)}. "
+    text += f"Highest worst case: {best}."
+    bad = [f"{lab} ({', '.join(v)})" for lab, v in flagged.items() if v]
+    if bad:
+        text += f" Gradient masking suspected: {'; '.join(bad)}."
+    white = [lab for lab in fd["models"] if not fd["evaluation"][lab]["adaptive"]]
+    if white:
+        text += (f" White-box only for {', '.join(white)}: not an adaptive evaluation (no transfer, fixed-step, BPDA, feature "
+                 "or black-box attack ran on it).")
+    if fd["reduced_iterations"]:
+        text += f" REDUCED budgets ({fd['header']['iterations'].split(': ', 1)[-1].split(';')[0]}): weaker than the reference evaluation."
+    if not fd["complete"]:
+        text = "Provisional (interrupted run): " + text
+    out.update(eps=r["eps"], best=best, more_robust=significant_better, less_robust=worse,
+               worst_case={lab: r["models"][lab]["worst_case"] for lab in fd["models"]})
+    good = significant_better and not bad and not white and fd["complete"] and not fd["reduced_iterations"]
+    out["level"] = "bad" if bad else ("good" if good else "warn")
+    out["text"] = text
+    return out
+
+
 def _unique_labels(labels: list[str]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
@@ -432,10 +588,12 @@ def results_data(docs: list[dict], labels: list[str] | None = None) -> dict:
     for doc, label in zip(docs, labels):
         check_results(doc, label)
         try:
-            files.append(_file_data(doc, label))
+            fd = _comparison_data(doc, label) if doc.get("kind") == "comparison" else _file_data(doc, label)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise ResultsError(f"{label}: malformed results file ({type(exc).__name__}: {exc})") from None
-    return {"schema": REPORT_SCHEMA, "kind": "results", "files": files}
+        files.append({"verdict": fd.pop("verdict"), **fd})  # the conclusion first, in JSON too
+    verdicts = [{"file": fd["label"], "level": fd["verdict"]["level"], "text": fd["verdict"]["text"]} for fd in files]
+    return {"schema": REPORT_SCHEMA, "kind": "results", "verdicts": verdicts, "files": files}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -509,23 +667,32 @@ def _delta_cells(r: dict | None, key: str, bv: float | None, hv: float | None) -
 
 
 def results_blocks(data: dict) -> list[dict]:
-    """The results report as blocks (see ``render``)."""
+    """The results report as blocks (see ``render``): the verdict first, then the tables and pictures, then the
+    setup, notes and checks."""
     files = data["files"]
     multi = len(files) > 1
     blocks: list[dict] = [_title("sodef attack results" + ("" if multi else f": {files[0]['label']}") if files else "sodef attack results")]
     if not files:
         blocks.append(_note("no results files given", "warn"))
         return blocks
-    tags = [chr(ord("A") + i) if i < 26 else str(i + 1) for i in range(len(files))]
-    keys = list(files[0]["header"])
-    if multi:
-        blocks.append(_kv("Setup", [[k] + [fd["header"].get(k, "-") for fd in files] for k in keys if k != "results"],
-                          header=[""] + [f"{tag}: {fd['label']}" for tag, fd in zip(tags, files)]))
-    else:
-        blocks.append(_kv("Setup", [[k, files[0]["header"][k]] for k in keys if k != "results"]))
-    for fd in files:
-        for n in fd["notes"]:
-            blocks.append(_note(n["text"], n["level"]))
+    tags = _tags(len(files))
+    for tag, fd in zip(tags, files):
+        v = fd["verdict"]
+        blocks.append({"type": "verdict", "label": f"{tag}: {fd['label']}" if multi else "", "level": v["level"], "text": v["text"]})
+    pairs = [(tag, fd) for tag, fd in zip(tags, files) if fd.get("kind") != "comparison"]
+    if pairs:
+        blocks += _pair_blocks([fd for _, fd in pairs], [tag for tag, _ in pairs], multi)
+    for tag, fd in zip(tags, files):
+        if fd.get("kind") == "comparison":
+            if multi:
+                blocks.append(_heading(f"{tag}: {fd['label']}"))
+            blocks += _comparison_blocks(fd)
+    return blocks
+
+
+def _pair_blocks(files: list[dict], tags: list[str], multi: bool) -> list[dict]:
+    """Tables, pictures, setup, notes and checks of base-vs-hardened results files (schema v1)."""
+    blocks: list[dict] = []
 
     eps_all = sorted({_eps_key(r["eps"]) for fd in files for r in fd["runs"]})
     norms = list(dict.fromkeys(fd["norm"] for fd in files))
@@ -583,6 +750,17 @@ def results_blocks(data: dict) -> list[dict]:
                        "xlabels": [fmt_eps(e, norm) for e in eps_all], "xname": f"eps ({norm})" if norm else "eps",
                        "series": series})
 
+    blocks += _cascade_bars([(f"{tag + ': ' if multi else ''}{m}", fd["runs"][0]["models"].get(m), fd["runs"][0]["eps"], fd["cascade"])
+                             for tag, fd in zip(tags, files) if fd["runs"] for m in ("base", "hardened")], files[0]["norm"])
+    keys = list(files[0]["header"])
+    if multi:
+        blocks.append(_kv("Setup", [[k] + [fd["header"].get(k, "-") for fd in files] for k in keys if k != "results"],
+                          header=[""] + [f"{tag}: {fd['label']}" for tag, fd in zip(tags, files)]))
+    else:
+        blocks.append(_kv("Setup", [[k, files[0]["header"][k]] for k in keys if k != "results"]))
+    for fd in files:
+        for n in fd["notes"]:
+            blocks.append(_note(n["text"], n["level"]))
     for tag, fd in zip(tags, files):
         merged: dict[tuple, list[str]] = {}  # the same outcome at several eps is shown once
         for r in fd["runs"]:
@@ -603,9 +781,90 @@ def results_blocks(data: dict) -> list[dict]:
             blocks.append(_heading(title))
             blocks.append(_note("no masking checks yet: they run after each eps finishes", "info"))
 
-    for tag, fd in zip(tags, files):
-        v = fd["verdict"]
-        blocks.append({"type": "verdict", "label": f"{tag}: {fd['label']}" if multi else "", "level": v["level"], "text": v["text"]})
+    return blocks
+
+
+def _cascade_bars(items: list[tuple], norm: str | None) -> list[dict]:
+    """A bar picture per model: robust accuracy after each attack (cumulative in a cascade) and the worst case,
+    each with its 95% interval. ``items``: (name, model data, eps, cascade?)."""
+    groups = []
+    for name, md, eps, _ in items:
+        if not md:
+            continue
+        bars = [{"label": "clean", "value": md["clean"], "ci": md.get("clean_ci95")}]
+        bars += [{"label": a, "value": rec["accuracy"], "ci": rec.get("accuracy_ci95")} for a, rec in md["attacks"].items()]
+        bars.append({"label": "worst case", "value": md["worst_case"], "ci": md.get("worst_case_ci95")})
+        groups.append({"name": name, "bars": bars, "eps": eps})
+    if not groups:
+        return []
+    eps_set = {g["eps"] for g in groups}
+    at = f" at eps = {fmt_eps(groups[0]['eps'], norm)}" if len(eps_set) == 1 else ""
+    cascade = {c for *_, c in items}
+    what = "after each attack of the cascade (cumulative)" if cascade == {True} else "under each attack"
+    return [{"type": "bars", "title": f"Robust accuracy {what}{at}", "groups": groups,
+             "caption": "bar: accuracy; whisker (html) and [interval] (text): Wilson 95% interval"}]
+
+
+def _comparison_blocks(fd: dict) -> list[dict]:
+    """Tables, pictures, setup, notes and checks of one results file of several models."""
+    blocks: list[dict] = []
+    models, tags, ref, norm = fd["models"], fd["tags"], fd["reference"], fd["norm"]
+    tag = dict(zip(models, tags))
+    others = [lab for lab in models if lab != ref]
+    order: dict[str, None] = {}
+    for r in fd["runs"]:
+        for lab in models:
+            md = r["models"].get(lab)
+            for name in list(md["attacks"]) + list(md["missing"]) if md else []:
+                order.setdefault(name)
+    attacks = [(name, "") for name in order]
+    for r in fd["runs"]:
+        cols = [_col("attack", nowrap=True)] + [_col(tag[lab], "right", "value") for lab in models]
+        for lab in others:
+            cols += [_col(f"{tag[lab]} - {tag[ref]}", "right", "delta"), _col("p", "right")]
+        rows, styles = [], []
+        row_defs = [("clean accuracy", "clean", False)] + [(n, n, True) for n, _ in attacks] + [
+            ("white-box worst case", "white_box_direct", False), ("worst case", "worst_case", False)]
+        for label, key, is_attack in row_defs:
+            row = [label]
+            vals = {}
+            for lab in models:
+                v, txt = _cell(r["models"].get(lab), key, attack=is_attack, partial=not fd["complete"], pending=lab in r["pending"])
+                vals[lab] = v
+                row.append(txt)
+            for lab in others:
+                diff = {"difference": r["difference"].get(lab, {})}
+                row += _delta_cells(diff, key, vals[ref], vals[lab])
+            rows.append(row)
+            styles.append("bold" if key == "worst_case" else ("dim" if key == "white_box_direct" else ""))
+        caption = ("cascade: each attack row is the accuracy after that attack and all above it (cumulative)" if fd["cascade"]
+                   else "all samples: each attack row is that attack alone on every clean-correct sample")
+        caption += ("; " + ", ".join(f"{tag[lab]} = {lab}" for lab in models) + f"; reference {tag[ref]}; [95% interval]: Wilson for "
+                    "accuracies, Newcombe's paired score interval for differences (points, same samples); p = exact McNemar test")
+        blocks.append(_table(f"Robust accuracy at eps = {fmt_eps(r['eps'], norm)} ({norm}), n={fd['n']}", cols, rows, caption, styles))
+    if fd["runs"]:
+        r0 = fd["runs"][0]
+        blocks += _cascade_bars([(f"{tag[lab]}: {lab}", r0["models"].get(lab), r0["eps"], fd["cascade"]) for lab in models], norm)
+    eps_all = [r["eps"] for r in fd["runs"]]
+    if len(eps_all) >= 2:
+        series = [{"name": f"{tag[lab]} {lab}", "marker": tag[lab],
+                   "ys": [(r["models"].get(lab) or {}).get("worst_case") for r in fd["runs"]]} for lab in models]
+        blocks.append({"type": "chart", "title": "Worst-case accuracy vs eps", "xs": eps_all,
+                       "xlabels": [fmt_eps(e, norm) for e in eps_all], "xname": f"eps ({norm})", "series": series})
+    blocks.append(_kv("Setup", [[k, v] for k, v in fd["header"].items() if k != "results"]))
+    for n in fd["notes"]:
+        blocks.append(_note(n["text"], n["level"]))
+    merged: dict[tuple, list[str]] = {}
+    for r in fd["runs"]:
+        for lab in models:
+            for c in r["checks"].get(lab, []):
+                key = (tag[lab], _CHECK_STATUS.get(c.get("flagged"), "?"), c.get("name", "?"), c.get("evidence", ""))
+                merged.setdefault(key, []).append(fmt_eps(r["eps"], norm))
+    if merged:
+        rows = [[", ".join(eps), *key] for key, eps in merged.items()]
+        blocks.append(_table("Gradient-masking checks", [_col("eps"), _col("model"), _col("result", role="status"), _col("check"),
+                                                         _col("evidence")], rows,
+                             "FLAG = the signature of gradient masking was found; that model's robustness is then overstated"))
     return blocks
 
 
@@ -929,6 +1188,90 @@ class _Chart:
 
 
 # ----------------------------------------------------------------------------------------------------
+# the text pictures: bars of the cascade and histograms (unicode)
+
+
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+_LEVELS = " ▁▂▃▄▅▆▇█"
+
+
+def _ubar(v: float | None, width: int) -> str:
+    if v is None:
+        return ""
+    n = max(0, min(width * 8, round(float(v) * width * 8)))
+    return "█" * (n // 8) + (_EIGHTHS[n % 8] if n % 8 else "")
+
+
+def bar_lines(block: dict, width: int = 72) -> list[str]:
+    """The bars block as text: one group per model, one bar per figure (0 to 100% over the bar width)."""
+    lab_w = max((len(b["label"]) for g in block["groups"] for b in g["bars"]), default=5)
+    bar_w = max(10, min(40, width - lab_w - 4 - 24))
+    lines = []
+    for g in block["groups"]:
+        lines.append(g["name"])
+        for b in g["bars"]:
+            lines.append(f"  {b['label']:<{lab_w}} {_ubar(b['value'], bar_w):<{bar_w}} {pct_ci(b['value'], b.get('ci'))}".rstrip())
+    return lines
+
+
+def _hist_columns(s: dict, x0: float, x1: float, cols: int) -> list[float]:
+    counts = s["counts"]
+    nb = len(counts)
+    acc = [0.0] * cols
+    for i, c in enumerate(counts):
+        centre = s["lo"] + (i + 0.5) * (s["hi"] - s["lo"]) / nb
+        j = cols // 2 if x1 == x0 else min(cols - 1, max(0, int((centre - x0) / (x1 - x0) * cols)))
+        acc[j] += c
+    return acc
+
+
+def hist_lines(block: dict, width: int = 72) -> list[str]:
+    """The histogram block as text: one row of unicode levels per series over a shared x axis."""
+    series = [s for s in block["series"] if s.get("counts")]
+    if not series:
+        return ["(no histogram stored)"]
+    name_w = max(len(s["name"]) for s in series)
+    cols = max(16, min(60, width - name_w - 2))
+    x0, x1 = min(s["lo"] for s in series), max(s["hi"] for s in series)
+    lines = []
+    for s in series:
+        acc = _hist_columns(s, x0, x1, cols)
+        top = max(acc) or 1.0
+        row = "".join(_LEVELS[0 if v <= 0 else max(1, round(v / top * 8))] for v in acc)
+        lines.append(f"{s['name']:<{name_w}}  {row}".rstrip())
+    axis = ["─"] * cols
+    zero = None
+    if x0 < 0 < x1:
+        zero = min(cols - 1, int(-x0 / (x1 - x0) * cols))
+        axis[zero] = "┼"
+    lines.append(" " * (name_w + 2) + "".join(axis))
+    left, right = f"{x0:.3g}", f"{x1:.3g}"
+    lab = [" "] * cols
+    lab[: len(left)] = list(left)
+    lab[cols - len(right):] = list(right)
+    if zero is not None and len(left) < zero - 1 and zero + 2 < cols - len(right):
+        lab[zero] = "0"
+    lines.append(" " * (name_w + 2) + "".join(lab).rstrip())
+    lines.append(" " * (name_w + 2) + f"x: {block.get('xname', '')}; height: share of points (per row)")
+    return lines
+
+
+class _Lines:
+    """Text lines as a rich renderable, redrawn for the width it is given; ``paint`` colours the bars."""
+
+    def __init__(self, block: dict, fn):
+        self.block, self.fn = block, fn
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for line in self.fn(self.block, width=min(options.max_width, 100)):
+            t = Text(line)
+            for j, ch in enumerate(line):
+                if ch in _EIGHTHS[1:] + "█" + _LEVELS[1:]:
+                    t.stylize("cyan", j, j + 1)
+            yield t
+
+
+# ----------------------------------------------------------------------------------------------------
 # renderers: rich, markdown, html
 
 
@@ -982,6 +1325,12 @@ def _rich_blocks(blocks: list[dict]) -> Group:
             parts.append(Text(""))
             parts.append(Text(bl["title"], style="bold"))
             parts.append(_Chart(bl))
+        elif t in ("bars", "hist"):
+            parts.append(Text(""))
+            parts.append(Text(bl["title"], style="bold"))
+            parts.append(_Lines(bl, bar_lines if t == "bars" else hist_lines))
+            if bl.get("caption"):
+                parts.append(Text(bl["caption"], style="dim"))
         elif t == "note":
             if prev not in ("note", "title"):
                 parts.append(Text(""))
@@ -1031,6 +1380,11 @@ def _markdown(blocks: list[dict]) -> str:
             lines.append("")
         elif t == "chart":
             lines += [f"## {_md_escape(bl['title'])}", "", "```text", *chart_lines(bl, width=72), "```", ""]
+        elif t in ("bars", "hist"):
+            pic = bar_lines(bl, width=72) if t == "bars" else hist_lines(bl, width=72)
+            lines += [f"## {_md_escape(bl['title'])}", "", "```text", *pic, "```", ""]
+            if bl.get("caption"):
+                lines += [f"*{_md_escape(bl['caption'])}*", ""]
         elif t == "note":
             lines += [f"> **Note:** {_md_escape(bl['text'])}", ""]
         elif t == "verdict":
@@ -1050,7 +1404,7 @@ tr.bold td{font-weight:bold}tr.dim td{color:#666}caption{caption-side:bottom;tex
 .verdict{border:1px solid #999;padding:.5em .8em;margin:1em 0}.verdict.good{border-color:#1a7f37;background:#eef8f0}
 .verdict.bad{border-color:#c62828;background:#fdecea}.verdict.warn{border-color:#d4a017;background:#fff8e1}
 dl{display:grid;grid-template-columns:max-content auto;gap:.15em 1.2em}dt{font-weight:bold}dd{margin:0}
-svg text{font-family:inherit;font-size:11px}
+svg text{font-family:inherit;font-size:11px}.cap{font-size:.85em;color:#555;margin-top:0}
 """.strip()
 _SVG_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
@@ -1091,6 +1445,82 @@ def _svg_chart(bl: dict) -> str:
             out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{" ".join(seg)}"/>')
         out.append(f'<rect x="{lx}" y="{h - 14}" width="10" height="10" fill="{c}"/><text x="{lx + 14}" y="{h - 5}">{e(s["name"])}</text>')
         lx += 24 + 7 * len(s["name"])
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _svg_bars(bl: dict) -> str:
+    """Horizontal bars per model (0-100%), the 95% interval as a whisker."""
+    e = html.escape
+    lab_w = 8 + 7 * max((len(b["label"]) for g in bl["groups"] for b in g["bars"]), default=6)
+    bar_w, row_h, w = 300, 18, 0
+    w = lab_w + bar_w + 150
+    rows = sum(len(g["bars"]) + 1 for g in bl["groups"])
+    h = rows * row_h + 24
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{e(bl["title"])}">']
+    y = 4
+    for i, g in enumerate(bl["groups"]):
+        c = _SVG_COLORS[i % len(_SVG_COLORS)]
+        out.append(f'<text x="0" y="{y + 13}" font-weight="bold">{e(g["name"])}</text>')
+        y += row_h
+        for b in g["bars"]:
+            v = b["value"]
+            out.append(f'<text x="{lab_w - 6}" y="{y + 12}" text-anchor="end">{e(b["label"])}</text>')
+            out.append(f'<rect x="{lab_w}" y="{y + 2}" width="{bar_w}" height="{row_h - 5}" fill="#f0f0f0"/>')
+            if v is not None:
+                out.append(f'<rect class="bar" x="{lab_w}" y="{y + 2}" width="{bar_w * float(v):.1f}" height="{row_h - 5}" fill="{c}">'
+                           f'<title>{e(g["name"])}, {e(b["label"])}: {e(pct_ci(v, b.get("ci")))}</title></rect>')
+                if b.get("ci"):
+                    lo, hi = (lab_w + bar_w * float(q) for q in b["ci"])
+                    ym = y + 2 + (row_h - 5) / 2
+                    out.append(f'<line x1="{lo:.1f}" y1="{ym:.1f}" x2="{hi:.1f}" y2="{ym:.1f}" stroke="#222" stroke-width="1.2"/>'
+                               f'<line x1="{lo:.1f}" y1="{ym - 4:.1f}" x2="{lo:.1f}" y2="{ym + 4:.1f}" stroke="#222"/>'
+                               f'<line x1="{hi:.1f}" y1="{ym - 4:.1f}" x2="{hi:.1f}" y2="{ym + 4:.1f}" stroke="#222"/>')
+            out.append(f'<text x="{lab_w + bar_w + 6}" y="{y + 12}">{e(pct_ci(v, b.get("ci")))}</text>')
+            y += row_h
+    for q in (0, 0.5, 1.0):
+        x = lab_w + bar_w * q
+        out.append(f'<text x="{x:.1f}" y="{h - 4}" text-anchor="middle" fill="#777">{100 * q:.0f}%</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _svg_hist(bl: dict) -> str:
+    """Histograms of several series over a shared x axis (bars at their real bin edges), zero marked."""
+    e = html.escape
+    series = [s for s in bl["series"] if s.get("counts")]
+    w, h, ml, mr, mt, mb = 560, 220, 40, 16, 12, 52
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{e(bl["title"])}">']
+    if not series:
+        out.append(f'<text x="{ml}" y="{h / 2}">no histogram stored</text></svg>')
+        return "\n".join(out)
+    x0, x1 = min(s["lo"] for s in series), max(s["hi"] for s in series)
+    if x1 <= x0:
+        x0, x1 = x0 - 0.5, x1 + 0.5
+    pw, ph = w - ml - mr, h - mt - mb
+    px = lambda x: ml + (x - x0) / (x1 - x0) * pw
+    top = max(max(c / max(1, sum(s["counts"])) for c in s["counts"]) for s in series) or 1.0
+    for i, s in enumerate(series):
+        c = _SVG_COLORS[i % len(_SVG_COLORS)]
+        total = max(1, sum(s["counts"]))
+        nb = len(s["counts"])
+        bw = (s["hi"] - s["lo"]) / nb
+        for j, k in enumerate(s["counts"]):
+            if not k:
+                continue
+            a, b = px(s["lo"] + j * bw), px(s["lo"] + (j + 1) * bw)
+            hh = k / total / top * ph
+            out.append(f'<rect class="bin" x="{a:.1f}" y="{mt + ph - hh:.1f}" width="{max(1.0, b - a):.1f}" height="{hh:.1f}" '
+                       f'fill="{c}" fill-opacity="0.55"><title>{e(s["name"])}: {k} of {total}</title></rect>')
+        out.append(f'<rect x="{ml + 150 * i}" y="{h - 14}" width="10" height="10" fill="{c}" fill-opacity="0.55"/>'
+                   f'<text x="{ml + 150 * i + 14}" y="{h - 5}">{e(s["name"])}</text>')
+    out.append(f'<line x1="{ml}" y1="{mt + ph}" x2="{w - mr}" y2="{mt + ph}" stroke="#999"/>')
+    ticks = [x0, x1] + ([0.0] if x0 < 0 < x1 else [])
+    for t in ticks:
+        out.append(f'<text x="{px(t):.1f}" y="{mt + ph + 14}" text-anchor="middle">{t:.3g}</text>')
+    if x0 < 0 < x1:
+        out.append(f'<line x1="{px(0):.1f}" y1="{mt}" x2="{px(0):.1f}" y2="{mt + ph}" stroke="#444" stroke-dasharray="4 3"/>')
+    out.append(f'<text x="{ml + pw / 2:.1f}" y="{mt + ph + 30}" text-anchor="middle">{e(bl.get("xname", ""))}</text>')
     out.append("</svg>")
     return "\n".join(out)
 
@@ -1136,6 +1566,11 @@ def _html(blocks: list[dict]) -> str:
         elif t == "chart":
             body.append(f"<h2>{e(bl['title'])}</h2>")
             body.append(_svg_chart(bl))
+        elif t in ("bars", "hist"):
+            body.append(f"<h2>{e(bl['title'])}</h2>")
+            body.append(_svg_bars(bl) if t == "bars" else _svg_hist(bl))
+            if bl.get("caption"):
+                body.append(f'<p class="cap">{e(bl["caption"])}</p>')
         elif t == "note":
             body.append(f'<div class="note {bl["level"]}"><b>Note:</b> {e(bl["text"])}</div>')
         elif t == "verdict":
