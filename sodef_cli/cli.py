@@ -391,7 +391,7 @@ def attack(
     else:
         from .report import render_results
 
-        _out_console().print(render_results([doc]))
+        _out_console().print(render_results([doc], labels=[out.name] if out else None))
 
 
 def _candidates(models: list[str], infos: list[dict], checkpoints: list[str], ds, device) -> list:
@@ -429,7 +429,7 @@ _REPORT_SUFFIX = {".md": "markdown", ".markdown": "markdown", ".html": "html", "
 @app.command()
 @_handle
 def report(
-    files: Annotated[list[Path], typer.Argument(help="Results JSON files from `sodef attack` (shown side by side), or one hardened .safetensors file (its model card).", show_default=False, metavar="FILE")],
+    files: Annotated[list[Path], typer.Argument(help="Results JSON files from `sodef attack` (shown side by side), or one .safetensors file, hardened or base (its model card).", show_default=False, metavar="FILE")],
     format_: Annotated[Optional[ReportFormat], typer.Option("--format", help="table (terminal), markdown, json or html. Default: from the --out suffix (.md, .html, .json), else table.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the report to this file (atomically) instead of stdout.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Model card: test images for the stability diagnostics (default: the hardening data when it is here).")] = None,
@@ -437,7 +437,7 @@ def report(
     n: Annotated[Optional[int], typer.Option("--n", min=1, help="Model card: number of test images for the diagnostics (default 512).")] = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Render attack results (several files side by side) or the model card of a hardened file."""
+    """Render attack results (several files side by side) or the model card of a hardened or base file."""
     from .io import atomic_write_text, read_json
     from .report import card_data, render, results_data, to_text
 
@@ -446,10 +446,16 @@ def report(
         if len(files) > 1:
             raise UsageError("a model card takes exactly one .safetensors file; compare runs by passing their results JSON files")
         from .diagnostics import card_diagnostics, default_card_data
-        from .models import hardened_meta
+        from .models import describe_model
+        from .report import base_card_data
         from .runtime import resolve_device
 
-        meta = hardened_meta(files[0])
+        meta = describe_model(str(files[0]))["meta"]
+        if meta["format"] == "sodef_cli/base":  # a `sodef pretrain` file: its card comes from its metadata alone
+            if data or data_dir or n is not None:
+                raise UsageError("--data, --data-dir and --n apply to the card of a hardened file (stability diagnostics), not a base file")
+            _emit(render(base_card_data(meta, path=str(files[0])), fmt), fmt, out)
+            return
         spec = data or default_card_data(meta)
         diag, notes = None, []
         has_ode = ((meta.get("config") or {}).get("head") or {}).get("kind", "sodef") == "sodef"  # a linear head has no ODE to diagnose
@@ -466,7 +472,14 @@ def report(
         names = [f.name for f in files]
         labels = names if len(set(names)) == len(names) else [str(f) for f in files]
         doc = results_data([read_json(f) for f in files], labels=labels)
-    rendered = render(doc, fmt)
+    _emit(render(doc, fmt), fmt, out)
+
+
+def _emit(rendered, fmt: str, out: Optional[Path]) -> None:
+    """Write a rendered report to ``out`` (atomically) or stdout (plain text when piped)."""
+    from .io import atomic_write_text
+    from .report import to_text
+
     if out is not None:
         atomic_write_text(out, rendered if isinstance(rendered, str) else to_text(rendered, width=100))
         err_console.print(f"wrote {out} ({fmt})", highlight=False)

@@ -20,7 +20,9 @@ def jacobian_stability(odefunc, z: torch.Tensor, *, batch_size: int = 512) -> di
       (Lyapunov-stable if z were an equilibrium);
     - ``frac_diag_dominant_col`` / ``_row``: fraction whose J is strictly column/row diagonally dominant
       with a negative diagonal (the Levy-Desplanques sufficient condition);
-    - ``mean_max_real_eig``, ``mean_diag``.
+    - ``mean_max_real_eig``, ``mean_diag``;
+    - ``max_real_eig_hist``: the distribution of the largest real part of J's eigenvalues over the points,
+      ``{"lo", "hi", "counts"}`` (16 equal bins between the smallest and largest value), for the model card's picture.
     """
     n_neg = n_col = n_row = 0
     max_re, mean_diag = [], []
@@ -38,6 +40,13 @@ def jacobian_stability(odefunc, z: torch.Tensor, *, batch_size: int = 512) -> di
         n_row += int((neg & (d.abs() > off_row).all(dim=-1)).sum())
         mean_diag.append(d.mean(dim=-1))
     n = max(1, z.shape[0])
+    allmax = torch.cat(max_re) if max_re else torch.zeros(0, dtype=torch.float64)
+    hist = None
+    if allmax.numel():
+        lo, hi = float(allmax.min()), float(allmax.max())
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        hist = {"lo": lo, "hi": hi, "counts": [int(c) for c in torch.histc(allmax, bins=16, min=lo, max=hi).round().long().tolist()]}
     return {
         "points": int(z.shape[0]),
         "frac_eig_negative": n_neg / n,
@@ -45,6 +54,7 @@ def jacobian_stability(odefunc, z: torch.Tensor, *, batch_size: int = 512) -> di
         "frac_diag_dominant_row": n_row / n,
         "mean_max_real_eig": float(torch.cat(max_re).mean()) if max_re else float("nan"),
         "mean_diag": float(torch.cat(mean_diag).mean()) if mean_diag else float("nan"),
+        "max_real_eig_hist": hist,
     }
 
 

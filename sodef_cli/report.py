@@ -534,14 +534,17 @@ def _comparison_verdict(fd: dict) -> dict:
             txt += " [white-box only]"
         parts.append(txt)
     best = max(fd["models"], key=lambda lab: r["models"][lab]["worst_case"])
-    text = (f"Worst-case robust accuracy at eps={fmt_eps(r['eps'], norm)} on the same {fd['n']} samples: " + "; ".join(parts) + ". ")
-    if significant_better:
-        text += f"Significantly more robust than the reference: {', '.join(significant_better)}. "
+    if len(fd["models"]) == 1:
+        text = f"Worst-case robust accuracy at eps={fmt_eps(r['eps'], norm)} on {fd['n']} samples: {parts[0].replace(' (reference)', '')}."
     else:
-        text += "No model is significantly more robust than the reference. "
-    if worse:
-        text += f"Significantly LESS robust: {', '.join(worse)}. "
-    text += f"Highest worst case: {best}."
+        text = (f"Worst-case robust accuracy at eps={fmt_eps(r['eps'], norm)} on the same {fd['n']} samples: " + "; ".join(parts) + ". ")
+        if significant_better:
+            text += f"Significantly more robust than the reference: {', '.join(significant_better)}. "
+        else:
+            text += "No model is significantly more robust than the reference. "
+        if worse:
+            text += f"Significantly LESS robust: {', '.join(worse)}. "
+        text += f"Highest worst case: {best}."
     bad = [f"{lab} ({', '.join(v)})" for lab, v in flagged.items() if v]
     if bad:
         text += f" Gradient masking suspected: {'; '.join(bad)}."
@@ -581,7 +584,8 @@ def results_data(docs: list[dict], labels: list[str] | None = None) -> dict:
         ResultsError: a document that is not a results file or is malformed.
     """
     if labels is None:
-        labels = [str((d.get("model") or {}).get("path", f"results {i + 1}")).rsplit("/", 1)[-1] if isinstance(d, dict) else f"results {i + 1}"
+        labels = [(f"{len(d['models'])} model(s)" if isinstance(d.get("models"), list) else
+                   str((d.get("model") or {}).get("path", f"results {i + 1}")).rsplit("/", 1)[-1]) if isinstance(d, dict) else f"results {i + 1}"
                   for i, d in enumerate(docs)]
     labels = _unique_labels(list(labels))
     files = []
@@ -820,8 +824,7 @@ def _comparison_blocks(fd: dict) -> list[dict]:
     attacks = [(name, "") for name in order]
     for r in fd["runs"]:
         cols = [_col("attack", nowrap=True)] + [_col(tag[lab], "right", "value") for lab in models]
-        for lab in others:
-            cols += [_col(f"{tag[lab]} - {tag[ref]}", "right", "delta"), _col("p", "right")]
+        cols += [_col(f"{tag[lab]} - {tag[ref]}", "right", "delta") for lab in others]
         rows, styles = [], []
         row_defs = [("clean accuracy", "clean", False)] + [(n, n, True) for n, _ in attacks] + [
             ("white-box worst case", "white_box_direct", False), ("worst case", "worst_case", False)]
@@ -832,9 +835,9 @@ def _comparison_blocks(fd: dict) -> list[dict]:
                 v, txt = _cell(r["models"].get(lab), key, attack=is_attack, partial=not fd["complete"], pending=lab in r["pending"])
                 vals[lab] = v
                 row.append(txt)
-            for lab in others:
-                diff = {"difference": r["difference"].get(lab, {})}
-                row += _delta_cells(diff, key, vals[ref], vals[lab])
+            for lab in others:  # the paired difference, its interval and McNemar's p in one cell
+                d, p = _delta_cells({"difference": r["difference"].get(lab, {})}, key, vals[ref], vals[lab])
+                row.append(d + ("" if p == "-" else f"\np={p}"))
             rows.append(row)
             styles.append("bold" if key == "worst_case" else ("dim" if key == "white_box_direct" else ""))
         caption = ("cascade: each attack row is the accuracy after that attack and all above it (cumulative)" if fd["cascade"]
@@ -908,9 +911,12 @@ def _card_data(meta: dict, *, path: str, diagnostics: dict | None = None, notes:
         raise ModelFileError(f"{path}: malformed metadata in the model file (config, metrics and check must be objects)")
     if check:
         check = {k: v for k, v in check.items() if k != "train_indices"}  # sample indices are bulk, not a figure
+    guard = (check or {}).get("recommendation")
+    verdict = guard or "Not evaluated: the hardening guard was skipped (--no-check); evaluate with `sodef attack` before deploying."
     return {
         "schema": REPORT_SCHEMA,
         "kind": "card",
+        "verdict": verdict,
         "file": path,
         "format": f"{meta.get('format')} v{meta.get('format_version')}",
         "backbone": meta.get("backbone") or {},
@@ -1039,6 +1045,14 @@ def card_blocks(data: dict) -> list[dict]:
         blocks.append(_table("Stability while hardening (stored in the file)",
                              [_col("at z(0)")] + [_col(s.replace("_", " "), "right") for s in stages], rows,
                              f"on {pts} test features"))
+        hists = [{"name": s.replace("_", " "), **stab[s]["max_real_eig_hist"]} for s in ("before_phase2", "after_phase2")
+                 if s in stab and isinstance(stab[s].get("max_real_eig_hist"), dict)]
+        if hists:
+            blocks.append({"type": "hist", "title": "Largest real eigenvalue of the Jacobian at z(0), before and after phase 2",
+                           "series": hists, "xname": "max Re(eig) of df/dz at z(0) (stable: < 0)",
+                           "caption": f"distribution over the {pts} test features stored in the file; left of 0 = locally stable"})
+        elif stages:
+            blocks.append(_note("no eigenvalue histogram in this file (hardened before sodef_cli stored one); harden again to get the picture"))
         if stab.get("warning"):
             blocks.append(_note(f"STABILITY NOT REACHED: {stab['warning']}", "warn"))
     d = data["diagnostics"]
@@ -1078,18 +1092,89 @@ def card_blocks(data: dict) -> list[dict]:
                                                  _col("delta", "right", "delta")], rows, caption))
         gain = check.get("gain_points") or 0.0
         outcome = check.get("outcome") or ("more robust" if gain > 0 else "LESS robust")
-        blocks.append({"type": "verdict", "label": "guard", "level": {"more robust": "good", "LESS robust": "bad"}.get(outcome, "warn"),
-                       "text": str(check.get("recommendation", ""))})
+        blocks.insert(1, {"type": "verdict", "label": "guard", "level": {"more robust": "good", "LESS robust": "bad"}.get(outcome, "warn"),
+                          "text": str(check.get("recommendation", ""))})
         flagged = [c["name"] for c in check.get("checks", []) if c.get("flagged") is True]
         if flagged:
             blocks.append(_note(f"the guard's masking checks flagged: {', '.join(flagged)}", "warn"))
         if check.get("require_gain_failed"):
             blocks.append(_note("this file failed --require-gain: the guard found it less robust than its base", "warn"))
     else:
+        blocks.insert(1, {"type": "verdict", "label": "", "level": "warn",
+                          "text": "Not evaluated: the hardening guard was skipped (--no-check); evaluate with `sodef attack` before deploying."})
         blocks.append(_heading("Hardening guard"))
         blocks.append(_note("skipped (--no-check): evaluate with `sodef attack` before deploying", "warn"))
     for n in data["notes"]:
         blocks.append(_note(n, "info"))
+    vers = data["versions"]
+    if vers:
+        blocks.append(_kv("Versions", [[", ".join(f"{k} {v}" for k, v in vers.items())]]))
+    return blocks
+
+
+def base_card_data(meta: dict, *, path: str) -> dict:
+    """The model card of a ``sodef pretrain`` base file, as data (``--format json``): architecture, data,
+    training history, clean accuracy and adversarial-training settings, led by a one-paragraph verdict."""
+    try:
+        cfg = meta.get("config") or {}
+        tr = meta.get("training") or {}
+        bb = meta.get("backbone") or {}
+        hist = [dict(r) for r in tr.get("history") or []]
+        adv = cfg.get("adversarial") or "none"
+        acc = tr.get("test_clean_acc")
+        best = tr.get("best_epoch")
+        best_rec = next((r for r in hist if r.get("epoch") == best), {})
+        text = (f"Base model, not hardened: {bb.get('timm_name', '?')} trained by `sodef pretrain` on {cfg.get('data', '?')} for "
+                f"{cfg.get('epochs', '?')} epoch(s) (epoch {best} kept), clean test accuracy {pct(acc)}")
+        if adv != "none":
+            text += (f"; {adv.upper()} adversarial training at eps {fmt_eps(cfg.get('adv_eps'), 'Linf')}, validation accuracy under "
+                     f"PGD-5 {pct(best_rec.get('val_pgd5_acc'))} (a training-time check, not an evaluation)")
+        else:
+            text += "; no adversarial training"
+        text += (". Its robustness has not been evaluated: run `sodef attack " + str(path).rsplit("/", 1)[-1]
+                 + f" --data {cfg.get('data', 'D')}` (adaptive suite).")
+        return {
+            "schema": REPORT_SCHEMA, "kind": "card", "card": "base", "verdict": text, "file": path,
+            "format": f"{meta.get('format')} v{meta.get('format_version')}", "backbone": bb, "config": cfg,
+            "training": {"best_epoch": best, "test_clean_acc": acc, "history": hist}, "versions": meta.get("versions") or {},
+        }
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise ModelFileError(f"{path}: malformed metadata in the model file ({type(exc).__name__}: {exc})") from None
+
+
+def base_card_blocks(data: dict) -> list[dict]:
+    """The model card of a base file as blocks: verdict, clean accuracy and history, then the details."""
+    cfg, bb, tr = data["config"], data["backbone"], data["training"]
+    name = str(data["file"]).rsplit("/", 1)[-1]
+    blocks: list[dict] = [_title(f"Model card: {name}"), {"type": "verdict", "label": "", "level": "warn", "text": data["verdict"]}]
+    hist = tr["history"]
+    if hist:
+        keys = [k for k in ("val_acc", "val_pgd5_acc") if any(k in r for r in hist)]
+        names = {"val_acc": "validation accuracy", "val_pgd5_acc": "validation PGD-5 accuracy"}
+        rows = [[str(r.get("epoch", "?")) + (" (kept)" if r.get("epoch") == tr["best_epoch"] else "")] + [pct(r.get(k)) for k in keys]
+                for r in hist]
+        blocks.append(_table("Training history", [_col("epoch")] + [_col(names[k], "right", "value") for k in keys], rows,
+                             f"the kept epoch has the best {'PGD-5' if 'val_pgd5_acc' in keys else 'clean'} validation accuracy; "
+                             f"clean test accuracy of the kept weights {pct(tr['test_clean_acc'])}"))
+        vals = [r.get("val_pgd5_acc") for r in hist]
+        if len(hist) >= 2 and any(v is not None for v in vals):
+            blocks.append({"type": "chart", "title": "Validation accuracy by epoch", "xs": [float(r.get("epoch", i + 1)) for i, r in enumerate(hist)],
+                           "xlabels": [str(r.get("epoch", i + 1)) for i, r in enumerate(hist)], "xname": "epoch",
+                           "series": [{"name": "clean", "marker": "c", "ys": [r.get("val_acc") for r in hist]},
+                                      {"name": "PGD-5", "marker": "p", "ys": vals}]})
+    classes = bb.get("classes") or []
+    blocks.append(_kv("Architecture", [
+        ["file", f"{data['file']} ({data['format']})"],
+        ["backbone", f"timm {bb.get('timm_name', '?')}, input {'x'.join(map(str, bb.get('input_size', []))) or '?'}, "
+                     f"{bb.get('num_classes', '?')} classes, mean {bb.get('mean')}, std {bb.get('std')}"
+                     + (f", kwargs {bb['model_kwargs']}" if bb.get("model_kwargs") else "")],
+        ["classes", f"{len(classes)}: " + ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "") if classes else "-"],
+    ]))
+    train_keys = ("data", "epochs", "batch_size", "lr", "momentum", "weight_decay", "augment", "val_fraction", "pretrained", "seed", "image_size")
+    blocks.append(_kv("Data and training", [[k, _num(cfg[k]) if not isinstance(cfg[k], str) else cfg[k]] for k in train_keys if k in cfg]))
+    adv = cfg.get("adversarial") or "none"
+    adv_keys = [k for k in cfg if k.startswith("adv_") or k.startswith("select")]
+    blocks.append(_kv("Adversarial training", [["mode", adv]] + ([[k, _num(cfg[k])] for k in adv_keys] if adv != "none" else [])))
     vers = data["versions"]
     if vers:
         blocks.append(_kv("Versions", [[", ".join(f"{k} {v}" for k, v in vers.items())]]))
@@ -1593,7 +1678,7 @@ def _finite(o: Any) -> Any:
 
 def _blocks(data: dict) -> list[dict]:
     if data.get("kind") == "card":
-        return card_blocks(data)
+        return base_card_blocks(data) if data.get("card") == "base" else card_blocks(data)
     return results_blocks(data)
 
 
