@@ -1134,7 +1134,7 @@ def base_card_data(meta: dict, *, path: str) -> dict:
         text += (". Its robustness has not been evaluated: run `sodef attack " + str(path).rsplit("/", 1)[-1]
                  + f" --data {cfg.get('data', 'D')}` (adaptive suite).")
         return {
-            "schema": REPORT_SCHEMA, "kind": "card", "card": "base", "verdict": text, "file": path,
+            "schema": REPORT_SCHEMA, "kind": "card", "verdict": text, "card": "base", "file": path,
             "format": f"{meta.get('format')} v{meta.get('format_version')}", "backbone": bb, "config": cfg,
             "training": {"best_epoch": best, "test_clean_acc": acc, "history": hist}, "versions": meta.get("versions") or {},
         }
