@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, ModelError, SodefError, UsageError
+from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SodefError, UsageError
 
 app = typer.Typer(
     name="sodef",
@@ -337,7 +337,7 @@ def attack(
     from .config import parse_fraction
     from .data import load_data
     from .evaluate import AttackConfig, run_comparison, run_evaluation, summarize, summarize_comparison
-    from .models import describe_model
+    from .models import check_comparable, describe_model
     from .runtime import resolve_device
 
     names = tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else ()
@@ -353,19 +353,14 @@ def attack(
     if checkpoints and len(checkpoints) != n_timm:
         raise UsageError(f"{len(checkpoints)} --checkpoint given for {n_timm} timm-name model(s); give one per timm name, in order")
     single = len(models) == 1 and infos[0]["kind"] == "hardened" and reference is None and transfer_from is None
-    sized = [(m, i) for m, i in zip(models, infos) if i["input_size"]]
-    if len({tuple(i["input_size"]) for _, i in sized}) > 1:
-        raise UsageError("the models expect different input sizes (" + ", ".join(f"{m}: {i['input_size']}" for m, i in sized)
-                         + "); compare models made for the same images")
-    counted = [(m, i) for m, i in zip(models, infos) if i["num_classes"]]
-    if len({i["num_classes"] for _, i in counted}) > 1:
-        raise ModelError("class-count mismatch between models (" + ", ".join(f"{m}: {i['num_classes']}" for m, i in counted) + ")")
+    check_comparable(models, infos)
+    sized = [i for i in infos if i["input_size"]]
     distributed.init_from_env(device.value if device else "auto")
     dev = resolve_device(device.value if device else "auto")
     if not data:
         raise UsageError("--data is required (the data the models were trained or hardened on, e.g. demo)")
-    chans = sized[0][1]["in_chans"] if sized else None
-    size = image_size or (sized[0][1]["input_size"][-1] if sized else 0)
+    chans = sized[0]["in_chans"] if sized else None
+    size = image_size or (sized[0]["input_size"][-1] if sized else 0)
     ds = load_data(data, data_dir=data_dir or "", download=bool(download), channels=chans, image_size=size)
     with _reporter() as rep:
         if single:

@@ -733,6 +733,8 @@ def run_comparison(cands: list, data, cfg: AttackConfig, *, reference: str, tran
                 raise ResultsError(f"the --out file holds results for a different {what}; use another --out or the same options")
         if [m.get("sha256") for m in old.get("models", [])] != [m.get("sha256") for m in models]:
             raise ResultsError("the --out file holds results for different models; use another --out")
+        if {k_: v for k_, v in old.get("config", {}).items() if k_ != "batch_size"} != {k_: v for k_, v in doc["config"].items() if k_ != "batch_size"}:
+            raise ResultsError("the --out file was made with different attack settings; use another --out or the same options")
         old["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         doc = old
     doc = all_gather_objects(doc)[0]

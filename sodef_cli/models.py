@@ -20,7 +20,7 @@ from .head import HardenedClassifier, SODEFHead
 from .inputs import guard_inputs
 from .io import load_tensors, read_metadata
 
-__all__ = ["load_hardened", "load_base", "load_pair", "hardened_meta", "Candidate", "describe_model", "load_candidate"]
+__all__ = ["load_hardened", "load_base", "load_pair", "hardened_meta", "Candidate", "describe_model", "check_comparable", "load_candidate"]
 
 
 def hardened_meta(path: str | Path) -> dict:
@@ -168,6 +168,21 @@ def describe_model(arg: str) -> dict[str, Any]:
 
     _check_name(arg)  # ModelError with close names for a typo
     return {"kind": "timm", "input_size": None, "in_chans": None, "classes": [], "num_classes": None, "meta": None}
+
+
+def check_comparable(args: list[str], infos: list[dict]) -> None:
+    """Models of one run must take the same images and predict the same number of classes (from metadata).
+
+    Raises:
+        UsageError: different input sizes. ModelError: different numbers of classes.
+    """
+    sized = [(a, i) for a, i in zip(args, infos) if i["input_size"]]
+    if len({tuple(i["input_size"]) for _, i in sized}) > 1:
+        raise UsageError("the models expect different input sizes (" + ", ".join(f"{a}: {i['input_size']}" for a, i in sized)
+                         + "); compare models made for the same images")
+    counted = [(a, i) for a, i in zip(args, infos) if i["num_classes"]]
+    if len({i["num_classes"] for _, i in counted}) > 1:
+        raise ModelError("class-count mismatch between models (" + ", ".join(f"{a}: {i['num_classes']} classes" for a, i in counted) + ")")
 
 
 def load_candidate(arg: str, label: str, *, data, checkpoint: str = "", device: str | torch.device = "cpu") -> Candidate:

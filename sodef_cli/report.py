@@ -850,7 +850,7 @@ def _comparison_blocks(fd: dict) -> list[dict]:
         blocks += _cascade_bars([(f"{tag[lab]}: {lab}", r0["models"].get(lab), r0["eps"], fd["cascade"]) for lab in models], norm)
     eps_all = [r["eps"] for r in fd["runs"]]
     if len(eps_all) >= 2:
-        series = [{"name": f"{tag[lab]} {lab}", "marker": tag[lab],
+        series = [{"name": lab, "marker": tag[lab],
                    "ys": [(r["models"].get(lab) or {}).get("worst_case") for r in fd["runs"]]} for lab in models]
         blocks.append({"type": "chart", "title": "Worst-case accuracy vs eps", "xs": eps_all,
                        "xlabels": [fmt_eps(e, norm) for e in eps_all], "xname": f"eps ({norm})", "series": series})
@@ -1160,6 +1160,7 @@ def base_card_blocks(data: dict) -> list[dict]:
         if len(hist) >= 2 and any(v is not None for v in vals):
             blocks.append({"type": "chart", "title": "Validation accuracy by epoch", "xs": [float(r.get("epoch", i + 1)) for i, r in enumerate(hist)],
                            "xlabels": [str(r.get("epoch", i + 1)) for i, r in enumerate(hist)], "xname": "epoch",
+                           "yname": "validation accuracy",
                            "series": [{"name": "clean", "marker": "c", "ys": [r.get("val_acc") for r in hist]},
                                       {"name": "PGD-5", "marker": "p", "ys": vals}]})
     classes = bb.get("classes") or []
@@ -1239,7 +1240,7 @@ def chart_lines(block: dict, width: int = 72, height: int = 9) -> list[str]:
         xl[start : start + len(lab)] = list(lab)
         last_end = start + len(lab)
     lines.append(" " * (lab_w + 2) + "".join(xl).rstrip())
-    items = [f"x: {block.get('xname', 'eps')}, y: worst-case accuracy"] + [f"{s['marker']} = {s['name']}" for s in series]
+    items = [f"x: {block.get('xname', 'eps')}, y: {block.get('yname', 'worst-case accuracy')}"] + [f"{s['marker']} = {s['name']}" for s in series]
     items += ["* = overlapping points"] if overlap else []
     line = ""
     for item in items:  # the legend, wrapped to the width
