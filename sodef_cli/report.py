@@ -1024,6 +1024,7 @@ def card_blocks(data: dict) -> list[dict]:
         blocks.append(_note("phase 3 trained f with gradients from the adjoint solve, which disagree with direct backprop "
                             "through the same solver (benchmarks/adjoint_gradients.py): its fine-tuning of f is close to a "
                             "random walk; set phase3.adjoint = false for exact gradients", "warn"))
+    detail_end = len(blocks)  # what comes before is detail; the figures follow and are shown first
     b, h = metrics.get("base") or {}, metrics.get("hardened") or {}
     if b or h:
         n_test, n_val = mdata.get("test"), split.get("val")
@@ -1092,18 +1093,21 @@ def card_blocks(data: dict) -> list[dict]:
                                                  _col("delta", "right", "delta")], rows, caption))
         gain = check.get("gain_points") or 0.0
         outcome = check.get("outcome") or ("more robust" if gain > 0 else "LESS robust")
-        blocks.insert(1, {"type": "verdict", "label": "guard", "level": {"more robust": "good", "LESS robust": "bad"}.get(outcome, "warn"),
-                          "text": str(check.get("recommendation", ""))})
+        verdict = {"type": "verdict", "label": "guard", "level": {"more robust": "good", "LESS robust": "bad"}.get(outcome, "warn"),
+                   "text": str(check.get("recommendation", ""))}
         flagged = [c["name"] for c in check.get("checks", []) if c.get("flagged") is True]
         if flagged:
             blocks.append(_note(f"the guard's masking checks flagged: {', '.join(flagged)}", "warn"))
         if check.get("require_gain_failed"):
             blocks.append(_note("this file failed --require-gain: the guard found it less robust than its base", "warn"))
     else:
-        blocks.insert(1, {"type": "verdict", "label": "", "level": "warn",
-                          "text": "Not evaluated: the hardening guard was skipped (--no-check); evaluate with `sodef attack` before deploying."})
+        verdict = {"type": "verdict", "label": "", "level": "warn",
+                   "text": "Not evaluated: the hardening guard was skipped (--no-check); evaluate with `sodef attack` before deploying."}
         blocks.append(_heading("Hardening guard"))
         blocks.append(_note("skipped (--no-check): evaluate with `sodef attack` before deploying", "warn"))
+    figures_end = len(blocks)
+    # the verdict, then the figures (accuracy, stability and its picture, guard), then the detail
+    blocks = blocks[:1] + [verdict] + blocks[detail_end:figures_end] + blocks[1:detail_end]
     for n in data["notes"]:
         blocks.append(_note(n, "info"))
     vers = data["versions"]
