@@ -155,7 +155,7 @@ def describe_model(arg: str) -> dict[str, Any]:
     """What a MODEL argument is, from metadata only (nothing loaded): kind ("hardened", "base" or "timm"),
     input size and classes where a file records them. ``ModelFileError``/``ModelError`` for what is no model."""
     if _is_file_arg(arg):
-        if Path(arg).suffix != ".safetensors":
+        if Path(arg).suffix in (".pth", ".pt", ".bin"):
             raise ModelFileError(f"{arg}: a model file must be a safetensors file made by `sodef pretrain` or `sodef harden`; "
                                  "for other weights pass the timm name and --checkpoint FILE")
         meta = _checked(read_metadata(arg), arg)

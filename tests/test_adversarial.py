@@ -244,10 +244,10 @@ def test_unknown_training_attack_flag_exits_2():
 def test_linear_head_file_attacks_alike_and_reports(tmp_path, checkpoints):
     out, _ = _harden(tmp_path, "test_resnet", checkpoints["test_resnet"],
                      **{"head.kind": "linear", "adversarial.attack": "fgsm", "adversarial.stages": 1})
-    code, text = _cli(["attack", str(out), "--data", "demo", "--n", "8", "--attacks", "apgd-ce,transfer-pgd,square",
-                       "--steps", "2", "--queries", "10", "--no-checks", "--json"])
-    assert code == 0, text
-    doc = json.loads(text)
+    r = runner.invoke(app, ["attack", str(out), "--data", "demo", "--n", "8", "--attacks", "apgd-ce,transfer-pgd,square",
+                            "--steps", "2", "--queries", "10", "--no-checks", "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)  # the plan goes to stderr
     assert set(doc["models"]["base"]["attacks"]) == set(doc["models"]["hardened"]["attacks"]) == {"apgd-ce", "transfer-pgd", "square"}
     code, text = _cli(["attack", str(out), "--data", "demo", "--n", "8", "--attacks", "fixed-step-pgd"])
     assert code == 2 and "need an ODE" in text
