@@ -738,7 +738,12 @@ def run_comparison(cands: list, data, cfg: AttackConfig, *, reference: str, tran
         old["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         doc = old
     doc = all_gather_objects(doc)[0]
-    save = (lambda: write_json(out, doc)) if out is not None and is_main() else (lambda: None)
+
+    def save() -> None:  # the figures (worst case, intervals, differences to the reference) beside the flags
+        if out is not None and is_main():
+            doc["summary"] = {k_: v for k_, v in summarize_comparison(doc).items() if k_ != "indices"}
+            write_json(out, doc)
+
     reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
     for eps in cfg.eps:
         run = next((r for r in doc["runs"] if abs(r["eps"] - eps) < 1e-12), None)

@@ -75,6 +75,9 @@ def test_base_and_two_hardened_side_by_side(three, base_run, hardened_from_base,
     assert json.loads(single.read_text())["indices"] == doc["indices"] == s["indices"]
     for lab in labels:
         assert len(doc["runs"][0]["models"][lab]["clean"]) == 16
+        # the file itself holds each model's worst case with its interval, and the differences to the reference
+        assert doc["summary"]["models"][lab]["worst_case_ci95"] == s["models"][lab]["worst_case_ci95"]
+    assert doc["summary"]["difference"] == s["difference"] and doc["summary"]["reference"] == labels[0]
     # ODE-aware attacks only where there is an ODE; transfer sources named
     assert "fixed-step-apgd-ce" in doc["plan"]["hardened.safetensors"] and "fixed-step-apgd-ce" not in doc["plan"]["base.safetensors"]
     src = {m["label"]: m["transfer_source"] for m in doc["models"]}
