@@ -614,6 +614,9 @@ def estimate_plan(entries: list[dict], x: torch.Tensor, y: torch.Tensor, cfg: At
             units, what = _units(name, p)
             per_sample = units * (g_via if what == "grad" else f_via) + fwd * (2 if e.get("judge_alone") else 1)
             per_eps += per_sample * acc * len(y)
+        if cfg.checks:  # masking checks: PGD-20 at a very large eps, and forward passes in other batch compositions
+            m_chk = min(cfg.check_samples, len(y))
+            per_eps += m_chk * (20 * grad + 3 * fwd + (cost(e["fixed"])[0] if e.get("fixed") is not None else 0.0))
         seconds = per_eps * len(cfg.eps)
         total += seconds
         models.append({"label": e["label"], "attacks": list(e["attacks"]), "clean_first_batch": acc,
@@ -745,6 +748,7 @@ def run_comparison(cands: list, data, cfg: AttackConfig, *, reference: str, tran
             write_json(out, doc)
 
     reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
+    t_run = time.perf_counter()
     for eps in cfg.eps:
         run = next((r for r in doc["runs"] if abs(r["eps"] - eps) < 1e-12), None)
         if run is None:
@@ -781,6 +785,7 @@ def run_comparison(cands: list, data, cfg: AttackConfig, *, reference: str, tran
     reporter.end("all attacks")
     doc["complete"] = True
     doc["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    doc["seconds_run"] = time.perf_counter() - t_run  # attacks and checks of this session, to compare with the estimate
     save()
     return doc
 
@@ -846,7 +851,7 @@ def plan_text(plan: dict) -> str:
                      f"(clean {100 * m['clean_first_batch']:.0f}% on the timing batch; about {_duration(m['estimated_seconds'])})")
     lines.append(f"estimated time: about {_duration(plan['estimated_seconds'])} (timed on the first batch of "
                  f"{plan['timing_batch']} images; assumes every attack runs on every clean-correct sample, so a cascade "
-                 "usually ends sooner" + ("; masking checks not included" if plan.get("checks") else "") + ")")
+                 "usually ends sooner" + ("; masking checks included" if plan.get("checks") else "") + ")")
     return "\n".join(lines)
 
 

@@ -484,6 +484,7 @@ def _comparison_data(doc: dict, label: str) -> dict:
         "versions": ", ".join(f"{k} {v}" for k, v in vers.items() if k in ("sodef-cli", "torch", "timm", "torchattacks", "torchdiffeq")) or "-",
         "run": ("complete" if complete else "INTERRUPTED (partial results)") + f"; started {doc.get('started') or '?'}"
                + (f", finished {doc['finished']}" if doc.get("finished") else "") + f"; attack time {spent:.1f} s"
+               + (f", attacks and checks {doc['seconds_run']:.1f} s" if isinstance(doc.get("seconds_run"), (int, float)) else "")
                + (f" (estimated before the run: {est:.1f} s)" if isinstance(est, (int, float)) else ""),
     }
     notes = []
