@@ -816,9 +816,9 @@ def _comparison_blocks(fd: dict) -> list[dict]:
     models, tags, ref, norm = fd["models"], fd["tags"], fd["reference"], fd["norm"]
     tag = dict(zip(models, tags))
     others = [lab for lab in models if lab != ref]
-    order: dict[str, None] = {}
+    order: dict[str, None] = {}  # rows in the order of the longest plan (an ODE model's), then the others'
     for r in fd["runs"]:
-        for lab in models:
+        for lab in sorted(models, key=lambda m: -len((r["models"].get(m) or {}).get("attacks", {}))):
             md = r["models"].get(lab)
             for name in list(md["attacks"]) + list(md["missing"]) if md else []:
                 order.setdefault(name)
