@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -223,14 +222,14 @@ def _first_block(text: str, fmt: str) -> str:
 
 @pytest.mark.parametrize("fmt", ["table", "markdown", "html", "json"])
 def test_the_verdict_is_the_first_block_of_every_format(three, base_run, hardened_from_base, fmt):
+    from sodef_cli.io import read_metadata
     from sodef_cli.models import hardened_meta
     from sodef_cli.report import to_text
 
     docs = {
         "results": results_data([json.loads(three[0].read_text())], labels=["three.json"]),
         "card": card_data(hardened_meta(hardened_from_base[0]), path=str(hardened_from_base[0])),
-        "base card": base_card_data(json.loads(json.dumps(__import__("sodef_cli.io", fromlist=["x"]).read_metadata(base_run[0]))),
-                                    path=str(base_run[0])),
+        "base card": base_card_data(read_metadata(base_run[0]), path=str(base_run[0])),
     }
     for name, data in docs.items():
         out = render(data, fmt)
