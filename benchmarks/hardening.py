@@ -39,8 +39,10 @@ ARMS = {
     "B": ("continued FGSM training, same parameters as D", lambda a: ["--head", "linear", "--adv-attack", "fgsm"]),
     "C": ("linear head alone, frozen backbone", lambda a: ["--head", "linear", "--adv-stages", "0"]),
     "D": ("the recipe: linear head + last stages", lambda a: []),
-    "E": ("SODEF head alone (fixed-step, stability terms), frozen backbone", lambda a: ["--head", "sodef", "--adv-stages", "0"]),
-    "F": ("SODEF head + last stages (D with the SODEF head)", lambda a: ["--head", "sodef"]),
+    # the SODEF arms clip gradients at norm 10: the stability terms' exponentials diverged F at epoch 4 without it
+    "E": ("SODEF head alone (fixed-step, stability terms), frozen backbone",
+          lambda a: ["--head", "sodef", "--adv-stages", "0", "--set", "adversarial.grad_clip=10"]),
+    "F": ("SODEF head + last stages (D with the SODEF head)", lambda a: ["--head", "sodef", "--set", "adversarial.grad_clip=10"]),
 }
 
 

@@ -235,12 +235,14 @@ def adversarial_train(
     reporter,
     extra_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
     eval_model: nn.Module | None = None,
+    lr_scale: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Train the parameters named ``trained`` of ``model`` adversarially; load the best epoch's weights into it.
 
     ``cfg`` is an :class:`~sodef_cli.config.AdversarialConfig`. ``extra_loss(model, x)`` adds a term to the loss
     (the SODEF stability terms). ``eval_model`` (default ``model``) is what selection attacks: it must share
-    ``model``'s weights. Returns the history and selection as data.
+    ``model``'s weights. ``lr_scale`` multiplies the learning rate of the parameters it names. Returns the
+    history and selection as data.
     """
     eval_model = eval_model if eval_model is not None else model
     tset = set(trained)
@@ -261,15 +263,18 @@ def adversarial_train(
             for _, m in modules:
                 m.train()
 
-    decay, no_decay = [], []
-    for n in trained:
-        (no_decay if params[n].ndim <= 1 else decay).append(params[n])
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    lr_scale = lr_scale or {}
+    buckets: dict[tuple[bool, float], list] = {}
+    for n in trained:  # no weight decay on biases and norms; some parameters (an ODE function) at a scaled lr
+        buckets.setdefault((params[n].ndim > 1, float(lr_scale.get(n, 1.0))), []).append(params[n])
+    groups = [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
+              for (decay, scale), ps in sorted(buckets.items())]
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    trainable = [params[n] for n in trained]
     steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch
     if total >= 8:
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=cfg.warmup,
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=total, pct_start=cfg.warmup,
                                                     anneal_strategy="linear", cycle_momentum=False)
     else:  # too few steps for a warm-up
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
@@ -325,9 +330,11 @@ def adversarial_train(
                 loss = loss + extra_loss(model, x)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(f"adversarial training: loss became {loss.item()} at epoch {epoch}, step {step}; "
-                                            "lower adversarial.lr. No output was written")
+                                            "lower adversarial.lr or clip gradients (adversarial.grad_clip, e.g. 10). No output was written")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             opt.step()
             sched.step()
             step += 1

@@ -159,6 +159,8 @@ class AdversarialConfig:
     select_steps: int = 10  # PGD steps of the selection attack
     ode_solver: str = "rk4"  # fixed-step solver used whenever training differentiates through the ODE
     stability_weight: float = 1.0  # SODEF head: weight of the stability regularizers during adversarial training
+    lr_ode: float = 0.01  # SODEF head: the ODE function's learning rate as a fraction of lr (phase 3 also keeps f's small)
+    grad_clip: float = 0.0  # clip the gradient norm of the trained parameters (0 = off); the SODEF head's exp terms need it
 
 
 @dataclass(frozen=True)
@@ -377,8 +379,9 @@ def _validate_adversarial(cfg: "HardenConfig") -> None:
         raise UsageError("adversarial.eps must be in (0, 1], step >= 0, steps >= 1 and beta >= 0")
     if a.epochs < 1 or a.batch_size < 1 or a.lr <= 0 or not 0.0 <= a.warmup < 1.0 or not 0.0 <= a.ema < 1.0:
         raise UsageError("adversarial.epochs, batch_size must be >= 1, lr > 0, warmup in [0, 1) and ema in [0, 1)")
-    if a.stages < 0 or a.select_n < 1 or a.select_steps < 1 or a.stability_weight < 0:
-        raise UsageError("adversarial.stages must be >= 0, select_n and select_steps >= 1, stability_weight >= 0")
+    if a.stages < 0 or a.select_n < 1 or a.select_steps < 1 or a.stability_weight < 0 or a.lr_ode < 0 or a.grad_clip < 0:
+        raise UsageError("adversarial.stages must be >= 0, select_n and select_steps >= 1, stability_weight, lr_ode and "
+                         "grad_clip >= 0")
     if cfg.head.kind == "sodef" and a.ode_solver not in FIXED_SOLVERS:
         raise UsageError(
             f"adversarial training differentiates through the ODE with a fixed-step solver, but adversarial.ode_solver is "

@@ -425,8 +425,9 @@ def _adversarial_stage(cfg: HardenConfig, backbone, spec: ModelSpec, head: SODEF
     if a.stages:
         what += f" + the last {a.stages} backbone stage(s) ({len(stage_names)} tensors)"
     reporter.log(f"adversarial training of {what}: {a.attack}, eps {a.eps:.4g}, {a.epochs} epoch(s)")
+    lr_scale = {n: a.lr_ode for n in trained if n.startswith("head.ode.odefunc.")}
     rec = adversarial_train(model, trained, data.train, tr_idx, data.train, val_idx, a, device=device, generator=generator,
-                            reporter=reporter, extra_loss=extra_loss)
+                            reporter=reporter, extra_loss=extra_loss, lr_scale=lr_scale)
     tuned_state = [n[len("backbone."):] for n in trained_state_names(model, set(trained)) if n.startswith("backbone.")]
     # bitwise check: everything outside the trained stages is the original
     orig, new = backbone.state_dict(), tuned.state_dict()

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .adversarial import random_crop_flip
 from .backbone import BaseClassifier, ModelSpec, _hub_cfg, create_timm
 from .config import PretrainConfig, to_dict
 from .data import load_data, stratified_split
@@ -23,19 +24,6 @@ from .phases import Reporter
 from .runtime import resolve_device, seed_everything
 
 __all__ = ["pretrain", "random_crop_flip", "pgd_linf"]
-
-
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding of size/8 and a horizontal flip, per sample. x: float (B,C,H,W)."""
-    b, _, h, w = x.shape
-    pad = max(1, h // 8)
-    xp = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).tolist()
-    flip = torch.rand(b, generator=generator) < 0.5
-    out = torch.stack([xp[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
-    out[flip] = out[flip].flip(-1)
-    return out
 
 
 def pgd_linf(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int, random_start: bool = True) -> torch.Tensor:

@@ -329,3 +329,24 @@ def test_adversarial_train_keeps_the_best_pgd_epoch_and_rejects_overfitting(monk
     final = model.state_dict()
     assert all(torch.equal(final[k], v) for k, v in seen[2].items())  # the weights evaluated at epoch 2
     assert not all(torch.equal(final[k], v) for k, v in seen[3].items())  # not the last epoch's
+
+
+def test_lr_scale_and_gradient_clipping_reach_the_optimizer(monkeypatch):
+    import sodef_cli.adversarial as adv
+    from sodef_cli.config import AdversarialConfig
+
+    scores = iter([0.1, 0.1, 0.1, 0.9, 0.9, 0.9])  # epoch 1 wins selection, so its weights are the ones kept
+    monkeypatch.setattr(adv, "robust_accuracy", lambda *a, **k: next(scores))
+    model = _tiny_net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = _Images(64, 0)
+    cfg = AdversarialConfig(attack="fgsm", epochs=1, batch_size=32, lr=0.5, select_n=8, augment=False, grad_clip=1e-3,
+                            weight_decay=0.0)
+    adversarial_train(model, ["5.weight", "5.bias"], data,
+                      torch.arange(32), data, torch.arange(32, 64), cfg, device=torch.device("cpu"),
+                      generator=torch.Generator().manual_seed(0), reporter=_QUIET, lr_scale={"5.weight": 0.0})
+    after = model.state_dict()
+    assert torch.equal(after["5.weight"], before["5.weight"])  # lr x 0: never moves
+    moved = (after["5.bias"] - before["5.bias"]).abs().max().item()
+    # two SGD steps whose gradient norm is clipped to 1e-3 (momentum 0.9, peak lr 0.5) move the bias by < 2e-3
+    assert 0 < moved < 2e-3
