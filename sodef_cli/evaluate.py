@@ -307,6 +307,15 @@ def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str 
     return doc
 
 
+def _eps_run(doc: dict, eps: float) -> dict:
+    """The record of ``eps`` in ``doc["runs"]``, created (not done) when missing: a resumed run continues it."""
+    run = next((r for r in doc["runs"] if abs(r["eps"] - eps) < 1e-12), None)
+    if run is None:
+        run = {"eps": eps, "models": {}, "done": False}
+        doc["runs"].append(run)
+    return run
+
+
 def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: AttackConfig, *, plan: dict, n_classes: int,
             fixed_step: float | None, doc: dict, save, reporter, device) -> dict:
     """Run every eps of ``cfg`` over both models into ``doc["runs"]``, skipping finished attacks."""
@@ -314,10 +323,7 @@ def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Attac
     indices = list(range(len(y_all)))
 
     for eps in cfg.eps:
-        run = next((r for r in doc["runs"] if abs(r["eps"] - eps) < 1e-12), None)
-        if run is None:
-            run = {"eps": eps, "models": {}, "done": False}
-            doc["runs"].append(run)
+        run = _eps_run(doc, eps)
         if run.get("done"):
             continue
         for mname in ("base", "hardened"):
@@ -455,12 +461,16 @@ def differences(run: dict) -> dict:
     models = run.get("models", {})
     if "clean" not in models.get("base", {}) or "clean" not in models.get("hardened", {}):
         return {}
-    fb, fh = paired_flags(models["base"]), paired_flags(models["hardened"])
+    return _paired_figures(paired_flags(models["base"]), paired_flags(models["hardened"]))
+
+
+def _paired_figures(fa: dict[str, list], fb: dict[str, list]) -> dict[str, Any]:
+    """b - a for every figure both flag sets have: the difference, ``_ci95``, ``_p`` (McNemar) and ``_discordant``."""
     out: dict[str, Any] = {}
     for key in fb:
-        if key not in fh or len(fb[key]) != len(fh[key]):
+        if key not in fa or len(fa[key]) != len(fb[key]):
             continue
-        d = paired_difference(fb[key], fh[key])
+        d = paired_difference(fa[key], fb[key])
         if d is None:
             continue
         name = key.split(":", 1)[-1]
@@ -750,10 +760,7 @@ def run_comparison(cands: list, data, cfg: AttackConfig, *, reference: str, tran
     reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
     t_run = time.perf_counter()
     for eps in cfg.eps:
-        run = next((r for r in doc["runs"] if abs(r["eps"] - eps) < 1e-12), None)
-        if run is None:
-            run = {"eps": eps, "models": {}, "done": False}
-            doc["runs"].append(run)
+        run = _eps_run(doc, eps)
         if run.get("done"):
             continue
         for e in entries:
@@ -801,20 +808,7 @@ def comparison_differences(run: dict, reference: str) -> dict[str, dict]:
     for lab, mrec in models.items():
         if lab == reference or "clean" not in mrec:
             continue
-        fm = paired_flags(mrec)
-        d_out: dict[str, Any] = {}
-        for key in fm:
-            if key not in fr or len(fr[key]) != len(fm[key]):
-                continue
-            d = paired_difference(fr[key], fm[key])
-            if d is None:
-                continue
-            name = key.split(":", 1)[-1]
-            d_out[name] = d["diff"]
-            d_out[f"{name}_ci95"] = d["diff_ci95"]
-            d_out[f"{name}_p"] = d["p_mcnemar"]
-            d_out[f"{name}_discordant"] = d["discordant"]
-        out[lab] = d_out
+        out[lab] = _paired_figures(fr, paired_flags(mrec))
     return out
 
 

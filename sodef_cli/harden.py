@@ -248,8 +248,11 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: 
         hard_test = accuracy_from_logits(logits_test, y_test)
         hard_val = sodef_metrics["phases"]["phase3"]["val_acc"]
     else:  # the backbone or the head changed in image space: measure the model as shipped on the images
-        hard_test = _image_accuracy(hardened, data.test, torch.arange(len(data.test)), device, cfg.feature_batch_size)
-        hard_val = _image_accuracy(hardened, data.train, val_idx, device, cfg.feature_batch_size)
+        from .adversarial import robust_accuracy
+
+        clean = dict(kind="none", eps=0.0, steps=0, device=device, batch_size=cfg.feature_batch_size)
+        hard_test = robust_accuracy(hardened, data.test, torch.arange(len(data.test)), **clean)
+        hard_val = robust_accuracy(hardened, data.train, val_idx, **clean)
 
     if state_digest(backbone) != digest_before:  # pragma: no cover - a bug, never a user error
         raise SodefError("internal error: the frozen backbone changed during hardening; no file written")
@@ -373,16 +376,6 @@ def _hardened_model(backbone, spec: ModelSpec, head: SODEFHead | None, linear: t
     if head is not None:
         return HardenedClassifier(backbone, spec, head)
     return BaseClassifier(backbone, spec, linear)
-
-
-@torch.no_grad()
-def _image_accuracy(model, images, idx: torch.Tensor, device, batch_size: int) -> float:
-    """Clean accuracy of ``model`` (fp32, as shipped) on ``images[idx]``."""
-    correct = 0
-    for i in range(0, len(idx), batch_size):
-        j = idx[i : i + batch_size]
-        correct += int((model(images.floats(j).to(device)).argmax(1).cpu() == images.labels[j]).sum())
-    return correct / max(1, len(idx))
 
 
 def _adversarial_stage(cfg: HardenConfig, backbone, spec: ModelSpec, head: SODEFHead | None, probe, data, tr_idx, val_idx, *,

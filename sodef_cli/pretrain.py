@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .adversarial import random_crop_flip
+from .adversarial import random_crop_flip, robust_accuracy
 from .backbone import BaseClassifier, ModelSpec, _hub_cfg, create_timm
 from .config import PretrainConfig, to_dict
 from .data import load_data, stratified_split
@@ -39,13 +39,8 @@ def pgd_linf(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: floa
     return (x + delta).detach()
 
 
-@torch.no_grad()
 def _accuracy(model, images, idx: torch.Tensor, device, batch_size: int) -> float:
-    correct = 0
-    for i in range(0, len(idx), batch_size):
-        j = idx[i : i + batch_size]
-        correct += int((model(images.floats(j).to(device)).argmax(1).cpu() == images.labels[j]).sum())
-    return correct / max(1, len(idx))
+    return robust_accuracy(model, images, idx, kind="none", eps=0.0, steps=0, device=device, batch_size=batch_size)
 
 
 def _robust_accuracy(model, images, idx, device, batch_size: int, eps: float) -> float:
