@@ -5,12 +5,13 @@
 
 CIFAR_DIR is CIFAR-10 in ImageFolder layout (``train/<class>/*.jpg`` and ``test/<class>/*.jpg``). Every trained arm
 starts from the same base with the same data, the same epoch budget and the same optimizer settings (those of
-``--recipe``, the winning arm D), and is evaluated by the same ``sodef attack`` on the same ``--n`` test images:
+``--recipe``; each arm sets its own head and training attack), and is evaluated by the same ``sodef attack`` on the
+same ``--n`` test images:
 
 - A: the base as it is;
 - B: continued FGSM adversarial training of the same parameters as D (more training, not a better method);
-- C: the linear head alone, adversarially (the recipe's attack), frozen backbone;
-- D: the recipe: linear head + the last stages, PGD/TRADES;
+- C: the linear head alone, PGD-5, frozen backbone;
+- D: linear head + the last stages, PGD-5;
 - E: the SODEF head trained adversarially through the fixed-step solver, stability terms on, frozen backbone;
 - F: D with the SODEF head in place of the linear one.
 
@@ -37,12 +38,13 @@ BASE_ATTACKS = ("apgd-ce", "apgd-t", "square")  # what A faces: attacks that nee
 
 ARMS = {
     "B": ("continued FGSM training, same parameters as D", lambda a: ["--head", "linear", "--adv-attack", "fgsm"]),
-    "C": ("linear head alone, frozen backbone", lambda a: ["--head", "linear", "--adv-stages", "0"]),
-    "D": ("the recipe: linear head + last stages", lambda a: []),
+    "C": ("linear head alone, PGD-5, frozen backbone", lambda a: ["--head", "linear", "--adv-attack", "pgd", "--adv-stages", "0"]),
+    "D": ("linear head + last 4 stages, PGD-5", lambda a: ["--head", "linear", "--adv-attack", "pgd"]),
     # the SODEF arms clip gradients at norm 10: the stability terms' exponentials diverged F at epoch 4 without it
     "E": ("SODEF head alone (fixed-step, stability terms), frozen backbone",
-          lambda a: ["--head", "sodef", "--adv-stages", "0", "--set", "adversarial.grad_clip=10"]),
-    "F": ("SODEF head + last stages (D with the SODEF head)", lambda a: ["--head", "sodef", "--set", "adversarial.grad_clip=10"]),
+          lambda a: ["--head", "sodef", "--adv-attack", "pgd", "--adv-stages", "0", "--set", "adversarial.grad_clip=10"]),
+    "F": ("SODEF head + last 4 stages, PGD-5 (D with the SODEF head)",
+          lambda a: ["--head", "sodef", "--adv-attack", "pgd", "--set", "adversarial.grad_clip=10"]),
 }
 
 
@@ -165,7 +167,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="CIFAR-10 in ImageFolder layout (train/ and test/)")
     ap.add_argument("--base", default=str(ROOT / "sodef_cli/assets/demo_base.safetensors"))
-    ap.add_argument("--recipe", default=str(ROOT / "recipes/adversarial.toml"), help="arm D; every arm shares its budgets")
+    ap.add_argument("--recipe", default=str(ROOT / "recipes/adversarial.toml"),
+                    help="budgets every arm shares (epochs, lr, weight averaging, stages); each arm sets its head and attack")
     ap.add_argument("--arms", default="B,C,D,E,F", help="trained arms to run (A comes with every run)")
     ap.add_argument("--n", type=int, default=1000, help="test images attacked (default 1000)")
     ap.add_argument("--attacks", default="", help="comma-separated attacks instead of the default list")
