@@ -6,7 +6,7 @@ Every attack maps clean images x in [0,1] (and labels y) to adversarial images i
 9 targets x 100, FAB-T 9 targets x 100, Square 5,000 queries); ``--steps``/``--queries`` can lower
 them, and results then record the reduced settings.
 
-ODE-specific attacks (SODEF.md 7.4), for hardened models only:
+ODE-specific attacks (adaptive attacks on ODE defenses), for hardened models only:
 - ``transfer-apgd-ce`` / ``transfer-pgd``: made on the base classifier (same backbone, no ODE);
 - ``fixed-step-apgd-ce`` / ``fixed-step-pgd``: gradients through a fixed-step RK4 copy of the ODE;
 - ``bpda-apgd-ce``: true ODE forward, identity backward;
@@ -98,7 +98,7 @@ def _apgd_surrogate(model, x, y, p: AttackParams) -> torch.Tensor:
     """APGD-CE on a surrogate (the base, or a differentiable copy), keeping every point's highest-loss iterate.
 
     torchattacks' default returns the clean image wherever the *surrogate* was not fooled, which would make a
-    transfer attack a no-op on exactly the points that matter (SODEF.md 7.4: keep the best-loss points).
+    transfer attack a no-op on exactly the points that matter (keep the best-loss points).
     """
     atk = _ta("APGD", model, p, norm=p.norm, eps=p.eps, steps=_steps(p, 100), n_restarts=1, seed=p.seed, loss="ce")
     torch.manual_seed(p.seed)

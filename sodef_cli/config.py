@@ -49,7 +49,7 @@ FIXED_SOLVERS = ("rk4", "euler", "midpoint", "explicit_adams")
 
 @dataclass(frozen=True)
 class HeadConfig:
-    """The SODEF head: projection -> ODE -> linear classifier (SODEF.md sections 1 and 4.5)."""
+    """The SODEF head: projection -> ODE -> linear classifier."""
 
     dim: int = 64  # n, the ODE state size
     odefunc: str = "sin"  # "sin": f(z)=sin(-(Wz+b)); "sin3": 3 layers n->hidden->hidden->n
@@ -69,7 +69,7 @@ class RegularizerConfig:
 
     form: str = "code"  # "code" | "paper"
     convention: str = "column"  # diagonal dominance over "column" (code) or "row" (paper) sums
-    # code form (SODEF.md 3.2): w_f*mean((e_f f)^2) + w_d*mean exp(e(J_ii+tau)) + w_o*mean exp(e_o(off-|J_jj|+tau_o))
+    # code form (the released SODEF code): w_f*mean((e_f f)^2) + w_d*mean exp(e(J_ii+tau)) + w_o*mean exp(e_o(off-|J_jj|+tau_o))
     weight_f: float = 0.1
     weight_diag: float = 10.0
     weight_offdiag: float = 0.0
@@ -78,7 +78,7 @@ class RegularizerConfig:
     exponent_off: float = 0.1
     trans_off: float = 1.0
     exponent_f: float = 50.0
-    # paper form (SODEF.md 3.1): a1*||f|| + a2*exp(sum_i J_ii) + a3*exp(sum_i(-|J_ii| + sum_j!=i |J_ij|))
+    # paper form (eq. 7 of the paper): a1*||f|| + a2*exp(sum_i J_ii) + a3*exp(sum_i(-|J_ii| + sum_j!=i |J_ij|))
     alpha_f: float = 1.0
     alpha_diag: float = 0.05
     alpha_offdiag: float = 0.05

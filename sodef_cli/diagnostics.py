@@ -1,4 +1,4 @@
-"""Stability diagnostics of a SODEF head on a sample of features (SODEF.md sections 3.4 and 5).
+"""Stability diagnostics of a SODEF head on a sample of features (Kang et al., NeurIPS 2021: stability at z(0)).
 
 All figures are data (a dict of floats); rendering lives in ``report.py``. ``card_diagnostics`` computes
 the model card's figures for a hardened file on a sample of test images (``sodef report FILE``).

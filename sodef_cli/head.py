@@ -4,8 +4,8 @@ Shapes: backbone features h (B, d) -> z(0) = P h (B, n) with P having orthonorma
 (torch's own orthogonal parametrization) -> z(T) = ODESolve(f, z(0), [0, T]) -> logits (B, k).
 
 ODE function families (``ODEFUNCS``), each autonomous and with an exact batched Jacobian:
-- ``sin``: f(z) = sin(-(W z + b)), the authors' code (SODEF.md 1.2); J = -diag(cos u) W, u = -(Wz+b).
-- ``sin3``: three such layers n -> hidden -> hidden -> n (the TRADES variant, SODEF.md 1.3).
+- ``sin``: f(z) = sin(-(W z + b)), the authors' code; J = -diag(cos u) W, u = -(Wz+b).
+- ``sin3``: three such layers n -> hidden -> hidden -> n (the authors' TRADES variant).
 """
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ class _IdentityBackward(torch.autograd.Function):
 
 
 class IdentityBackwardODE(nn.Module):
-    """BPDA: the true ODE forward, an identity backward (SODEF.md 7.4 item 5)."""
+    """BPDA: the true ODE forward, an identity backward."""
 
     def __init__(self, block: ODEBlock):
         super().__init__()
@@ -196,7 +196,7 @@ class IdentityBackwardODE(nn.Module):
 
 
 def simplex_classifier(num_classes: int, dim: int) -> torch.Tensor:
-    """V (k, n): unit rows with pairwise cosine -1/(k-1), the regular simplex (SODEF.md 2).
+    """V (k, n): unit rows with pairwise cosine -1/(k-1), the regular simplex.
 
     Closed form V = sqrt(k/(k-1)) (I_k - 11^T/k) Q^T with Q = the first k columns of I_n.
     """

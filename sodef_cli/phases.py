@@ -150,7 +150,7 @@ def phase1(head, h_tr, y_tr, h_val, y_val, V: torch.Tensor, cfg: Phase1Config, *
 
 
 def phase2(odefunc, z_tr: torch.Tensor, cfg: Phase2Config, reg: RegularizerConfig, *, device, generator, reporter: Reporter) -> dict:
-    """Fit f with the stability regularizers alone (SODEF.md 3.2). Returns last-epoch mean terms."""
+    """Fit f with the stability regularizers alone. Returns last-epoch mean terms."""
     opt = torch.optim.Adam(odefunc.parameters(), lr=cfg.lr, eps=cfg.eps, amsgrad=cfg.amsgrad)
     steps = max(1, math.ceil(len(z_tr) / cfg.batch_size))
     reporter.start("phase 2", cfg.epochs * steps)

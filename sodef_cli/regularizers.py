@@ -1,4 +1,4 @@
-"""SODEF stability terms as pure functions (SODEF.md sections 3.1, 3.2, 8.2).
+"""SODEF stability terms as pure functions (the paper's eq. 7 and the released code's form).
 
 Every constant is an argument (a :class:`~sodef_cli.config.RegularizerConfig` field). The Jacobian
 statistics are exact and batched: closed form for the built-in ``sin`` family (no n x n matrix per
