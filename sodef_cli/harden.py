@@ -21,6 +21,7 @@ from .diagnostics import jacobian_stability
 from .errors import ModelError, ModelFileError, OutputError, SodefError, TrainingDivergedError, UsageError
 from .head import HardenedClassifier, SODEFHead, simplex_classifier
 from .io import load_tensors, read_metadata, save_model_file, sha256_file, versions
+from .models import is_file_arg
 from .phases import Reporter, accuracy_from_logits, batched_logits, extract_features, fit_probe, phase1, phase2, phase3, stability_warning
 from .regularizers import stability_loss
 from .distributed import device_for_rank, is_main, local, rank
@@ -107,7 +108,7 @@ def _load_model(cfg: HardenConfig, reporter: Reporter):
     src = Path(cfg.model) if cfg.model else None
     if not cfg.model:
         raise ModelError("no model given: pass a timm name (e.g. resnet18) or a file made by `sodef pretrain`")
-    if src is not None and (src.suffix in (".safetensors", ".pth", ".pt", ".bin") or src.exists()):
+    if src is not None and is_file_arg(cfg.model):
         if src.suffix != ".safetensors":
             raise ModelFileError(
                 f"{src}: a model file must be a `sodef pretrain` safetensors file; for other weights use "

@@ -86,10 +86,10 @@ def _hardened(path, meta: dict, tensors: dict[str, torch.Tensor], backbone: nn.M
         own = backbone.state_dict()
         check_shapes({k: own[k].shape for k in tuned if k in own}, tuned, f"{path}: tuned backbone tensors do not fit the backbone")
         backbone = copy.deepcopy(backbone)  # the base keeps the original weights, bit for bit
+        state = backbone.state_dict()  # tensors shared with the copy's parameters and buffers
         with torch.no_grad():
             for k, v in tuned.items():
-                own_t = backbone.state_dict()[k]
-                own_t.copy_(v)
+                state[k].copy_(v)
     cfg = _head_config(meta)
     if cfg.kind == "linear":
         return BaseClassifier(backbone, spec, _linear(path, split_state(tensors, "linear."), "linear head"))
@@ -106,7 +106,8 @@ def _hardened(path, meta: dict, tensors: dict[str, torch.Tensor], backbone: nn.M
 
 
 def load_pair(path: str | Path, device: str | torch.device = "cpu") -> tuple[BaseClassifier, HardenedClassifier, dict]:
-    """(base, hardened, metadata) from one hardened file; the two share the backbone."""
+    """(base, hardened, metadata) from one hardened file; the two share the backbone unless adversarial training
+    tuned some of its stages (then the base keeps the original weights)."""
     base, hardened, meta = _build(path, device)
     if hardened is None:
         raise ModelFileError(f"{path} is a base model file (from `sodef pretrain`), not a hardened one")
@@ -146,7 +147,8 @@ class Candidate:
     classes: list[str] = field(default_factory=list)
 
 
-def _is_file_arg(arg: str) -> bool:
+def is_file_arg(arg: str) -> bool:
+    """Whether a MODEL argument names a file (by its suffix, or because it exists) rather than a timm name."""
     p = Path(arg)
     return p.suffix in (".safetensors", ".pth", ".pt", ".bin") or p.exists()
 
@@ -154,7 +156,7 @@ def _is_file_arg(arg: str) -> bool:
 def describe_model(arg: str) -> dict[str, Any]:
     """What a MODEL argument is, from metadata only (nothing loaded): kind ("hardened", "base" or "timm"),
     input size and classes where a file records them. ``ModelFileError``/``ModelError`` for what is no model."""
-    if _is_file_arg(arg):
+    if is_file_arg(arg):
         if Path(arg).suffix in (".pth", ".pt", ".bin"):
             raise ModelFileError(f"{arg}: a model file must be a safetensors file made by `sodef pretrain` or `sodef harden`; "
                                  "for other weights pass the timm name and --checkpoint FILE")
