@@ -390,7 +390,8 @@ def _adversarial_stage(cfg: HardenConfig, backbone, spec: ModelSpec, head: SODEF
     from .adversarial import adversarial_train, stage_parameters, trained_state_names
 
     a = cfg.adversarial
-    tuned = copy.deepcopy(backbone)
+    # a copy only when backbone tensors will change (stages, or the model's own classifier as the linear head)
+    tuned = copy.deepcopy(backbone) if a.stages or (head is None and probe is None) else backbone
     stage_names = stage_parameters(tuned, a.stages)  # UsageError when the model has fewer stages
     trained = [f"backbone.{n}" for n in stage_names]
     linear = None
