@@ -238,13 +238,16 @@ def append_results(benchmark: str, env: dict[str, Any], figures: str, *, path: s
     return p
 
 
-def run_sodef(args: list[str], env: dict) -> tuple[dict, float, float]:
-    """Run ``python -m sodef_cli ARGS --json`` as its own process: (parsed stdout, wall seconds, peak RSS MiB of it alone)."""
+def run_sodef(args: list[str], env: dict, log: str | Path | None = None) -> tuple[dict, float, float]:
+    """Run ``python -m sodef_cli ARGS --json`` as its own process: (parsed stdout, wall seconds, peak RSS MiB of it alone).
+
+    ``log``: a file that receives the process's stderr (its progress) as it runs.
+    """
     import os
     import subprocess
     import tempfile
 
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    with tempfile.TemporaryFile("w+") as out, (open(log, "w+") if log else tempfile.TemporaryFile("w+")) as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "sodef_cli", *args], stdout=out, stderr=err, env=env, text=True)
         _, status, usage = os.wait4(proc.pid, 0)

@@ -39,7 +39,7 @@ BASE_ATTACKS = ("apgd-ce", "apgd-t", "square")  # what A faces: attacks that nee
 ARMS = {
     "B": ("continued FGSM training, same parameters as D", lambda a: ["--head", "linear", "--adv-attack", "fgsm"]),
     "C": ("linear head alone, PGD-5, frozen backbone", lambda a: ["--head", "linear", "--adv-attack", "pgd", "--adv-stages", "0"]),
-    "D": ("linear head + last 4 stages, PGD-5", lambda a: ["--head", "linear", "--adv-attack", "pgd"]),
+    "D": ("linear head + last stages, the recipe's attack", lambda a: ["--head", "linear"]),
     # the SODEF arms clip gradients at norm 10: the stability terms' exponentials diverged F at epoch 4 without it
     "E": ("SODEF head alone (fixed-step, stability terms), frozen backbone",
           lambda a: ["--head", "sodef", "--adv-attack", "pgd", "--adv-stages", "0", "--set", "adversarial.grad_clip=10"]),
@@ -59,7 +59,7 @@ def _arm(name: str, args, env: dict) -> dict:
     extra = ARMS[name][1](args)
     cmd = ["harden", args.base, "--data", args.data, "--recipe", args.recipe, "--out", str(model), "--json", *extra]
     rec["harden_command"] = "sodef " + " ".join(cmd)
-    summary, wall, peak = run_sodef(cmd, env)
+    summary, wall, peak = run_sodef(cmd, env, log=work / f"arm_{name}.harden.log")
     rec["harden"] = {"wall_s": wall, "peak_rss_mib": peak, "timings_s": summary["timings_s"], "base": summary["base"],
                      "hardened": summary["hardened"], "check": summary.get("check"),
                      "adversarial": {k: v for k, v in (summary.get("adversarial") or {}).items()
@@ -71,7 +71,7 @@ def _arm(name: str, args, env: dict) -> dict:
     acmd = ["attack", str(model), "--data", args.data, "--samples", str(args.n), "--attacks", ",".join(attacks),
             "--batch-size", str(args.batch_size), "--out", str(results), "--json"]
     rec["attack_command"] = "sodef " + " ".join(acmd)
-    _, wall, peak = run_sodef(acmd, env)
+    _, wall, peak = run_sodef(acmd, env, log=work / f"arm_{name}.attack.log")
     rec["attack"] = {"wall_s": wall, "peak_rss_mib": peak, "results": str(results)}
     rec_path.write_text(json.dumps(rec, indent=1))
     return rec

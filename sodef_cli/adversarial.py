@@ -300,6 +300,11 @@ def adversarial_train(
             state[k].copy_(v)
 
     history = [evaluate(0)]  # epoch 0: the starting point, a candidate like any other
+
+    def eligible(rec: dict[str, Any]) -> bool:
+        """An epoch may be kept unless it costs more clean accuracy than ``cfg.max_clean_drop`` points."""
+        return cfg.max_clean_drop < 0 or 100 * (history[0]["val_clean_acc"] - rec["val_clean_acc"]) <= cfg.max_clean_drop + 1e-9
+
     best = {"epoch": 0, "score": history[0]["val_pgd_acc"], "clean": history[0]["val_clean_acc"], "state": snapshot()}
     reporter.log(f"adversarial training: start val clean {history[0]['val_clean_acc']:.4f}, PGD-{cfg.select_steps} {history[0]['val_pgd_acc']:.4f}")
     task = f"adversarial training ({kind})"
@@ -352,10 +357,12 @@ def adversarial_train(
         history.append(rec)
         reporter.log(f"adversarial epoch {epoch}/{cfg.epochs}: val clean {rec['val_clean_acc']:.4f}, PGD-{cfg.select_steps} "
                      f"{rec['val_pgd_acc']:.4f}, FGSM {rec['val_fgsm_acc']:.4f}, loss {rec['train_loss']:.4f}, {rec['seconds']:.0f} s"
-                     + (" - REJECTED: catastrophic overfitting" if rec["rejected"] else ""))
+                     + (" - REJECTED: catastrophic overfitting" if rec["rejected"] else "")
+                     + ("" if rec["rejected"] or eligible(rec) else f" - not kept: clean more than {cfg.max_clean_drop:g} points below the start"))
         if rec["rejected"]:  # early stopping (Wong et al. 2020): the epochs after catastrophic overfitting do not recover
             break
-        if (rec["val_pgd_acc"], rec["val_clean_acc"]) > (best["score"], best["clean"]):  # ties go to the cleaner epoch
+        rec["eligible"] = eligible(rec)
+        if rec["eligible"] and (rec["val_pgd_acc"], rec["val_clean_acc"]) > (best["score"], best["clean"]):  # ties: cleaner
             best = {"epoch": epoch, "score": rec["val_pgd_acc"], "clean": rec["val_clean_acc"], "state": snapshot()}
     reporter.end(task)
     load(best["state"])
@@ -373,7 +380,8 @@ def adversarial_train(
         "stopped_early": bool(history[-1].get("rejected")),
         "best_epoch": best["epoch"],
         "val_pgd_acc": best["score"],
-        "select": {"n": len(sel), "attack": f"pgd-{cfg.select_steps}"},
+        "select": {"n": len(sel), "attack": f"pgd-{cfg.select_steps}",
+                   "max_clean_drop_points": cfg.max_clean_drop if cfg.max_clean_drop >= 0 else None},
         "history": [{k: v for k, v in r.items() if k != "seconds"} for r in history],
         "seconds": [r.get("seconds", 0.0) for r in history],
         "trained_parameters": sorted(tset),

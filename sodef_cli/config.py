@@ -157,6 +157,7 @@ class AdversarialConfig:
     augment: bool = True  # random crop + flip
     select_n: int = 1000  # validation images for model selection
     select_steps: int = 10  # PGD steps of the selection attack
+    max_clean_drop: float = -1.0  # selection: epochs whose val clean accuracy is more than this many points below the start's are not kept (< 0 = off)
     ode_solver: str = "rk4"  # fixed-step solver used whenever training differentiates through the ODE
     stability_weight: float = 1.0  # SODEF head: weight of the stability regularizers during adversarial training
     lr_ode: float = 0.01  # SODEF head: the ODE function's learning rate as a fraction of lr (phase 3 also keeps f's small)
