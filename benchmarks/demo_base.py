@@ -2,7 +2,8 @@
 
     python benchmarks/demo_base.py --data CIFAR_DIR [--model sodef_cli/assets/demo_base.safetensors] [--robust 500]
 
-CIFAR_DIR is ``../shared/data/cifar10-jpeg`` unzipped (``unzip train.zip test.zip -d CIFAR_DIR``). Writes JSON and
+CIFAR_DIR is CIFAR-10 in ImageFolder layout (``train/<class>/*.jpg``, ``test/<class>/*.jpg``; e.g. the
+CIFAR-10 JPEG export, or torchvision's download written out as images). Writes JSON and
 appends a row to benchmarks/RESULTS.md. ``--robust N`` adds APGD-CE (100 iterations, Linf 8/255) on N test
 images drawn class by class (seed 0).
 """

@@ -1,7 +1,7 @@
 """Stability-term cost: the project's batched terms against the original per-sample Jacobian loop.
 
 The reference is written here, independently of ``sodef_cli``: the released SODEF code's
-``df_dz_regularizer`` + ``f_regularizer`` (SODEF.md 3.2 and 8.1), i.e. a Python loop over the sampled
+``df_dz_regularizer`` + ``f_regularizer`` (described in docs/method.md), i.e. a Python loop over the sampled
 points calling ``torch.autograd.functional.jacobian(..., create_graph=True)`` (64 ``autograd.grad`` calls
 per point), then the code-form terms, then ``loss.backward()``. The project's path is
 ``sodef_cli.regularizers.stability_loss`` (closed form for ``sin``, a batched chain for ``sin3``).
@@ -34,7 +34,7 @@ from sodef_cli.head import generic_stability_stats, make_odefunc
 from sodef_cli.regularizers import stability_loss
 
 TOL = 1e-5
-# The MNIST constants of the released code (SODEF.md 3.2): all three terms count (weight_offdiag != 0).
+# The MNIST constants of the released code (docs/method.md): all three terms count (weight_offdiag != 0).
 REG = RegularizerConfig(form="code", convention="column", weight_f=0.2, weight_diag=10.0, weight_offdiag=10.0, jacobian_samples=0)
 
 

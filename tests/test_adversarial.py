@@ -350,3 +350,30 @@ def test_lr_scale_and_gradient_clipping_reach_the_optimizer(monkeypatch):
     moved = (after["5.bias"] - before["5.bias"]).abs().max().item()
     # two SGD steps whose gradient norm is clipped to 1e-3 (momentum 0.9, peak lr 0.5) move the bias by < 2e-3
     assert 0 < moved < 2e-3
+
+
+def test_max_clean_drop_keeps_only_epochs_within_the_clean_budget(monkeypatch):
+    """The best PGD epoch costs too much clean accuracy: with max_clean_drop it is passed over; without, kept."""
+    import sodef_cli.adversarial as adv
+    from sodef_cli.config import AdversarialConfig
+
+    def run(max_clean_drop: float) -> dict:
+        # epoch:           0     1      2      3
+        clean = iter([0.600, 0.580, 0.592, 0.610])  # epoch 1 is 2.0 points below the start, epoch 2 only 0.8
+        pgd = iter([0.30, 0.40, 0.35, 0.20])
+        fgsm = iter([0.40, 0.45, 0.42, 0.30])
+        monkeypatch.setattr(adv, "robust_accuracy",
+                            lambda m, i, idx, *, kind, **kw: next(clean) if kind == "none" else next(pgd if kind == "pgd" else fgsm))
+        data = _Images(64, 0)
+        cfg = AdversarialConfig(attack="fgsm", epochs=3, batch_size=32, lr=0.1, select_n=8, augment=False,
+                                max_clean_drop=max_clean_drop)
+        return adv.adversarial_train(_tiny_net(), ["5.weight", "5.bias"], data, torch.arange(32), data, torch.arange(32, 64),
+                                     cfg, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+                                     reporter=_QUIET)
+
+    assert run(-1.0)["best_epoch"] == 1  # off: the most robust epoch
+    rec = run(1.0)
+    assert rec["best_epoch"] == 2 and rec["val_pgd_acc"] == 0.35
+    assert [r["eligible"] for r in rec["history"][1:]] == [False, True, True]
+    assert rec["select"]["max_clean_drop_points"] == 1.0
+    assert run(0.0)["best_epoch"] == 0  # nothing may cost clean accuracy: epoch 3 (cleaner, less robust) loses to the start

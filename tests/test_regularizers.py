@@ -45,7 +45,7 @@ def _jacobians(func, z: torch.Tensor) -> torch.Tensor:
 def _independent_loss(func, z: torch.Tensor, cfg: RegularizerConfig) -> dict[str, torch.Tensor]:
     """The phase-2 loss written from its formulas, element by element (nothing shared with sodef_cli.regularizers).
 
-    code form (SODEF.md 3.2): w_f mean_{b,i} (e_f f_i(z_b))^2 + w_d mean_{b,i} exp(e (J_ii + t))
+    code form (docs/method.md): w_f mean_{b,i} (e_f f_i(z_b))^2 + w_d mean_{b,i} exp(e (J_ii + t))
         + w_o mean_{b,j} exp(e_o (sum_{i != j} |J_ij| - |J_jj| + t_o))      [column; row: sum over j != i of |J_ij|]
     paper form (eq. 7): a_f mean_b ||f(z_b)|| + a_d mean_b exp(sum_i J_ii) + a_o mean_b exp(sum_i (-|J_ii| + sum_{j != i} |J_ij|))
     The f term uses every point; the Jacobian terms the first ``jacobian_samples`` (all when 0).
