@@ -1,0 +1,87 @@
+"""Choosing the shipped solver: the cheapest fixed-step solver that predicts like the trained adaptive one."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sodef_cli.inference as inf
+from sodef_cli.config import HeadConfig
+from sodef_cli.errors import UsageError
+from sodef_cli.head import SODEFHead
+
+
+def _head(seed: int = 0, solver: str = "dopri5") -> SODEFHead:
+    torch.manual_seed(seed)
+    head = SODEFHead(16, 4, HeadConfig(dim=8, solver=solver, adjoint=False), orthogonal=False)
+    with torch.no_grad():  # a contracting flow that moves the features: the solver matters
+        head.block.odefunc.lin.weight.copy_(torch.eye(8) * 0.8 + 0.3 * torch.randn(8, 8))
+    return head.eval()
+
+
+def _data(n: int = 400, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 16, generator=g) * 2, torch.randint(0, 4, (n,), generator=g)
+
+
+def test_candidates_cheapest_first_and_capped():
+    c = inf.candidates(5.0, max_nfe=8)
+    nfe = [x.nfe for x in c]
+    assert nfe == sorted(nfe) and max(nfe) <= 8 and c[0] == inf.Candidate("euler", 1, 5.0)
+    assert [x.solver for x in c if x.nfe == 4][0] == "rk4"  # ties: the higher order first
+    assert inf.Candidate("rk4", 10, 5.0).step_size == 0.5
+
+
+def test_selection_keeps_the_first_qualifying_candidate_and_checks_it():
+    head = _head()
+    h, y = _data()
+    rec = inf.select_solver(head, h, y, agreement=0.995, accuracy_tolerance=0.2, batch_size=128)
+    assert rec["trained"]["solver"] == "dopri5" and rec["trained"]["nfe"] > 0
+    chosen = rec["chosen"]
+    assert chosen is not None and chosen is rec["tried"][-1]
+    assert not any(t["qualifies"] for t in rec["tried"][:-1])
+    assert chosen["nfe"] < rec["trained"]["nfe"]
+    # recompute the chosen solver's agreement independently
+    with torch.no_grad():
+        ref = head(h).argmax(1)
+        fixed = head.with_ode(head.block.with_solver(chosen["solver"], step_size=chosen["step_size"])).eval()
+        got = fixed(h).argmax(1)
+    assert abs((got == ref).float().mean().item() - chosen["agreement"]) < 0.01
+    assert chosen["agreement"] >= 0.995
+    inf.apply(head, rec)
+    assert head.block.solver == chosen["solver"] and head.block.step_size == chosen["step_size"] and not head.block.adaptive
+    assert "agrees with dopri5" in inf.summary_line(rec)
+
+
+def test_stricter_agreement_never_chooses_a_cheaper_solver():
+    head = _head(3)
+    h, y = _data(seed=4)
+    loose = inf.select_solver(head, h, y, agreement=0.9, accuracy_tolerance=5.0)
+    strict = inf.select_solver(head, h, y, agreement=1.0, accuracy_tolerance=0.0)
+    assert loose["chosen"] is not None
+    assert strict["chosen"] is None or strict["chosen"]["nfe"] >= loose["chosen"]["nfe"]
+
+
+def test_no_candidate_keeps_the_trained_solver(monkeypatch):
+    head = _head()
+    h, y = _data()
+    monkeypatch.setattr(inf, "candidates", lambda t1, max_nfe=None: [])
+    rec = inf.select_solver(head, h, y)
+    assert rec["chosen"] is None
+    inf.apply(head, rec)
+    assert head.block.solver == "dopri5"
+    assert "as trained" in inf.summary_line(rec)
+
+
+@pytest.mark.parametrize("kw", [{"agreement": 0.0}, {"agreement": 1.5}, {"accuracy_tolerance": -1.0}])
+def test_bad_settings_raise_usage_error(kw):
+    h, y = _data(10)
+    with pytest.raises(UsageError):
+        inf.select_solver(_head(), h, y, **kw)
+
+
+def test_mismatched_features_and_labels_raise():
+    h, y = _data(10)
+    with pytest.raises(UsageError):
+        inf.select_solver(_head(), h, y[:5])
+    with pytest.raises(UsageError):
+        inf.candidates(0.0)
