@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import sodef_cli.inference as inf
+import sodef_cli.inference_solver as inf
 from sodef_cli.config import HeadConfig
 from sodef_cli.errors import UsageError
 from sodef_cli.head import SODEFHead
