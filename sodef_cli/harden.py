@@ -84,19 +84,14 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -
     hard_val, hard_test = _hardened_accuracy(run, hardened, head, adv, f, src.data, split, sodef)
     if state_digest(src.backbone) != src.digest:  # pragma: no cover - a bug, never a user error
         raise SodefError("internal error: the frozen backbone changed during hardening; no file written")
-    summary: dict[str, Any] = {
+    summary = {
         "out": str(out),
         "data": src.data.describe(),
         "split": {"train": len(split.train), "val": len(split.val), "check": len(split.check), "seed": cfg.seed},
         "base": {"classifier": base.kind, "val_acc": base.val_acc, "test_clean_acc": base.test_acc},
         "hardened": {"head": cfg.head.kind, "val_acc": hard_val, "test_clean_acc": hard_test},
-        "phases": sodef["phases"],
-        "stability": sodef["stability"],
-        "adversarial": adv,
-        "backbone_digest": src.digest,
-        "device": str(run.device),
+        **sodef, "adversarial": adv, "backbone_digest": src.digest, "device": str(run.device), "check": None,
     }
-    summary["check"] = None
     if cfg.check.enabled:
         with run.timed("check"):
             summary["check"] = _guard(run, src, base.probe, hardened, split.check)
