@@ -9,14 +9,13 @@ import difflib
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import ModelError, ModelFileError, UsageError
-from .io import load_tensors, load_weights, read_metadata
+from .io import load_weights
 
 __all__ = [
     "ModelSpec",
@@ -26,7 +25,8 @@ __all__ = [
     "build_backbone",
     "backbone_features",
     "freeze",
-    "load_base_file",
+    "check_timm_name",
+    "normalization",
 ]
 
 
@@ -98,7 +98,7 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def _check_name(name: str) -> None:
+def check_timm_name(name: str) -> None:
     import timm
 
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
@@ -117,7 +117,7 @@ def create_timm(name: str, *, num_classes: int | None, in_chans: int, pretrained
     """
     import timm
 
-    _check_name(name)
+    check_timm_name(name)
     extra = dict(kwargs or {})
     if num_classes is not None:
         extra["num_classes"] = num_classes
@@ -136,7 +136,7 @@ def create_timm(name: str, *, num_classes: int | None, in_chans: int, pretrained
         raise ModelError(f"timm could not create {name}: {exc}") from None
 
 
-def _hub_cfg(name: str) -> dict:
+def hub_config(name: str) -> dict:
     """timm's pretrained config for a name (mean, std, classifier key), without building the model."""
     import timm
 
@@ -150,10 +150,25 @@ def _hub_cfg(name: str) -> dict:
     return d
 
 
+def normalization(hub_cfg: dict, in_chans: int) -> tuple[list[float], list[float]]:
+    """(mean, std) per channel for a model whose weights come with ``hub_cfg`` (timm's pretrained config; ``{}``
+    for weights trained here, which use a neutral 0.5/0.5: the data is normalized inside the model either way).
+
+    Hub or third-party weights expect the model's own normalization. When it has another channel count than the
+    data (an RGB model on grey images), its per-channel values are averaged to one grey value for every channel.
+    """
+    mean = list(hub_cfg.get("mean") or [0.5] * in_chans)
+    std = list(hub_cfg.get("std") or [0.5] * in_chans)
+    if len(mean) != in_chans:
+        mean = [sum(mean) / len(mean)] * in_chans
+    if len(std) != in_chans:
+        std = [sum(std) / len(std)] * in_chans
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
 def build_backbone(
     name: str,
     *,
-    data_classes: list[str],
     in_chans: int,
     image_size: int,
     pretrained: bool = False,
@@ -166,8 +181,8 @@ def build_backbone(
     size of its classifier weight; random weights: none); whether it fits the data is decided by the caller.
     """
     kwargs = dict(kwargs or {})
-    _check_name(name)
-    hub_cfg = _hub_cfg(name)
+    check_timm_name(name)
+    hub_cfg = hub_config(name)
     if checkpoint:
         sd = load_weights(checkpoint)
         key = hub_cfg.get("classifier") if hub_cfg else None
@@ -184,22 +199,15 @@ def build_backbone(
         model = create_timm(name, num_classes=None, in_chans=in_chans, pretrained=True, kwargs=kwargs)
     else:  # random weights: a feature extractor only; a random head is no baseline, harden fits a probe
         model = create_timm(name, num_classes=0, in_chans=in_chans, kwargs=kwargs)
-    # hub or third-party weights expect the model's own normalization; models trained from scratch here
-    # use a neutral 0.5/0.5 (the data is normalized inside the model either way)
-    if (pretrained or checkpoint) and hub_cfg:
-        mean, std = list(hub_cfg.get("mean") or [0.5] * in_chans), list(hub_cfg.get("std") or [0.5] * in_chans)
-    else:
-        mean, std = [0.5] * in_chans, [0.5] * in_chans
-    if len(mean) != in_chans:
-        mean, std = [sum(mean) / len(mean)] * in_chans, [sum(std) / len(std)] * in_chans
+    mean, std = normalization(hub_cfg if pretrained or checkpoint else {}, in_chans)
     classes: list[str] = []  # unknown: only `sodef pretrain` files name the classes their head was trained for
     spec = ModelSpec(
         timm_name=name,
         num_classes=int(getattr(model, "num_classes", 0)),
         in_chans=in_chans,
         input_size=[in_chans, image_size, image_size],
-        mean=[float(v) for v in mean],
-        std=[float(v) for v in std],
+        mean=mean,
+        std=std,
         classes=classes,
         model_kwargs=kwargs,
     )
@@ -269,12 +277,3 @@ class BaseClassifier(nn.Module):
         if self.probe is not None:
             return self.probe(self.features(x))
         return self.backbone(self.normalize(x))
-
-
-def load_base_file(path: str | Path) -> tuple[nn.Module, ModelSpec, dict]:
-    """Rebuild the timm model of a ``sodef pretrain`` file. Returns (model, spec, metadata)."""
-    meta = read_metadata(path, expect="sodef_cli/base")
-    spec = ModelSpec.from_dict(meta.get("backbone", {}))
-    tensors = load_tensors(path)
-    model = rebuild(spec, split_state(tensors, "backbone."))
-    return model, spec, meta

@@ -116,6 +116,9 @@ def _reporter():
     return RichReporter(err_console) if distributed.is_main() else _NullReporter()
 
 
+_FLAGS = {"head.dim": "--dim"}  # config keys with a command-line flag of their own, for error messages
+
+
 def _handle(fn):
     """Map every failure to one line on stderr and an exit code, in one place."""
 
@@ -128,7 +131,9 @@ def _handle(fn):
         except SodefError as exc:
             if _state["debug"]:
                 traceback.print_exc()
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            flag = _FLAGS.get(getattr(exc, "key", ""))  # library errors name config keys; the CLI adds its flag
+            err_console.print(f"[bold red]error:[/] {exc}" + (f" (option {flag})" if flag else ""), highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]: no partial output was left behind")
@@ -285,8 +290,7 @@ def harden(
         from .report import render_harden_summary
 
         _out_console().print(render_harden_summary(summary))
-    check = summary.get("check") or {}
-    if cfg.check.require_gain and check and check.get("gain_points", 0.0) < 0:
+    if (summary.get("check") or {}).get("require_gain_failed"):  # decided by harden, stored in the file
         err_console.print("[bold red]--require-gain:[/] the hardened model is less robust than its base (file written, marked in metadata)")
         raise typer.Exit(code=EXIT_RUNTIME)
 
@@ -433,20 +437,21 @@ def report(
     device: DeviceOpt = None,
 ) -> None:
     """Render attack results (several files side by side) or the model card of a hardened or base file."""
-    from .io import atomic_write_text, read_json
-    from .report import card_data, render, results_data, to_text
+    from .io import read_json
+    from .report import card_data, render, results_data
 
     fmt = format_.value if format_ else (_REPORT_SUFFIX.get(out.suffix.lower(), "table") if out else "table")
     if any(f.suffix == ".safetensors" for f in files):
         if len(files) > 1:
             raise UsageError("a model card takes exactly one .safetensors file; compare runs by passing their results JSON files")
         from .diagnostics import card_diagnostics, default_card_data
+        from .io import BASE_FORMAT
         from .models import describe_model
         from .report import base_card_data
         from .runtime import resolve_device
 
         meta = describe_model(str(files[0]))["meta"]
-        if meta["format"] == "sodef_cli/base":  # a `sodef pretrain` file: its card comes from its metadata alone
+        if meta["format"] == BASE_FORMAT:  # a `sodef pretrain` file: its card comes from its metadata alone
             if data or data_dir or n is not None:
                 raise UsageError("--data, --data-dir and --n apply to the card of a hardened file (stability diagnostics), not a base file")
             _emit(render(base_card_data(meta, path=str(files[0])), fmt), fmt, out)

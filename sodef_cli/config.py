@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .inputs import check_count
 
 __all__ = [
     "HeadConfig",
@@ -284,8 +284,6 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if isinstance(value, dict):
             return dict(value)
         raise UsageError(f"{where} must be a table, got {value!r}")
-    if isinstance(typ, types.UnionType):  # pragma: no cover - not used by the configs
-        return value
     return value
 
 
@@ -412,6 +410,8 @@ def validate(cfg: Any) -> None:
                 raise UsageError(f"{name}.epochs must be >= 0 and {name}.batch_size >= 1")
         if cfg.check.norm not in ("Linf", "L2") or not 0.0 <= cfg.check.eps <= 1.0:
             raise UsageError("check.norm must be Linf or L2 and check.eps in [0, 1]")
+        for key in ("n", "batch_size", "steps"):
+            check_count(getattr(cfg.check, key), f"check.{key}")
         if h.kind not in ("sodef", "linear"):
             raise UsageError(f"head.kind {h.kind!r} unknown; choose sodef or linear")
         _validate_adversarial(cfg)

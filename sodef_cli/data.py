@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, UsageError
+from .inputs import check_count
 
 __all__ = [
     "ImageSet",
@@ -286,9 +287,8 @@ def select_samples(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     Folders are class-sorted, so the first N images would all be one class: never take those. The
     interleaved order also gives every attack batch a mix of classes.
     """
+    check_count(n, "n")
     total = int(labels.shape[0])
-    if n <= 0:
-        raise UsageError("--n must be positive")
     n = min(n, total)
     g = torch.Generator().manual_seed(seed)
     pools = []
@@ -313,10 +313,8 @@ def check_split(labels: torch.Tensor, train_idx: torch.Tensor, n: int, seed: int
 
     ``n`` images drawn class by class (seeded, a stream of its own), in that interleaved order; they are used
     neither for training nor for any model selection (the validation split is carved separately). At most half
-    of the training images are taken.
+    of the training images are taken. ``n`` >= 1 is checked where the config is validated (``check.n``).
     """
-    if n <= 0:
-        raise UsageError("check.n must be positive")
     take = min(n, len(train_idx) // 2)
     if take < 1:
         raise DataError("the training split is too small to hold out images for the hardening guard; pass --no-check")

@@ -99,7 +99,7 @@ def card_diagnostics(path: str | Path, data_spec: str, *, n: int = 512, data_dir
         ``head_diagnostics`` figures plus ``data``, ``split``, ``samples`` and ``batch``.
     """
     from .data import load_data, select_samples
-    from .errors import ModelError, UsageError
+    from .errors import ModelError
     from .models import load_pair
 
     _, hardened, meta = load_pair(path, device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = [
     "SodefError",
     "UsageError",
+    "InputError",
     "DataError",
     "ModelError",
     "ModelFileError",
@@ -37,6 +38,18 @@ class UsageError(SodefError):
     """A wrong option, recipe key or value: the user must change the command."""
 
     exit_code = EXIT_USAGE
+
+
+class InputError(UsageError, ValueError):
+    """A value outside what an operation accepts (a count below 1, head.dim below the number of classes).
+
+    A usage error to the CLI (exit 2) and a ``ValueError`` to Python callers. ``key`` names the config key
+    (e.g. ``head.dim``); the message never names a command-line flag, the CLI adds its own.
+    """
+
+    def __init__(self, message: str, *, key: str = ""):
+        super().__init__(message)
+        self.key = key
 
 
 class DataError(SodefError):

@@ -317,8 +317,11 @@ def _eps_run(doc: dict, eps: float) -> dict:
 
 
 def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: AttackConfig, *, plan: dict, n_classes: int,
-            fixed_step: float | None, doc: dict, save, reporter, device) -> dict:
-    """Run every eps of ``cfg`` over both models into ``doc["runs"]``, skipping finished attacks."""
+            fixed_step: float | None, reporter, device, doc: dict | None = None, save=None) -> dict:
+    """Run every eps of ``cfg`` over both models into ``doc["runs"]``, skipping finished attacks; ``save()`` after
+    each step persists it. Without ``doc`` the runs go into a new document, kept in memory only."""
+    doc = {"runs": []} if doc is None else doc
+    save = save or (lambda: None)
     k = n_classes
     indices = list(range(len(y_all)))
 

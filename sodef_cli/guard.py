@@ -92,10 +92,9 @@ def run_check(base, hardened, check: ImageSet, cfg, *, device, reporter) -> dict
     with torch.no_grad():
         n_classes = int(hardened(x[:1].to(device)).shape[1])
     plan = suite_attacks("quick", [], c.norm, has_ode=ode)
-    doc: dict = {"runs": []}
     fixed_step = hardened.head.block.step_size if ode else None
-    cascade(base, hardened, x, y, acfg, plan=plan, n_classes=n_classes,
-            fixed_step=fixed_step, doc=doc, save=lambda: None, reporter=reporter, device=device)
+    doc = cascade(base, hardened, x, y, acfg, plan=plan, n_classes=n_classes, fixed_step=fixed_step, reporter=reporter,
+                  device=device)
     agreement = [_surrogate_check(hardened, x, acfg, device, fixed_step)] if ode else []
     for p, flag in zip(params, was):
         p.requires_grad_(flag)

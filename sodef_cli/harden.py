@@ -1,30 +1,39 @@
 """``sodef harden``: frozen timm backbone -> cached features -> phases 1-3 -> one safetensors file.
 
-The backbone is frozen and kept in eval mode throughout; its parameters and BatchNorm buffers are
-checked bitwise-unchanged before the file is written. Features are extracted once.
+:func:`harden` checks its inputs before any expensive work, then runs its stages in order: load the model and
+the data, extract features once, fit the same-features baseline, phases 1-3 of the SODEF head (with the stability
+diagnostics), optional adversarial training, the hardening guard, and the file (``models.save_hardened``).
+The stages up to phase 2 are cached for ``--resume`` by :meth:`resume.Checkpoint.stage`.
+
+The backbone is frozen and kept in eval mode throughout; its parameters and BatchNorm buffers are checked
+bitwise-unchanged before the file is written.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
-import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+from torch import nn
 
-from .backbone import BaseClassifier, ModelSpec, build_backbone, freeze, rebuild, split_state
-from .config import HardenConfig, to_dict
-from .data import check_split, load_data, stratified_split
+from .backbone import BaseClassifier, ModelSpec, build_backbone, check_timm_name, freeze, split_state
+from .config import HardenConfig, to_dict, validate
+from .data import DataBundle, check_split, load_data, stratified_split
 from .diagnostics import jacobian_stability
-from .errors import ModelError, ModelFileError, OutputError, SodefError, TrainingDivergedError, UsageError
+from .distributed import device_for_rank, is_main, local, rank
+from .errors import ModelError, ModelFileError, OutputError, SodefError, TrainingDivergedError
 from .head import HardenedClassifier, SODEFHead, simplex_classifier
-from .io import load_tensors, read_metadata, save_model_file, sha256_file, versions
-from .models import is_file_arg
+from .inputs import check_head_dim
+from .io import sha256_file, versions
+from .models import is_file_arg, load_base_file, save_hardened
 from .phases import Reporter, accuracy_from_logits, batched_logits, extract_features, fit_probe, phase1, phase2, phase3, stability_warning
 from .regularizers import stability_loss
-from .distributed import device_for_rank, is_main, local, rank
+from .resume import Checkpoint
 from .runtime import resolve_device, seed_everything
 
 __all__ = ["harden", "state_digest", "training_view", "training_line"]
@@ -32,66 +41,137 @@ __all__ = ["harden", "state_digest", "training_view", "training_line"]
 STABILITY_POINTS = 1000  # features sampled for the eigenvalue diagnostics
 
 
-STAGES = ("features", "base", "phase1", "phase2")
+def harden(cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = None, resume: bool = False) -> dict[str, Any]:
+    """Run hardening end to end and write ``out``. Returns the summary (also stored in the file).
 
-
-class _Resume:
-    """Checkpoint beside the output after each finished stage, so ``--resume`` continues from there.
-
-    ``OUT.resume`` is a safetensors file (cached features, head weights, RNG states) with the stage name
-    and a digest of the config; it is written atomically and removed once the hardened file exists.
+    The config, the output path and the model argument (a timm name, or a base file's metadata) are checked
+    first, before the data set is decoded. With ``resume``, stages finished by an interrupted run with the same
+    config are loaded from ``OUT.resume`` instead of recomputed. A run that diverges (NaN/inf) leaves no file at
+    all: its checkpoint would only replay the divergence.
     """
+    out_path = Path(out)
+    _check_inputs(cfg, out_path)
+    try:
+        return _harden(cfg, out_path, reporter=reporter or Reporter(), resume=resume)
+    except TrainingDivergedError:
+        Checkpoint.path_for(out_path).unlink(missing_ok=True)
+        raise
 
-    KEY = "sodef_cli_resume"
 
-    def __init__(self, out: str | Path, cfg: HardenConfig, enabled: bool, reporter: Reporter, inputs: str = ""):
-        self.path = Path(str(out) + ".resume")
-        relevant = {k: v for k, v in to_dict(cfg).items() if k not in ("check", "device")}
-        # the config, plus the backbone's weights and the data: cached features must come from the same inputs
-        self.digest = hashlib.sha256((json.dumps(relevant, sort_keys=True) + inputs).encode()).hexdigest()
-        self.tensors: dict[str, torch.Tensor] = {}
-        self.meta: dict[str, Any] = {"stage": None}
-        if self.path.exists() and not enabled:
-            reporter.log(f"note: {self.path} holds an interrupted run; pass --resume to continue it (starting over)")
-        if enabled and self.path.exists():
-            from safetensors import safe_open
+def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -> dict[str, Any]:
+    t_all = time.perf_counter()
+    seed_everything(cfg.seed)
+    run = _Run(cfg, device_for_rank(resolve_device(cfg.device)), torch.Generator().manual_seed(cfg.seed), reporter)
+    with run.timed("load"):
+        src = _load(run)
+    split = _split(cfg, src.data)
+    ckpt = Checkpoint(out, config={k: v for k, v in to_dict(cfg).items() if k not in ("check", "device")},
+                      inputs=_inputs_text(src, split), generator=run.gen, resume=resume, log=reporter.log)
+    with run.timed("features"):
+        h_train, h_test = _features(run, src, ckpt)
+    if not is_main():  # torchrun: the other ranks only helped extract features; the head trains on rank 0
+        return {"rank": rank(), "features": int(h_train.shape[0] + h_test.shape[0])}
+    f = _Features.of(h_train, h_test, src.data, split)
+    with run.timed("base_classifier"):
+        base = _baseline(run, src, f, ckpt)
+    head, sodef = _sodef_head(run, f, ckpt) if cfg.head.kind == "sodef" else (None, {"phases": None, "stability": None})
+    tuned, linear, adv = src.backbone, None, None
+    if cfg.adversarial.attack != "none":
+        with run.timed("adversarial"):
+            tuned, head, linear, adv = _adversarial_stage(cfg, src.backbone, src.spec, head, base.probe, src.data, split.train,
+                                                          split.val, device=run.device, generator=run.gen, reporter=reporter)
+    hardened = _hardened_model(tuned, src.spec, head, linear).to(run.device).eval()
+    hard_val, hard_test = _hardened_accuracy(run, hardened, head, adv, f, src.data, split, sodef)
+    if state_digest(src.backbone) != src.digest:  # pragma: no cover - a bug, never a user error
+        raise SodefError("internal error: the frozen backbone changed during hardening; no file written")
+    summary = {
+        "out": str(out),
+        "data": src.data.describe(),
+        "split": {"train": len(split.train), "val": len(split.val), "check": len(split.check), "seed": cfg.seed},
+        "base": {"classifier": base.kind, "val_acc": base.val_acc, "test_clean_acc": base.test_acc},
+        "hardened": {"head": cfg.head.kind, "val_acc": hard_val, "test_clean_acc": hard_test},
+        **sodef, "adversarial": adv, "backbone_digest": src.digest, "device": str(run.device), "check": None,
+    }
+    if cfg.check.enabled:
+        with run.timed("check"):
+            summary["check"] = _guard(run, src, base.probe, hardened, split.check)
+    run.timings["total"] = time.perf_counter() - t_all
+    summary["timings_s"] = run.timings
+    _save(out, cfg, src, f, base, summary, head=head, tuned=tuned, linear=linear)
+    ckpt.remove()
+    return summary
 
-            try:
-                with safe_open(str(self.path), framework="pt", device="cpu") as fh:
-                    meta = json.loads((fh.metadata() or {}).get(self.KEY, "{}"))
-                    tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-            except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, never trusted
-                raise ModelFileError(f"cannot read the resume file {self.path} ({exc}); delete it to start over") from None
-            if meta.get("digest") != self.digest:
-                raise ModelFileError(f"{self.path} was made with a different configuration; delete it or rerun with the same options")
-            self.tensors, self.meta = tensors, meta
-            reporter.log(f"resuming after stage '{meta['stage']}' from {self.path}")
-        elif enabled:
-            reporter.log(f"nothing to resume ({self.path} does not exist); starting from the beginning")
 
-    def done(self, stage: str) -> bool:
-        return self.meta["stage"] is not None and STAGES.index(self.meta["stage"]) >= STAGES.index(stage)
+# ----------------------------------------------------------------------------------------------------
+# what the stages share and pass on
 
-    def save(self, stage: str, gen: torch.Generator, tensors: dict[str, torch.Tensor], **meta: Any) -> None:
-        from safetensors.torch import save_file
 
-        from .io import atomic_path
+@dataclass
+class _Run:
+    """What every stage of one run uses: the config, the device, the data-order generator, progress, timings."""
 
-        self.tensors.update({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()})
-        self.tensors["rng.torch"] = torch.get_rng_state()
-        self.tensors["rng.gen"] = gen.get_state()
-        self.meta.update(meta, stage=stage, digest=self.digest)
-        with atomic_path(self.path) as tmp:
-            save_file(self.tensors, str(tmp), metadata={self.KEY: json.dumps(self.meta)})
+    cfg: HardenConfig
+    device: torch.device
+    gen: torch.Generator
+    reporter: Reporter
+    timings: dict[str, float] = field(default_factory=dict)
 
-    def restore_rng_if_last(self, stage: str, gen: torch.Generator) -> None:
-        """Continue the random streams exactly where the interrupted run saved its last stage."""
-        if self.meta["stage"] == stage:
-            torch.set_rng_state(self.tensors["rng.torch"])
-            gen.set_state(self.tensors["rng.gen"])
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - t0
 
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+
+@dataclass
+class _Source:
+    """The frozen backbone on the device, its spec, where it came from, the data, and the backbone's digest."""
+
+    backbone: nn.Module
+    spec: ModelSpec
+    source: dict[str, Any]
+    data: DataBundle
+    digest: str
+
+
+@dataclass
+class _Split:
+    """Indices into the train split: training, validation (model selection) and the guard's own check images."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+    check: torch.Tensor
+
+
+@dataclass
+class _Features:
+    """Cached backbone features and labels of the training, validation and test images."""
+
+    h_tr: torch.Tensor
+    y_tr: torch.Tensor
+    h_val: torch.Tensor
+    y_val: torch.Tensor
+    h_test: torch.Tensor
+    y_test: torch.Tensor
+    k: int
+
+    @classmethod
+    def of(cls, h_train: torch.Tensor, h_test: torch.Tensor, data: DataBundle, split: _Split) -> "_Features":
+        if not torch.isfinite(h_train).all():
+            raise ModelError("the backbone produced NaN/inf features; check the model weights and input size")
+        y = data.train.labels
+        return cls(h_train[split.train], y[split.train], h_train[split.val], y[split.val], h_test, data.test.labels,
+                   len(data.classes))
+
+
+@dataclass
+class _Baseline:
+    """The same-features baseline: the model's own classifier ("own") or a linear probe ("probe")."""
+
+    kind: str
+    probe: nn.Linear | None
+    val_acc: float
+    test_acc: float
 
 
 def state_digest(module: torch.nn.Module) -> str:
@@ -103,273 +183,234 @@ def state_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _load_model(cfg: HardenConfig, reporter: Reporter):
-    """Returns (backbone, spec, source_info, data)."""
-    src = Path(cfg.model) if cfg.model else None
+# ----------------------------------------------------------------------------------------------------
+# the stages, in the order they run
+
+
+def _check_inputs(cfg: HardenConfig, out: Path) -> None:
+    """Everything that can be checked without the data: the config, the output path, the model argument."""
+    validate(cfg)
+    if out.is_dir():
+        raise OutputError(f"cannot write {out}: it is a folder")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise OutputError(f"cannot write {out}: a parent of it is a file, not a folder")
     if not cfg.model:
         raise ModelError("no model given: pass a timm name (e.g. resnet18) or a file made by `sodef pretrain`")
-    if src is not None and is_file_arg(cfg.model):
-        if src.suffix != ".safetensors":
-            raise ModelFileError(
-                f"{src}: a model file must be a `sodef pretrain` safetensors file; for other weights use "
-                "`sodef harden TIMM_NAME --checkpoint FILE`"
-            )
-        meta = read_metadata(src, expect="sodef_cli/base")
-        spec = ModelSpec.from_dict(meta.get("backbone", {}))
-        size = cfg.image_size or spec.input_size[-1]
-        data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, channels=spec.in_chans, image_size=size)
+    if not is_file_arg(cfg.model):
+        check_timm_name(cfg.model)
+    elif Path(cfg.model).suffix != ".safetensors":
+        raise ModelFileError(
+            f"{cfg.model}: a model file must be a `sodef pretrain` safetensors file; for other weights use "
+            "`sodef harden TIMM_NAME --checkpoint FILE`"
+        )
+
+
+def _load(run: _Run) -> _Source:
+    """The backbone (a base file's, or timm's by name) and the data; then the checks that need both."""
+    cfg = run.cfg
+    if is_file_arg(cfg.model):
+        src = Path(cfg.model)
+        model, spec, _ = load_base_file(src)  # the whole file is checked before the data is decoded
+        data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, channels=spec.in_chans,
+                         image_size=cfg.image_size or spec.input_size[-1])
         if spec.classes and len(spec.classes) != len(data.classes):
-            raise ModelError(
-                f"class-count mismatch: {src} was trained for {len(spec.classes)} classes, the data {cfg.data!r} has {len(data.classes)}"
-            )
+            raise ModelError(f"class-count mismatch: {src} was trained for {len(spec.classes)} classes, the data {cfg.data!r} "
+                             f"has {len(data.classes)}")
         if spec.classes and spec.classes != data.classes:
-            reporter.log(f"warning: class names of {src.name} differ from the data's; matching by index")
-        model = rebuild(spec, split_state(load_tensors(src), "backbone."))  # metadata already read and checked
+            run.reporter.log(f"warning: class names of {src.name} differ from the data's; matching by index")
         source = {"kind": "sodef_base_file", "path": str(src), "sha256": sha256_file(src)}
-        return model, spec, source, data
-    data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
-    model, spec = build_backbone(
-        cfg.model, data_classes=data.classes, in_chans=data.channels, image_size=data.image_size,
-        pretrained=cfg.pretrained, checkpoint=cfg.checkpoint,
-    )
-    source = {"kind": "timm", "name": cfg.model, "pretrained": cfg.pretrained}
-    if cfg.checkpoint:
-        source.update(checkpoint=str(cfg.checkpoint), checkpoint_sha256=sha256_file(cfg.checkpoint))
-    return model, spec, source, data
-
-
-def harden(cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = None, resume: bool = False) -> dict[str, Any]:
-    """Run hardening end to end and write ``out``. Returns the summary (also stored in the file).
-
-    With ``resume``, stages finished by an interrupted run with the same config are loaded from
-    ``OUT.resume`` instead of recomputed. A run that diverges (NaN/inf) leaves no file at all: its
-    checkpoint would only replay the divergence.
-    """
-    out_path = Path(out)
-    if out_path.is_dir():
-        raise OutputError(f"cannot write {out_path}: it is a folder")
-    parent = next((p for p in out_path.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise OutputError(f"cannot write {out_path}: a parent of it is a file, not a folder")
-    try:
-        return _harden(cfg, out_path, reporter=reporter, resume=resume)
-    except TrainingDivergedError:
-        Path(str(out_path) + ".resume").unlink(missing_ok=True)
-        raise
-
-
-def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter | None, resume: bool) -> dict[str, Any]:
-    reporter = reporter or Reporter()
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
-    seed_everything(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    device = device_for_rank(resolve_device(cfg.device))
-
-    t0 = time.perf_counter()
-    backbone, spec, source, data = _load_model(cfg, reporter)
-    k = len(data.classes)
-    if cfg.head.kind == "sodef" and cfg.head.dim < k:
-        raise UsageError(f"head.dim ({cfg.head.dim}) must be >= the number of classes ({k}); pass --dim {max(64, k)}")
+    else:
+        data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
+        model, spec = build_backbone(cfg.model, in_chans=data.channels, image_size=data.image_size, pretrained=cfg.pretrained,
+                                     checkpoint=cfg.checkpoint)
+        source = {"kind": "timm", "name": cfg.model, "pretrained": cfg.pretrained}
+        if cfg.checkpoint:
+            source.update(checkpoint=str(cfg.checkpoint), checkpoint_sha256=sha256_file(cfg.checkpoint))
+    if cfg.head.kind == "sodef":
+        check_head_dim(cfg.head.dim, len(data.classes))
     if cfg.adversarial.attack != "none":  # before any expensive work: does the model have that many stages?
         from .adversarial import stage_parameters
 
-        stage_parameters(backbone, cfg.adversarial.stages)
-    backbone = freeze(backbone).to(device)
-    digest_before = state_digest(backbone)
-    timings["load"] = time.perf_counter() - t0
+        stage_parameters(model, cfg.adversarial.stages)
+    backbone = freeze(model).to(run.device)
+    return _Source(backbone, spec, source, data, state_digest(backbone))
 
-    tr_idx, val_idx = stratified_split(data.train.labels, cfg.val_fraction, cfg.seed)
-    check_idx = torch.empty(0, dtype=torch.long)
+
+def _split(cfg: HardenConfig, data: DataBundle) -> _Split:
+    train, val = stratified_split(data.train.labels, cfg.val_fraction, cfg.seed)
+    check = torch.empty(0, dtype=torch.long)
     if cfg.check.enabled:  # the guard's own images: held out from training and from every selection step
-        tr_idx, check_idx = check_split(data.train.labels, tr_idx, cfg.check.n, cfg.seed)
-    feature_fn = BaseClassifier(backbone, spec).to(device).features  # normalize -> frozen backbone -> pre-logits
-    data_digest = hashlib.sha256(data.train.labels.numpy().tobytes() + data.test.labels.numpy().tobytes()
-                                 + data.train.images.numpy().tobytes() + data.test.images.numpy().tobytes()).hexdigest()
-    ckpt = _Resume(out, cfg, resume, reporter, inputs=digest_before + data_digest + f"|check {len(check_idx)}")
-    t0 = time.perf_counter()
-    if ckpt.done("features"):
-        h_train_all, h_test = ckpt.tensors["features.train"], ckpt.tensors["features.test"]
-        ckpt.restore_rng_if_last("features", gen)
-    else:
-        h_train_all = extract_features(feature_fn, data.train, device=device, batch_size=cfg.feature_batch_size, reporter=reporter, task="features (train)")
+        train, check = check_split(data.train.labels, train, cfg.check.n, cfg.seed)
+    return _Split(train, val, check)
+
+
+def _inputs_text(src: _Source, split: _Split) -> str:
+    """What a resumed run must share with the interrupted one besides the config: the backbone's weights, the data."""
+    d = src.data
+    data_digest = hashlib.sha256(d.train.labels.numpy().tobytes() + d.test.labels.numpy().tobytes()
+                                 + d.train.images.numpy().tobytes() + d.test.images.numpy().tobytes()).hexdigest()
+    return src.digest + data_digest + f"|check {len(split.check)}"
+
+
+def _features(run: _Run, src: _Source, ckpt: Checkpoint) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pre-logits features of every train and test image (normalize -> frozen backbone), once."""
+    feature_fn = BaseClassifier(src.backbone, src.spec).to(run.device).features
+    opts = dict(device=run.device, batch_size=run.cfg.feature_batch_size, reporter=run.reporter)
+
+    def extract():
+        train = extract_features(feature_fn, src.data.train, task="features (train)", **opts)
         # fp32 (no autocast): the test accuracies stored in the file are those of the model as shipped
-        h_test = extract_features(feature_fn, data.test, device=device, batch_size=cfg.feature_batch_size, reporter=reporter, task="features (test)", amp=False)
-        ckpt.save("features", gen, {"features.train": h_train_all, "features.test": h_test})
-    timings["features"] = time.perf_counter() - t0
-    if not is_main():  # torchrun: the other ranks only helped extract features; the head trains on rank 0
-        return {"rank": rank(), "features": int(h_train_all.shape[0] + h_test.shape[0])}
-    y_all, y_test = data.train.labels, data.test.labels
-    h_tr, y_tr, h_val, y_val = h_train_all[tr_idx], y_all[tr_idx], h_train_all[val_idx], y_all[val_idx]
-    if not torch.isfinite(h_train_all).all():
-        raise ModelError("the backbone produced NaN/inf features; check the model weights and input size")
+        test = extract_features(feature_fn, src.data.test, task="features (test)", amp=False, **opts)
+        return {"features.train": train, "features.test": test}, {}
 
-    # the same-features baseline: the model's own head when it fits the classes, else a linear probe
-    t0 = time.perf_counter()
-    probe = None
-    if spec.num_classes == k:
-        clf = backbone.get_classifier()
-        base_kind = "own"
-        if spec.classes != data.classes:
-            reporter.log(f"note: the baseline is the model's own {k}-class head; its class order is assumed to be the data's ({', '.join(data.classes[:3])}, ...)")
-        base_val = accuracy_from_logits(batched_logits(clf, h_val, device=device), y_val)
-        base_test = accuracy_from_logits(batched_logits(clf, h_test, device=device), y_test)
-    else:
-        base_kind = "probe"
-        if ckpt.done("base"):
-            probe = torch.nn.Linear(h_tr.shape[1], k).to(device)
-            probe.load_state_dict({n: ckpt.tensors[f"probe.{n}"] for n in ("weight", "bias")})
-            ckpt.restore_rng_if_last("base", gen)
-        else:
-            probe, _ = fit_probe(h_tr, y_tr, h_val, y_val, k, cfg.probe, device=device, generator=gen, reporter=reporter)
-        base_val = accuracy_from_logits(batched_logits(probe, h_val, device=device), y_val)
-        base_test = accuracy_from_logits(batched_logits(probe, h_test, device=device), y_test)
-    if spec.num_classes == k and ckpt.done("base"):
-        ckpt.restore_rng_if_last("base", gen)
-    if not ckpt.done("base"):
-        ckpt.save("base", gen, {f"probe.{n}": v for n, v in probe.state_dict().items()} if probe is not None else {})
-    timings["base_classifier"] = time.perf_counter() - t0
-
-    if cfg.head.kind == "sodef":
-        head, sodef_metrics = _fit_sodef_head(cfg, ckpt, h_tr, y_tr, h_val, y_val, h_test, k, device, gen, reporter, timings)
-    else:  # a linear head: the baseline's own classifier (or probe), trained adversarially below
-        head, sodef_metrics = None, {"phases": None, "stability": None}
-
-    adv = None
-    tuned_backbone, linear = backbone, None
-    if cfg.adversarial.attack != "none":
-        t0 = time.perf_counter()
-        tuned_backbone, head, linear, adv = _adversarial_stage(cfg, backbone, spec, head, probe, data, tr_idx, val_idx,
-                                                               device=device, generator=gen, reporter=reporter)
-        timings["adversarial"] = time.perf_counter() - t0
-    hardened = _hardened_model(tuned_backbone, spec, head, linear).to(device).eval()
-    if adv is None and head is not None:  # clean phases only: the cached test features give the same logits
-        with torch.no_grad():
-            logits_test = batched_logits(head, h_test, device=device, batch_size=cfg.phase3.batch_size)
-        hard_test = accuracy_from_logits(logits_test, y_test)
-        hard_val = sodef_metrics["phases"]["phase3"]["val_acc"]
-    else:  # the backbone or the head changed in image space: measure the model as shipped on the images
-        from .adversarial import robust_accuracy
-
-        clean = dict(kind="none", eps=0.0, steps=0, device=device, batch_size=cfg.feature_batch_size)
-        hard_test = robust_accuracy(hardened, data.test, torch.arange(len(data.test)), **clean)
-        hard_val = robust_accuracy(hardened, data.train, val_idx, **clean)
-
-    if state_digest(backbone) != digest_before:  # pragma: no cover - a bug, never a user error
-        raise SodefError("internal error: the frozen backbone changed during hardening; no file written")
-
-    summary: dict[str, Any] = {
-        "out": str(out),
-        "data": data.describe(),
-        "split": {"train": len(tr_idx), "val": len(val_idx), "check": len(check_idx), "seed": cfg.seed},
-        "base": {"classifier": base_kind, "val_acc": base_val, "test_clean_acc": base_test},
-        "hardened": {"head": cfg.head.kind, "val_acc": hard_val, "test_clean_acc": hard_test},
-        "phases": sodef_metrics["phases"],
-        "stability": sodef_metrics["stability"],
-        "adversarial": adv,
-        "backbone_digest": digest_before,
-        "device": str(device),
-    }
-
-    check = None
-    if cfg.check.enabled:
-        from .guard import run_check
-
-        t0 = time.perf_counter()
-        base_model = BaseClassifier(backbone, spec, probe).to(device).eval()
-        with local():  # torchrun: the other ranks have finished; rank 0 checks alone
-            check = run_check(base_model, hardened, data.train.subset(check_idx), cfg, device=device, reporter=reporter)
-        check["train_indices"] = [int(check_idx[i]) for i in check.pop("positions")]  # indices into the train split
-        if cfg.check.require_gain and check["gain_points"] < 0:
-            check["require_gain_failed"] = True  # the file is still written, marked as failing the guard
-        timings["check"] = time.perf_counter() - t0
-    summary["check"] = check
-    timings["total"] = time.perf_counter() - t_all
-    summary["timings_s"] = timings
-
-    tensors = {f"backbone.{k_}": v for k_, v in backbone.state_dict().items()}
-    if head is not None:
-        tensors.update({f"head.{k_}": v for k_, v in head.export_state().items()})
-    if probe is not None:
-        tensors.update({f"probe.{k_}": v for k_, v in probe.state_dict().items()})
-    if adv is not None:
-        tuned_sd = tuned_backbone.state_dict()
-        tensors.update({f"tuned.{n}": tuned_sd[n] for n in adv["tuned_backbone_state"]})
-    if linear is not None:
-        tensors.update({f"linear.{k_}": v for k_, v in linear.state_dict().items()})
-    # version 2 only where an older reader would silently rebuild the wrong model (tuned stages, a linear head)
-    new_layout = adv is not None and (adv["tuned_backbone_state"] or linear is not None or head is None)
-    meta = {
-        "format": "sodef_cli/hardened",
-        "format_version": 2 if new_layout else 1,
-        "backbone": spec.to_dict(),
-        "classes": list(data.classes),
-        "num_classes": k,
-        "feature_dim": int(h_tr.shape[1]),
-        "base_classifier": base_kind,
-        "source": source,
-        "config": to_dict(cfg),
-        # no timings or timestamps: same inputs and seed give a bitwise-identical file
-        "metrics": {k_: v for k_, v in summary.items() if k_ not in ("out", "check", "timings_s", "device")},
-        "check": check,
-        "versions": versions(),
-    }
-    if adv is not None:
-        meta["metrics"]["adversarial"] = {k_: v for k_, v in adv.items() if k_ != "seconds"}
-    save_model_file(out, tensors, meta)
-    ckpt.remove()
-    return summary
+    tensors, _ = ckpt.stage("features", extract)
+    return tensors["features.train"], tensors["features.test"]
 
 
-def _fit_sodef_head(cfg: HardenConfig, ckpt: _Resume, h_tr, y_tr, h_val, y_val, h_test, k: int, device, gen, reporter,
-                    timings: dict[str, float]):
-    """Phases 1-3 of the paper on cached features. Returns (head, {"phases", "stability"})."""
-    head = SODEFHead(h_tr.shape[1], k, cfg.head).to(device)
-    V = simplex_classifier(k, cfg.head.dim)
-    head_state = lambda: {f"head.{n}": v for n, v in head.state_dict().items()}
-    t0 = time.perf_counter()
-    if ckpt.done("phase1"):
-        head.materialize()
-        m1 = ckpt.meta["phase1"]
-        # the latest saved head (after phase 1 or 2) carries the final projection that z(0) needs
-        head.load_state_dict({n[5:]: v for n, v in ckpt.tensors.items() if n.startswith("head.")})
-        ckpt.restore_rng_if_last("phase1", gen)
-    else:
-        m1 = phase1(head, h_tr, y_tr, h_val, y_val, V, cfg.phase1, device=device, generator=gen, reporter=reporter)
-        head.materialize()  # projection is final: a plain orthonormal weight from here on
-        ckpt.save("phase1", gen, head_state(), phase1=m1)
-    timings["phase1"] = time.perf_counter() - t0
-    head.proj.requires_grad_(False)
+def _baseline(run: _Run, src: _Source, f: _Features, ckpt: Checkpoint) -> _Baseline:
+    """The model's own classifier when it fits the classes, else a linear probe fitted on the same features."""
+    own = src.spec.num_classes == f.k
+
+    def fit():
+        if own:
+            return {}, {}
+        probe, _ = fit_probe(f.h_tr, f.y_tr, f.h_val, f.y_val, f.k, run.cfg.probe, device=run.device, generator=run.gen,
+                             reporter=run.reporter)
+        return {f"probe.{n}": v for n, v in probe.state_dict().items()}, {}
+
+    tensors, _ = ckpt.stage("base", fit)
+    if own:
+        probe, clf = None, src.backbone.get_classifier()
+        if src.spec.classes != src.data.classes:
+            run.reporter.log(f"note: the baseline is the model's own {f.k}-class head; its class order is assumed to be the "
+                             f"data's ({', '.join(src.data.classes[:3])}, ...)")
+    else:  # built from the stage's tensors without touching the random streams
+        probe = clf = torch.nn.utils.skip_init(nn.Linear, f.h_tr.shape[1], f.k)
+        probe.load_state_dict(split_state(tensors, "probe."))
+        probe = probe.to(run.device).eval()
+    acc = lambda h, y: accuracy_from_logits(batched_logits(clf, h, device=run.device), y)
+    return _Baseline("own" if own else "probe", probe, acc(f.h_val, f.y_val), acc(f.h_test, f.y_test))
+
+
+def _sodef_head(run: _Run, f: _Features, ckpt: Checkpoint) -> tuple[SODEFHead, dict[str, Any]]:
+    """Phases 1-3 of the paper on the cached features, with the stability diagnostics before phase 2, after it and
+    at the end. Returns (head, {"phases", "stability"})."""
+    head = SODEFHead(f.h_tr.shape[1], f.k, run.cfg.head).to(run.device)
+    with run.timed("phase1"):
+        m1 = _phase1(run, head, f, ckpt)
     with torch.no_grad():
-        z_tr = batched_logits(head.z0, h_tr, device=device)
-        z_val = batched_logits(head.z0, h_val, device=device)
-        z_test = batched_logits(head.z0, h_test, device=device)
+        z_tr, z_val, z_test = (batched_logits(head.z0, h, device=run.device) for h in (f.h_tr, f.h_val, f.h_test))
     # own generator: the diagnostics sample must not depend on where a resumed run restarted
-    sample_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    sample = z_test[torch.randperm(len(z_test), generator=sample_gen)[:STABILITY_POINTS]].to(device)
-    stab_before = ckpt.meta["stab_before"] if ckpt.done("phase2") else jacobian_stability(head.odefunc, sample)
-
-    t0 = time.perf_counter()
-    if ckpt.done("phase2"):
-        head.load_state_dict({n[5:]: v for n, v in ckpt.tensors.items() if n.startswith("head.")})
-        m2 = ckpt.meta["phase2"]
-        ckpt.restore_rng_if_last("phase2", gen)
-    else:
-        m2 = phase2(head.odefunc, z_tr, cfg.phase2, cfg.regularizer, device=device, generator=gen, reporter=reporter)
-        ckpt.save("phase2", gen, head_state(), phase2=m2, stab_before=stab_before)
-    timings["phase2"] = time.perf_counter() - t0
-    stab_after = jacobian_stability(head.odefunc, sample)
-    stab_warning = stability_warning(stab_after, cfg.phase2, cfg.regularizer)
-    if stab_warning:
-        reporter.log(f"warning: {stab_warning}")
-    t0 = time.perf_counter()
-    m3 = phase3(head, z_tr, y_tr, z_val, y_val, cfg.phase3, device=device, generator=gen, reporter=reporter)
-    timings["phase3"] = time.perf_counter() - t0
+    sample_gen = torch.Generator().manual_seed(run.cfg.seed + 1)
+    sample = z_test[torch.randperm(len(z_test), generator=sample_gen)[:STABILITY_POINTS]].to(run.device)
+    with run.timed("phase2"):
+        m2, stab_before = _phase2(run, head, z_tr, sample, ckpt)
+    stab_after, warning = _stability_after_phase2(run, head, sample)
+    with run.timed("phase3"):
+        m3 = phase3(head, z_tr, f.y_tr, z_val, f.y_val, run.cfg.phase3, device=run.device, generator=run.gen,
+                    reporter=run.reporter)
     stab_final = jacobian_stability(head.odefunc, sample)
     head.eval()
     return head, {"phases": {"phase1": m1, "phase2": m2, "phase3": m3},
-                  "stability": {"before_phase2": stab_before, "after_phase2": stab_after, "final": stab_final,
-                                "warning": stab_warning}}
+                  "stability": {"before_phase2": stab_before, "after_phase2": stab_after, "final": stab_final, "warning": warning}}
+
+
+def _phase1(run: _Run, head: SODEFHead, f: _Features, ckpt: Checkpoint) -> dict:
+    """The projection against the fixed simplex classifier; from here on a plain (materialized) weight, frozen."""
+    cfg = run.cfg
+
+    def fit():
+        V = simplex_classifier(f.k, cfg.head.dim)
+        m1 = phase1(head, f.h_tr, f.y_tr, f.h_val, f.y_val, V, cfg.phase1, device=run.device, generator=run.gen,
+                    reporter=run.reporter)
+        head.materialize()  # projection is final: a plain orthonormal weight from here on
+        return {f"head.{n}": v for n, v in head.state_dict().items()}, {"phase1": m1}
+
+    tensors, records = ckpt.stage("phase1", fit)
+    head.materialize()
+    # the latest saved head (after phase 1 or 2) carries the final projection that z(0) needs
+    head.load_state_dict(split_state(tensors, "head."))
+    head.proj.requires_grad_(False)
+    return records["phase1"]
+
+
+def _phase2(run: _Run, head: SODEFHead, z_tr: torch.Tensor, sample: torch.Tensor, ckpt: Checkpoint) -> tuple[dict, dict]:
+    """f with the stability regularizers alone on z(0). Returns (phase 2 figures, stability before phase 2)."""
+    cfg = run.cfg
+
+    def fit():
+        before = jacobian_stability(head.odefunc, sample)
+        m2 = phase2(head.odefunc, z_tr, cfg.phase2, cfg.regularizer, device=run.device, generator=run.gen, reporter=run.reporter)
+        return {f"head.{n}": v for n, v in head.state_dict().items()}, {"phase2": m2, "stab_before": before}
+
+    tensors, records = ckpt.stage("phase2", fit)
+    head.load_state_dict(split_state(tensors, "head."))
+    return records["phase2"], records["stab_before"]
+
+
+def _stability_after_phase2(run: _Run, head: SODEFHead, sample: torch.Tensor) -> tuple[dict, str | None]:
+    """The Jacobian statistics phase 2 left, and the warning (also logged) when too few are stable."""
+    stab = jacobian_stability(head.odefunc, sample)
+    warning = stability_warning(stab, run.cfg.phase2, run.cfg.regularizer)
+    if warning:
+        run.reporter.log(f"warning: {warning}")
+    return stab, warning
+
+
+def _hardened_accuracy(run: _Run, hardened: nn.Module, head: SODEFHead | None, adv: dict | None, f: _Features,
+                       data: DataBundle, split: _Split, sodef: dict) -> tuple[float, float]:
+    """(validation, test) clean accuracy of the model as shipped."""
+    if adv is None and head is not None:  # clean phases only: the cached test features give the same logits
+        with torch.no_grad():
+            logits_test = batched_logits(head, f.h_test, device=run.device, batch_size=run.cfg.phase3.batch_size)
+        return sodef["phases"]["phase3"]["val_acc"], accuracy_from_logits(logits_test, f.y_test)
+    # the backbone or the head changed in image space: measure the model as shipped on the images
+    from .adversarial import robust_accuracy
+
+    clean = dict(kind="none", eps=0.0, steps=0, device=run.device, batch_size=run.cfg.feature_batch_size)
+    test = robust_accuracy(hardened, data.test, torch.arange(len(data.test)), **clean)
+    return robust_accuracy(hardened, data.train, split.val, **clean), test
+
+
+def _guard(run: _Run, src: _Source, probe: nn.Linear | None, hardened: nn.Module, check_idx: torch.Tensor) -> dict[str, Any]:
+    """The hardening guard on the held-out check images; with ``check.require_gain`` a loss is marked in its record
+    (the file is still written)."""
+    from .guard import run_check
+
+    base_model = BaseClassifier(src.backbone, src.spec, probe).to(run.device).eval()
+    with local():  # torchrun: the other ranks have finished; rank 0 checks alone
+        check = run_check(base_model, hardened, src.data.train.subset(check_idx), run.cfg, device=run.device,
+                          reporter=run.reporter)
+    check["train_indices"] = [int(check_idx[i]) for i in check.pop("positions")]  # indices into the train split
+    if run.cfg.check.require_gain and check["gain_points"] < 0:
+        check["require_gain_failed"] = True
+    return check
+
+
+def _save(out: Path, cfg: HardenConfig, src: _Source, f: _Features, base: _Baseline, summary: dict[str, Any], *,
+          head: SODEFHead | None, tuned: nn.Module, linear: nn.Linear | None) -> None:
+    """The hardened file: the tensors (``models.save_hardened``) and the metadata, with no timings or timestamps:
+    the same inputs and seed give a bitwise-identical file."""
+    adv = summary["adversarial"]
+    meta = {
+        "backbone": src.spec.to_dict(),
+        "classes": list(src.data.classes),
+        "num_classes": f.k,
+        "feature_dim": int(f.h_tr.shape[1]),
+        "base_classifier": base.kind,
+        "source": src.source,
+        "config": to_dict(cfg),
+        "metrics": {k: v for k, v in summary.items() if k not in ("out", "check", "timings_s", "device")},
+        "check": summary["check"],
+        "versions": versions(),
+    }
+    tuned_state = {}
+    if adv is not None:
+        meta["metrics"]["adversarial"] = {k: v for k, v in adv.items() if k != "seconds"}
+        tuned_sd = tuned.state_dict()
+        tuned_state = {n: tuned_sd[n] for n in adv["tuned_backbone_state"]}
+    save_hardened(out, backbone=src.backbone, meta=meta, head=head, probe=base.probe, tuned=tuned_state, linear=linear)
 
 
 def _hardened_model(backbone, spec: ModelSpec, head: SODEFHead | None, linear: torch.nn.Linear | None) -> torch.nn.Module:

@@ -18,6 +18,7 @@ from torch.nn.utils import parametrizations, parametrize
 
 from .backbone import BaseClassifier, ModelSpec, Normalize, backbone_features
 from .config import ADAPTIVE_SOLVERS, HeadConfig
+from .inputs import check_head_dim
 
 __all__ = [
     "SinODEFunc",
@@ -203,8 +204,7 @@ def simplex_classifier(num_classes: int, dim: int) -> torch.Tensor:
     k = num_classes
     if k < 2:
         raise ValueError("a simplex classifier needs at least 2 classes")
-    if dim < k:
-        raise ValueError(f"head.dim ({dim}) must be at least the number of classes ({k}) for the simplex classifier")
+    check_head_dim(dim, k)
     centered = torch.eye(k, dtype=torch.float64) - torch.full((k, k), 1.0 / k, dtype=torch.float64)
     v = math.sqrt(k / (k - 1)) * centered
     out = torch.zeros(k, dim, dtype=torch.float64)
@@ -274,14 +274,14 @@ class HardenedClassifier(nn.Module):
         ``fixed``: RK4 with a fixed step, plain backprop (honest gradients); ``bpda``: true forward,
         identity backward through the ODE.
         """
-        base_head = self.head.base if isinstance(self.head, _HeadView) else self.head
+        block = self.head.block  # a head view keeps the ODE block of the head it was made from
         if kind == "fixed":
-            ode: nn.Module = base_head.block.with_solver("rk4", step_size=step_size or base_head.block.step_size, adjoint=False)
+            ode: nn.Module = block.with_solver("rk4", step_size=step_size or block.step_size, adjoint=False)
         elif kind == "bpda":
-            ode = IdentityBackwardODE(base_head.block)
+            ode = IdentityBackwardODE(block)
         else:
             raise ValueError(f"unknown variant {kind!r}")
-        out = HardenedClassifier(self.backbone, self.spec, base_head.with_ode(ode))
+        out = HardenedClassifier(self.backbone, self.spec, self.head.with_ode(ode))
         out.normalize = self.normalize
         return out.eval()
 
@@ -298,10 +298,6 @@ class _HeadView(nn.Module):
         super().__init__()
         self.proj, self.ode, self.classifier = proj, ode, classifier
         object.__setattr__(self, "_block", block)  # not registered: no duplicate parameters
-
-    @property
-    def base(self) -> "_HeadView":
-        return self
 
     @property
     def block(self) -> "ODEBlock":

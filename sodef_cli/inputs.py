@@ -1,4 +1,10 @@
-"""The input contract of the public models (``load_hardened`` / ``load_base``), checked once per call.
+"""Input checks, each made once at the entry of the public operation that takes the input.
+
+- :func:`check_count` and :func:`check_head_dim`: sizes a configuration or a caller gives (an
+  :class:`~sodef_cli.errors.InputError`: a usage error to the CLI, a ``ValueError`` to Python callers, naming the
+  config key, never a command-line flag).
+- :func:`check_input` / :func:`guard_inputs`: the input contract of the public models (``load_hardened`` /
+  ``load_base``), checked on every call.
 
 A model rebuilt from a file maps [0,1] float images (N, C, H, W) of the size it was trained at to logits.
 Anything else (another size, channel count or dtype, or pixel values outside [0,1], e.g. 0-255 or already
@@ -7,16 +13,34 @@ expected and what came. Cost: one min/max over the batch.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-__all__ = ["check_input", "guard_inputs"]
+from .errors import InputError
+
+if TYPE_CHECKING:  # torch is imported where a model is checked: config validation stays torch-free
+    from torch import nn
+
+__all__ = ["check_count", "check_head_dim", "check_input", "guard_inputs"]
 
 RANGE_TOL = 1e-6  # float rounding at the [0,1] borders
 
 
+def check_count(value: int, key: str) -> None:
+    """``InputError`` unless ``value`` (a number of images, samples or steps named ``key``) is at least 1."""
+    if value < 1:
+        raise InputError(f"{key} must be at least 1, got {value!r}", key=key)
+
+
+def check_head_dim(dim: int, num_classes: int, key: str = "head.dim") -> None:
+    """``InputError`` unless the ODE state size ``dim`` can hold ``num_classes`` simplex directions (dim >= classes)."""
+    if dim < num_classes:
+        raise InputError(f"{key} ({dim}) must be at least the number of classes ({num_classes})", key=key)
+
+
 def check_input(x, input_size: tuple[int, int, int] | list[int]) -> None:
     """Raise ValueError unless ``x`` is a floating (N, C, H, W) tensor of ``input_size`` = (C, H, W) within [0, 1]."""
+    import torch
+
     c, h, w = (int(v) for v in input_size)
     expected = f"float images (N, {c}, {h}, {w}) with values in [0, 1]"
     if not isinstance(x, torch.Tensor):

@@ -1,8 +1,9 @@
 """Files: atomic writes, safetensors with this tool's JSON metadata, results JSON, hashes, versions.
 
-Model files are safetensors. Their ``__metadata__`` holds one key, ``sodef_cli``, whose value is a JSON
-document ``{"format": "sodef_cli/base" | "sodef_cli/hardened", "format_version": 1, ...}``. The header is
-parsed as data with size limits before any tensor is read. ``.pth`` files are only ever read with
+Model files are safetensors. Their ``__metadata__`` holds one key, ``sodef_cli`` (``META_KEY``), whose value is
+a JSON document ``{"format": BASE_FORMAT | HARDENED_FORMAT, "format_version": N, ...}``. The format names and
+versions are defined here and nowhere else; ``models.py`` writes and reads the tensors of each format. The
+header is parsed as data with size limits before any tensor is read. ``.pth`` files are only ever read with
 ``torch.load(weights_only=True)``; there is no unsafe fallback.
 """
 from __future__ import annotations
@@ -32,15 +33,22 @@ __all__ = [
     "load_weights",
     "sha256_file",
     "versions",
+    "BASE_FORMAT",
+    "HARDENED_FORMAT",
+    "FORMATS",
     "FORMAT_VERSION",
+    "FIRST_FORMAT_VERSION",
     "META_KEY",
 ]
 
-FORMAT_VERSION = 2  # 2: hardened files may hold tuned backbone stages (tuned.*) and a linear head (linear.*)
+BASE_FORMAT = "sodef_cli/base"  # `sodef pretrain`: a timm model with its own classifier
+HARDENED_FORMAT = "sodef_cli/hardened"  # `sodef harden`: the base, its baseline and the hardened head
+FORMATS = (BASE_FORMAT, HARDENED_FORMAT)
+FORMAT_VERSION = 2  # the newest version read and written; 2: hardened files may hold tuned backbone stages and a linear head
+FIRST_FORMAT_VERSION = 1  # written wherever version 2 is not needed, so that older readers keep reading the file
 META_KEY = "sodef_cli"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 MAX_META_BYTES = 16 * 1024 * 1024
-FORMATS = ("sodef_cli/base", "sodef_cli/hardened")
 
 
 @contextlib.contextmanager

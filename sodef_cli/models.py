@@ -1,6 +1,14 @@
-"""Rebuild models from this tool's files: ``load_hardened`` and ``load_base`` (the public API).
+"""This tool's model files: written by ``save_base`` / ``save_hardened``, read by ``load_hardened`` and
+``load_base`` (the public API), ``load_pair``, ``load_base_file`` and ``hardened_meta``.
 
-Both return an ``nn.Module`` in eval mode, every parameter frozen, mapping [0,1] images (N,C,H,W) to
+The format names and versions come from ``io.py``; the tensors of each format are laid out here, once:
+
+- base (``io.BASE_FORMAT``): ``backbone.*``, the timm model with its own classifier.
+- hardened (``io.HARDENED_FORMAT``): ``backbone.*`` the original frozen backbone, ``probe.*`` the same-features
+  linear baseline (when the backbone's own classifier does not fit the classes), ``head.*`` the SODEF head,
+  ``tuned.*`` the backbone tensors adversarial training changed, ``linear.*`` a trained linear head.
+
+The loaders return an ``nn.Module`` in eval mode, every parameter frozen, mapping [0,1] images (N,C,H,W) to
 logits (N, classes); normalization is inside the model.
 """
 from __future__ import annotations
@@ -18,20 +26,57 @@ from .config import HeadConfig, from_dict
 from .errors import ModelError, ModelFileError, UsageError
 from .head import HardenedClassifier, SODEFHead
 from .inputs import guard_inputs
-from .io import load_tensors, read_metadata
+from .io import BASE_FORMAT, FIRST_FORMAT_VERSION, FORMAT_VERSION, HARDENED_FORMAT, load_tensors, read_metadata, save_model_file
 
-__all__ = ["load_hardened", "load_base", "load_pair", "hardened_meta", "Candidate", "describe_model", "check_comparable", "load_candidate"]
+__all__ = ["load_hardened", "load_base", "load_pair", "load_base_file", "hardened_meta", "save_base", "save_hardened", "Candidate",
+           "describe_model", "check_comparable", "load_candidate"]
+
+
+def save_base(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write a base file: the timm ``model`` (``backbone.*``) with ``meta`` stamped as this version's base format."""
+    save_model_file(path, {f"backbone.{k}": v for k, v in model.state_dict().items()},
+                    {**meta, "format": BASE_FORMAT, "format_version": FIRST_FORMAT_VERSION})
+
+
+def save_hardened(path: str | Path, *, backbone: nn.Module, meta: dict[str, Any], head: SODEFHead | None = None,
+                  probe: nn.Linear | None = None, tuned: dict[str, torch.Tensor] | None = None,
+                  linear: nn.Linear | None = None) -> None:
+    """Write a hardened file: the original ``backbone``, the SODEF ``head`` (its projection stored as a plain
+    weight), the baseline ``probe``, the backbone tensors adversarial training changed (``tuned``, by state-dict
+    name) and a trained ``linear`` head; ``meta`` is stamped with the format.
+
+    A file without a SODEF head, tuned tensors or a linear head is written as version 1, which older readers
+    read correctly; version 2 only where an older reader would silently rebuild the wrong model.
+    """
+    tensors = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    if head is not None:
+        tensors.update({f"head.{k}": v for k, v in head.export_state().items()})
+    if probe is not None:
+        tensors.update({f"probe.{k}": v for k, v in probe.state_dict().items()})
+    tensors.update({f"tuned.{k}": v for k, v in (tuned or {}).items()})
+    if linear is not None:
+        tensors.update({f"linear.{k}": v for k, v in linear.state_dict().items()})
+    new_layout = bool(tuned) or linear is not None or head is None
+    version = FORMAT_VERSION if new_layout else FIRST_FORMAT_VERSION
+    save_model_file(path, tensors, {**meta, "format": HARDENED_FORMAT, "format_version": version})
+
+
+def load_base_file(path: str | Path) -> tuple[nn.Module, ModelSpec, dict]:
+    """Rebuild the timm model of a base file (``sodef pretrain``). Returns (model, spec, metadata)."""
+    meta = read_metadata(path, expect=BASE_FORMAT)
+    spec = ModelSpec.from_dict(meta.get("backbone", {}))
+    return rebuild(spec, split_state(load_tensors(path), "backbone.")), spec, meta
 
 
 def hardened_meta(path: str | Path) -> dict:
     """The metadata of a hardened file, its fields checked (commands read them before loading the model)."""
-    return _checked(read_metadata(path, expect="sodef_cli/hardened"), path)
+    return _checked(read_metadata(path, expect=HARDENED_FORMAT), path)
 
 
 def _checked(meta: dict, path: str | Path) -> dict:
     """``meta`` once the fields the loaders and commands use are checked (``ModelFileError`` otherwise)."""
     ModelSpec.from_dict(meta.get("backbone", {}))
-    if meta["format"] != "sodef_cli/hardened":
+    if meta["format"] != HARDENED_FORMAT:
         return meta
     _head_config(meta)
     classes, k, d = meta.get("classes"), meta.get("num_classes"), meta.get("feature_dim")
@@ -59,7 +104,7 @@ def _build(path: str | Path, device: str | torch.device) -> tuple[BaseClassifier
     probe = _linear(path, split_state(tensors, "probe."), "probe")
     base = BaseClassifier(backbone, spec, probe)
     hardened = None
-    if meta["format"] == "sodef_cli/hardened":
+    if meta["format"] == HARDENED_FORMAT:
         hardened = _hardened(path, meta, tensors, backbone, spec)
         freeze(hardened).to(device)
     freeze(base).to(device)
@@ -162,13 +207,13 @@ def describe_model(arg: str) -> dict[str, Any]:
                                  "for other weights pass the timm name and --checkpoint FILE")
         meta = _checked(read_metadata(arg), arg)
         spec = meta["backbone"]
-        kind = "hardened" if meta["format"] == "sodef_cli/hardened" else "base"
+        kind = "hardened" if meta["format"] == HARDENED_FORMAT else "base"
         classes = meta.get("classes") if kind == "hardened" else spec.get("classes")
         return {"kind": kind, "input_size": [int(v) for v in spec["input_size"]], "in_chans": int(spec["in_chans"]),
                 "classes": list(classes or []), "num_classes": len(classes) if classes else int(spec.get("num_classes", 0)), "meta": meta}
-    from .backbone import _check_name
+    from .backbone import check_timm_name
 
-    _check_name(arg)  # ModelError with close names for a typo
+    check_timm_name(arg)  # ModelError with close names for a typo
     return {"kind": "timm", "input_size": None, "in_chans": None, "classes": [], "num_classes": None, "meta": None}
 
 
@@ -219,8 +264,8 @@ def load_candidate(arg: str, label: str, *, data, checkpoint: str = "", device: 
                          "(or a local-dir:/hf-hub: name); random weights are no model")
     from .backbone import build_backbone
 
-    model, spec = build_backbone(name, data_classes=list(data.classes), in_chans=data.channels, image_size=data.image_size,
-                                 pretrained=hub and not checkpoint, checkpoint=checkpoint)
+    model, spec = build_backbone(name, in_chans=data.channels, image_size=data.image_size, pretrained=hub and not checkpoint,
+                                 checkpoint=checkpoint)
     k = int(getattr(model, "num_classes", 0))
     if k != len(data.classes):
         raise ModelError(f"class-count mismatch: {name}" + (f" with {checkpoint}" if checkpoint else "")

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from .adversarial import random_crop_flip, robust_accuracy
-from .backbone import BaseClassifier, ModelSpec, _hub_cfg, create_timm
-from .config import PretrainConfig, to_dict
+from .backbone import BaseClassifier, ModelSpec, check_timm_name, create_timm, hub_config, normalization
+from .config import PretrainConfig, to_dict, validate
 from .data import load_data, stratified_split
 from .errors import TrainingDivergedError
-from .io import save_model_file, versions
+from .io import versions
+from .models import save_base
 from .phases import Reporter
 from .runtime import resolve_device, seed_everything
 
@@ -55,23 +56,26 @@ def _robust_accuracy(model, images, idx, device, batch_size: int, eps: float) ->
 
 
 def pretrain(cfg: PretrainConfig, out: str | Path, *, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data`` and write the base file ``out``. Returns the summary.
+
+    The config and the timm name are checked before the data set is decoded.
+    """
+    validate(cfg)
+    check_timm_name(cfg.model)
     reporter = reporter or Reporter()
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     t_all = time.perf_counter()
-    data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size,
-                     progress=lambda t, d, n: None)
+    data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
     k = len(data.classes)
     model = create_timm(cfg.model, num_classes=None if cfg.pretrained else k, in_chans=data.channels,
                         pretrained=cfg.pretrained, kwargs=cfg.model_kwargs)
     if cfg.pretrained:
         model.reset_classifier(k)
-    hub = _hub_cfg(cfg.model) if cfg.pretrained else {}
-    mean = list(hub.get("mean") or [0.5] * data.channels)[: data.channels]
-    std = list(hub.get("std") or [0.5] * data.channels)[: data.channels]
+    mean, std = normalization(hub_config(cfg.model) if cfg.pretrained else {}, data.channels)
     spec = ModelSpec(cfg.model, k, data.channels, [data.channels, data.image_size, data.image_size],
-                     [float(v) for v in mean], [float(v) for v in std], list(data.classes), dict(cfg.model_kwargs))
+                     mean, std, list(data.classes), dict(cfg.model_kwargs))
     net = BaseClassifier(model, spec).to(device)
 
     tr_idx, val_idx = stratified_split(data.train.labels, cfg.val_fraction, cfg.seed)
@@ -139,8 +143,6 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, reporter: Reporter | None 
         "device": str(device),
     }
     meta = {
-        "format": "sodef_cli/base",
-        "format_version": 1,
         "backbone": spec.to_dict(),
         "config": to_dict(cfg),
         "training": {
@@ -150,5 +152,5 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, reporter: Reporter | None 
         },
         "versions": versions(),
     }
-    save_model_file(out, {f"backbone.{k_}": v for k_, v in model.state_dict().items()}, meta)
+    save_base(out, model, meta)
     return summary

@@ -268,8 +268,7 @@ def test_plain_pth_state_dict_loads_with_prefixes_stripped(tmp_path):
     loaded = load_weights(pth)
     assert loaded.keys() == sd.keys()
     assert all(torch.equal(loaded[k], sd[k]) for k in sd)
-    rebuilt, spec = build_backbone("test_resnet", data_classes=[str(i) for i in range(10)], in_chans=3, image_size=16,
-                                   checkpoint=str(pth))
+    rebuilt, spec = build_backbone("test_resnet", in_chans=3, image_size=16, checkpoint=str(pth))
     assert spec.num_classes == 10
     assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in sd.items())
 

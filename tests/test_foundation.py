@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import sodef_cli
-from sodef_cli.backbone import load_base_file
+from sodef_cli.models import load_base_file
 from sodef_cli.config import (
     HardenConfig,
     HeadConfig,
