@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelError, TrainingDivergedError, UsageError
+from .registry import TRAINING_ATTACKS
 
 __all__ = [
     "TRAINING_ATTACKS",
@@ -44,9 +45,6 @@ __all__ = [
     "catastrophic_overfitting",
     "random_crop_flip",
 ]
-
-TRAINING_ATTACKS = ("none", "fgsm", "pgd", "trades")
-
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding of size/8 and a horizontal flip, per sample. x: float (B,C,H,W)."""

@@ -1,10 +1,16 @@
-"""Attack registry: torchattacks at reference settings, plus attacks built for ODE defenses.
+"""Evaluation attacks: torchattacks at reference settings, plus attacks built for ODE defenses.
 
 Every attack maps clean images x in [0,1] (and labels y) to adversarial images inside the threat model
 (Linf or L2 ball of radius eps, clipped to [0,1]); the cascade in ``evaluate.py`` evaluates them on the
-*real* model. Defaults follow the reference implementations (AutoAttack: APGD-CE 100 iterations, APGD-T
-9 targets x 100, FAB-T 9 targets x 100, Square 5,000 queries); ``--steps``/``--queries`` can lower
+*real* model. Each attack is declared once, on its function, with ``@register_attack`` (its kind, norms,
+default budget, minimum number of classes); the declarations fill ``ATTACKS`` in ``sodef_cli.registry``,
+next to the suites. Defaults follow the reference implementations (AutoAttack: APGD-CE 100 iterations,
+APGD-T 9 targets x 100, FAB-T 9 targets x 100, Square 5,000 queries); ``--steps``/``--queries`` can lower
 them, and results then record the reduced settings.
+
+An attack function takes ``(model, x, y, p, t)``: ``model`` is the network its kind attacks (the model
+itself, the transfer source, the fixed-step or identity-backward copy), ``p`` its parameters with the
+default budget filled in, ``t`` the whole :class:`Target`. Call it through ``ATTACKS[name].run(t, x, y, p)``.
 
 ODE-specific attacks (adaptive attacks on ODE defenses), for hardened models only:
 - ``transfer-apgd-ce`` / ``transfer-pgd``: made on the base classifier (same backbone, no ODE);
@@ -16,7 +22,7 @@ ODE-specific attacks (adaptive attacks on ODE defenses), for hardened models onl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -24,8 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import UsageError
+from .registry import ATTACKS, ODE_KINDS, SUITES, AttackSpec, n_targets, register_attack
 
-__all__ = ["AttackSpec", "Target", "AttackParams", "ATTACKS", "SUITES", "suite_attacks", "project", "max_loss_pgd"]
+__all__ = ["AttackSpec", "Target", "AttackParams", "ATTACKS", "SUITES", "ODE_KINDS", "suite_attacks", "project", "max_loss_pgd"]
 
 
 @dataclass(frozen=True)
@@ -51,17 +58,6 @@ class Target:
     bank: tuple[torch.Tensor, torch.Tensor] | None = None  # (features, labels) of every evaluated sample: feature-attack targets
 
 
-@dataclass(frozen=True)
-class AttackSpec:
-    name: str
-    kind: str  # white-box | black-box | transfer | fixed-step | bpda | feature
-    norms: tuple[str, ...]
-    hardened_only: bool
-    run: Callable[[Target, torch.Tensor, torch.Tensor, AttackParams], torch.Tensor]
-    params: Callable[[AttackParams], dict] = field(default=lambda p: {})
-    description: str = ""
-
-
 def project(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     """Project onto the eps-ball around x and [0,1]."""
     delta = x_adv - x
@@ -73,10 +69,6 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> torc
     return (x + delta).clamp(0, 1)
 
 
-def _steps(p: AttackParams, default: int) -> int:
-    return p.steps if p.steps is not None else default
-
-
 def _ta(cls_name: str, model: nn.Module, p: AttackParams, **kw):
     import torchattacks
 
@@ -85,53 +77,95 @@ def _ta(cls_name: str, model: nn.Module, p: AttackParams, **kw):
     return atk
 
 
-def _n_targets(p: AttackParams) -> int:
-    return min(9, p.n_classes - 1)
+@register_attack("fgsm", kind="white-box", norms=("Linf",), description="FGSM, one step")
+def _fgsm(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
+    return _ta("FGSM", model, p, eps=p.eps)(x, y)
 
 
-def _apgd(model, x, y, p: AttackParams, loss: str = "ce") -> torch.Tensor:
-    atk = _ta("APGD", model, p, norm=p.norm, eps=p.eps, steps=_steps(p, 100), n_restarts=1, seed=p.seed, loss=loss)
+@register_attack("pgd", kind="white-box", norms=("Linf",), default_steps=20, description="PGD, step eps/4, random start")
+@register_attack("pgd-l2", kind="white-box", norms=("L2",), default_steps=20, description="PGD-L2, step eps/4")
+@register_attack("fixed-step-pgd", kind="fixed-step", default_steps=20, description="PGD through a fixed-step RK4 copy of the ODE")
+def _pgd(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
+    if p.norm == "Linf":
+        return _ta("PGD", model, p, eps=p.eps, alpha=p.eps / 4, steps=p.steps, random_start=True)(x, y)
+    return _ta("PGDL2", model, p, eps=p.eps, alpha=p.eps / 4, steps=p.steps, random_start=True)(x, y)
+
+
+def _apgd(model, x, y, p: AttackParams, loss: str) -> torch.Tensor:
+    atk = _ta("APGD", model, p, norm=p.norm, eps=p.eps, steps=p.steps, n_restarts=1, seed=p.seed, loss=loss)
     return atk(x, y)
 
 
-def _apgd_surrogate(model, x, y, p: AttackParams) -> torch.Tensor:
+@register_attack("apgd-ce", kind="white-box", default_steps=100, description="APGD-CE (torchattacks)")
+def _apgd_ce(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
+    return _apgd(model, x, y, p, "ce")
+
+
+# the DLR loss indexes the 3rd largest logit (targeted: the 4th, see apgd-t)
+@register_attack("apgd-dlr", kind="white-box", default_steps=100, min_classes=3, description="APGD-DLR")
+def _apgd_dlr(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
+    return _apgd(model, x, y, p, "dlr")
+
+
+@register_attack("apgd-t", kind="white-box", default_steps=100, targeted=True, min_classes=4, description="APGD-T (DLR, targeted)")
+def _apgdt(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
+    atk = _ta("APGDT", model, p, norm=p.norm, eps=p.eps, steps=p.steps, n_restarts=1, seed=p.seed, n_classes=p.n_classes)
+    atk.n_target_classes = n_targets(p.n_classes)  # the reference's 9, not n_classes-1
+    return atk(x, y)
+
+
+@register_attack("fab-t", kind="white-box", default_steps=100, targeted=True, passes=2, description="FAB-T")
+def _fabt(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
+    atk = _ta("FAB", model, p, norm=p.norm, eps=p.eps, steps=p.steps, n_restarts=1, seed=p.seed,
+              multi_targeted=True, n_classes=p.n_classes)
+    atk.n_target_classes = n_targets(p.n_classes)
+    return atk(x, y)
+
+
+@register_attack("square", kind="black-box", default_queries=5000, description="Square (score-based, margin loss)")
+def _square(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
+    atk = _ta("Square", model, p, norm=p.norm, eps=p.eps, n_queries=p.queries, n_restarts=1, p_init=0.8, loss="margin",
+              resc_schedule=False, seed=p.seed)
+    return atk(x, y)
+
+
+_SPSA_SAMPLES = 128
+
+
+@register_attack("spsa", kind="black-box", norms=("Linf",), default_steps=20, steps_key="iterations",
+                 settings={"samples": _SPSA_SAMPLES}, passes=2 * _SPSA_SAMPLES,  # two forward passes per sample
+                 description="SPSA (gradient-free)")
+def _spsa(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
+    return _ta("SPSA", model, p, eps=p.eps, delta=0.01, lr=0.01, nb_iter=p.steps, nb_sample=_SPSA_SAMPLES, max_batch_size=64)(x, y)
+
+
+# CW is unbounded: its output is projected onto the eps-ball before judging (so it is an L2 attack of radius eps)
+@register_attack("cw-l2", kind="white-box", norms=("L2",), default_steps=100, description="Carlini-Wagner L2, projected to eps")
+def _cw_l2(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
+    return _ta("CW", model, p, c=1, kappa=0, steps=p.steps, lr=0.01)(x, y)
+
+
+@register_attack("eot-pgd", kind="white-box", norms=("Linf",), default_steps=20, passes=2, description="EOT-PGD, 2 samples")
+def _eot_pgd(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
+    return _ta("EOTPGD", model, p, eps=p.eps, alpha=p.eps / 4, steps=p.steps, eot_iter=2, random_start=True)(x, y)
+
+
+@register_attack("transfer-apgd-ce", kind="transfer", default_steps=100,
+                 description="APGD-CE on the base classifier (highest-loss iterate), judged on the hardened model")
+@register_attack("fixed-step-apgd-ce", kind="fixed-step", default_steps=100,
+                 description="APGD-CE through a fixed-step RK4 copy of the ODE (highest-loss iterate)")
+@register_attack("bpda-apgd-ce", kind="bpda", default_steps=100, description="APGD-CE with the ODE's backward replaced by identity")
+def _apgd_surrogate(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
     """APGD-CE on a surrogate (the base, or a differentiable copy), keeping every point's highest-loss iterate.
 
     torchattacks' default returns the clean image wherever the *surrogate* was not fooled, which would make a
     transfer attack a no-op on exactly the points that matter (keep the best-loss points).
     """
-    atk = _ta("APGD", model, p, norm=p.norm, eps=p.eps, steps=_steps(p, 100), n_restarts=1, seed=p.seed, loss="ce")
+    atk = _ta("APGD", model, p, norm=p.norm, eps=p.eps, steps=p.steps, n_restarts=1, seed=p.seed, loss="ce")
     torch.manual_seed(p.seed)
     with torch.enable_grad():
         _, adv = atk.perturb(x.detach().clone(), y.detach().clone(), best_loss=True)
     return adv.detach()
-
-
-def _apgdt(model, x, y, p: AttackParams) -> torch.Tensor:
-    atk = _ta("APGDT", model, p, norm=p.norm, eps=p.eps, steps=_steps(p, 100), n_restarts=1, seed=p.seed, n_classes=p.n_classes)
-    atk.n_target_classes = _n_targets(p)  # the reference's 9, not n_classes-1
-    return atk(x, y)
-
-
-def _fabt(model, x, y, p: AttackParams) -> torch.Tensor:
-    atk = _ta("FAB", model, p, norm=p.norm, eps=p.eps, steps=_steps(p, 100), n_restarts=1, seed=p.seed,
-              multi_targeted=True, n_classes=p.n_classes)
-    atk.n_target_classes = _n_targets(p)
-    return atk(x, y)
-
-
-def _square(model, x, y, p: AttackParams) -> torch.Tensor:
-    q = p.queries if p.queries is not None else 5000
-    atk = _ta("Square", model, p, norm=p.norm, eps=p.eps, n_queries=q, n_restarts=1, p_init=0.8, loss="margin",
-              resc_schedule=False, seed=p.seed)
-    return atk(x, y)
-
-
-def _pgd(model, x, y, p: AttackParams, steps: int = 20) -> torch.Tensor:
-    n = _steps(p, steps)
-    if p.norm == "Linf":
-        return _ta("PGD", model, p, eps=p.eps, alpha=p.eps / 4, steps=n, random_start=True)(x, y)
-    return _ta("PGDL2", model, p, eps=p.eps, alpha=p.eps / 4, steps=n, random_start=True)(x, y)
 
 
 def max_loss_pgd(
@@ -189,12 +223,16 @@ def _ce_each(model: nn.Module, y: torch.Tensor):
     return lambda xa: F.cross_entropy(model(xa), y, reduction="none")
 
 
-def _transfer_pgd(t: Target, x, y, p: AttackParams) -> torch.Tensor:
+@register_attack("transfer-pgd", kind="transfer", default_steps=100,
+                 description="momentum PGD on the base classifier, highest-loss iterate, judged on the hardened model")
+def _transfer_pgd(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
     g = torch.Generator().manual_seed(p.seed)
-    return max_loss_pgd(_ce_each(t.base, y), x, norm=p.norm, eps=p.eps, steps=_steps(p, 100), generator=g)
+    return max_loss_pgd(_ce_each(model, y), x, norm=p.norm, eps=p.eps, steps=p.steps, generator=g)
 
 
-def _feature(t: Target, x, y, p: AttackParams) -> torch.Tensor:
+@register_attack("feature", kind="feature", default_steps=100,
+                 description="feature-space attack on the backbone output (L1 to another class's features)")
+def _feature(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
     """Feature-space attack (Croce et al. 2022): minimize ||h(x+d) - h_target||_1 where h_target is the
     nearest feature (L1) among the evaluated samples labelled with this sample's second most likely class
     (else of any other class). The ODE is never differentiated; success is checked on the real model."""
@@ -217,76 +255,7 @@ def _feature(t: Target, x, y, p: AttackParams) -> torch.Tensor:
     check = lambda xa: t.model(xa).argmax(1) != y
     g = torch.Generator().manual_seed(p.seed)
     with torch.enable_grad():
-        return max_loss_pgd(loss_fn, x, norm=p.norm, eps=p.eps, steps=_steps(p, 100), generator=g, check=check)
-
-
-def _cw_l2(t: Target, x, y, p: AttackParams) -> torch.Tensor:
-    # CW is unbounded: its output is projected onto the eps-ball before judging (so it is an L2 attack of radius eps)
-    return _ta("CW", t.model, p, c=1, kappa=0, steps=_steps(p, 100), lr=0.01)(x, y)
-
-
-def _spsa(t: Target, x, y, p: AttackParams) -> torch.Tensor:
-    return _ta("SPSA", t.model, p, eps=p.eps, delta=0.01, lr=0.01, nb_iter=_steps(p, 20), nb_sample=128, max_batch_size=64)(x, y)
-
-
-def _eot_pgd(t: Target, x, y, p: AttackParams) -> torch.Tensor:
-    return _ta("EOTPGD", t.model, p, eps=p.eps, alpha=p.eps / 4, steps=_steps(p, 20), eot_iter=2, random_start=True)(x, y)
-
-
-def _fgsm(t: Target, x, y, p: AttackParams) -> torch.Tensor:
-    return _ta("FGSM", t.model, p, eps=p.eps)(x, y)
-
-
-BOTH = ("Linf", "L2")
-_it = lambda d: (lambda p: {"steps": _steps(p, d)})
-ATTACKS: dict[str, AttackSpec] = {
-    s.name: s
-    for s in [
-        AttackSpec("fgsm", "white-box", ("Linf",), False, _fgsm, description="FGSM, one step"),
-        AttackSpec("pgd", "white-box", ("Linf",), False, lambda t, x, y, p: _pgd(t.model, x, y, p), _it(20), "PGD, step eps/4, random start"),
-        AttackSpec("pgd-l2", "white-box", ("L2",), False, lambda t, x, y, p: _pgd(t.model, x, y, p), _it(20), "PGD-L2, step eps/4"),
-        AttackSpec("apgd-ce", "white-box", BOTH, False, lambda t, x, y, p: _apgd(t.model, x, y, p), _it(100), "APGD-CE (torchattacks)"),
-        AttackSpec("apgd-dlr", "white-box", BOTH, False, lambda t, x, y, p: _apgd(t.model, x, y, p, "dlr"), _it(100), "APGD-DLR"),
-        AttackSpec("apgd-t", "white-box", BOTH, False, lambda t, x, y, p: _apgdt(t.model, x, y, p),
-                   lambda p: {"steps": _steps(p, 100), "targets": _n_targets(p)}, "APGD-T (DLR, targeted)"),
-        AttackSpec("fab-t", "white-box", BOTH, False, lambda t, x, y, p: _fabt(t.model, x, y, p),
-                   lambda p: {"steps": _steps(p, 100), "targets": _n_targets(p)}, "FAB-T"),
-        AttackSpec("square", "black-box", BOTH, False, lambda t, x, y, p: _square(t.model, x, y, p),
-                   lambda p: {"queries": p.queries if p.queries is not None else 5000}, "Square (score-based, margin loss)"),
-        AttackSpec("spsa", "black-box", ("Linf",), False, _spsa, lambda p: {"iterations": _steps(p, 20), "samples": 128}, "SPSA (gradient-free)"),
-        AttackSpec("cw-l2", "white-box", ("L2",), False, _cw_l2, _it(100), "Carlini-Wagner L2, projected to eps"),
-        AttackSpec("eot-pgd", "white-box", ("Linf",), False, _eot_pgd, _it(20), "EOT-PGD, 2 samples"),
-        AttackSpec("transfer-apgd-ce", "transfer", BOTH, True, lambda t, x, y, p: _apgd_surrogate(t.base, x, y, p), _it(100),
-                   "APGD-CE on the base classifier (highest-loss iterate), judged on the hardened model"),
-        AttackSpec("transfer-pgd", "transfer", BOTH, True, _transfer_pgd, _it(100),
-                   "momentum PGD on the base classifier, highest-loss iterate, judged on the hardened model"),
-        AttackSpec("fixed-step-apgd-ce", "fixed-step", BOTH, True, lambda t, x, y, p: _apgd_surrogate(t.fixed, x, y, p), _it(100),
-                   "APGD-CE through a fixed-step RK4 copy of the ODE (highest-loss iterate)"),
-        AttackSpec("fixed-step-pgd", "fixed-step", BOTH, True, lambda t, x, y, p: _pgd(t.fixed, x, y, p), _it(20),
-                   "PGD through a fixed-step RK4 copy of the ODE"),
-        AttackSpec("bpda-apgd-ce", "bpda", BOTH, True, lambda t, x, y, p: _apgd_surrogate(t.bpda, x, y, p), _it(100),
-                   "APGD-CE with the ODE's backward replaced by identity"),
-        AttackSpec("feature", "feature", BOTH, True, _feature, _it(100),
-                   "feature-space attack on the backbone output (L1 to another class's features)"),
-    ]
-}
-
-_AA = ["apgd-ce", "apgd-t", "fab-t", "square"]
-SUITES: dict[str, dict[str, list[str]]] = {
-    "quick": {"base": ["apgd-ce"], "hardened": ["apgd-ce", "fixed-step-apgd-ce", "transfer-apgd-ce"]},
-    "standard": {"base": list(_AA), "hardened": list(_AA)},
-    "adaptive": {
-        "base": _AA + ["spsa"],
-        "hardened": ["apgd-ce", "apgd-t", "fab-t", "fixed-step-apgd-ce", "fixed-step-pgd", "bpda-apgd-ce",
-                     "transfer-apgd-ce", "transfer-pgd", "feature", "square", "spsa"],
-    },
-}
-
-
-MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}  # the DLR losses index the 3rd (targeted: 4th) largest logit
-
-
-ODE_KINDS = ("fixed-step", "bpda")  # attacks that need the hardened model to have an ODE
+        return max_loss_pgd(loss_fn, x, norm=p.norm, eps=p.eps, steps=p.steps, generator=g, check=check)
 
 
 def suite_attacks(suite: str | None, attacks: list[str] | None, norm: str, n_classes: int | None = None,
@@ -295,9 +264,9 @@ def suite_attacks(suite: str | None, attacks: list[str] | None, norm: str, n_cla
     when given, the number of classes (suites drop the DLR attacks that need more classes) and whether the
     hardened model has an ODE (suites drop the fixed-step and BPDA attacks of a linear head)."""
     if attacks and n_classes is not None:
-        few = [a for a in attacks if MIN_CLASSES.get(a, 2) > n_classes]
+        few = [a for a in attacks if a in ATTACKS and ATTACKS[a].min_classes > n_classes]
         if few:
-            raise UsageError(f"attack(s) {', '.join(few)} need at least {max(MIN_CLASSES[a] for a in few)} classes; the model has {n_classes}")
+            raise UsageError(f"attack(s) {', '.join(few)} need at least {max(ATTACKS[a].min_classes for a in few)} classes; the model has {n_classes}")
     if attacks:
         unknown = [a for a in attacks if a not in ATTACKS]
         if unknown:
@@ -305,7 +274,7 @@ def suite_attacks(suite: str | None, attacks: list[str] | None, norm: str, n_cla
         bad = [a for a in attacks if norm not in ATTACKS[a].norms]
         if bad:
             raise UsageError(f"attack(s) {', '.join(bad)} do not support --norm {norm} (they support {', '.join(ATTACKS[bad[0]].norms)})")
-        no_ode = [a for a in attacks if ATTACKS[a].kind in ODE_KINDS] if not has_ode else []
+        no_ode = [a for a in attacks if ATTACKS[a].needs_ode] if not has_ode else []
         if no_ode:
             raise UsageError(f"attack(s) {', '.join(no_ode)} need an ODE; this hardened model has a linear head")
         # without an ODE the two models are attacked alike (transfer attacks then take the other model as source)
@@ -314,8 +283,8 @@ def suite_attacks(suite: str | None, attacks: list[str] | None, norm: str, n_cla
         raise UsageError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     out = {}
     for m, names in SUITES[suite].items():
-        out[m] = [a for a in names if norm in ATTACKS[a].norms and MIN_CLASSES.get(a, 2) <= (n_classes or 2**31)
-                  and (has_ode or ATTACKS[a].kind not in ODE_KINDS)]
+        out[m] = [a for a in names if norm in ATTACKS[a].norms and ATTACKS[a].min_classes <= (n_classes or 2**31)
+                  and (has_ode or not ATTACKS[a].needs_ode)]
     if not has_ode:  # two plain classifiers: the same attacks on both, transfer attacks from the other model
         out["base"] = list(out["hardened"])
     return out

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -20,7 +21,10 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .config import AdversarialConfig, HeadConfig
 from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SodefError, UsageError
+from .registry import (ADAPTIVE_SOLVERS, DEVICES, FIXED_SOLVERS, FORMAT_SUFFIXES, FORMATS, HEAD_KINDS, NORMS, PRETRAIN_ATTACKS,
+                       SUITES, TRAINING_ATTACKS, or_list)
 
 app = typer.Typer(
     name="sodef",
@@ -38,15 +42,18 @@ def _out_console() -> Console:
     return Console()
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+def _choices(name: str, values: Iterable[str]) -> type[Enum]:
+    """A str Enum of ``values`` (a registry's names): Typer shows them in --help and rejects anything else."""
+    return Enum(name, [(v, v) for v in values], type=str)
 
 
-class Adversarial(str, Enum):
-    none = "none"
-    fgsm = "fgsm"
+Device = _choices("Device", DEVICES)
+Adversarial = _choices("Adversarial", PRETRAIN_ATTACKS)
+HeadKind = _choices("HeadKind", HEAD_KINDS)
+TrainAttack = _choices("TrainAttack", TRAINING_ATTACKS)
+Suite = _choices("Suite", SUITES)
+Norm = _choices("Norm", NORMS)
+ReportFormat = _choices("ReportFormat", FORMATS)
 
 
 DataOpt = Annotated[Optional[str], typer.Option("--data", help="demo | folder with train/ and test/ | cifar10, cifar100, mnist, fashion-mnist, svhn.")]
@@ -55,9 +62,14 @@ DownloadOpt = Annotated[Optional[bool], typer.Option("--download/--no-download",
 RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", help="Recipe TOML supplying defaults; flags win.", exists=True, dir_okay=False)]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any recipe key: --set phase2.epochs=3 (repeatable).")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
-DeviceOpt = Annotated[Optional[Device], typer.Option("--device", help="auto, cpu or cuda.")]
+DeviceOpt = Annotated[Optional[Device], typer.Option("--device", help=f"{or_list(DEVICES)}.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
 ImageSizeOpt = Annotated[Optional[int], typer.Option("--image-size", min=1, help="Resize images to this size (default: the data's own).")]
+_SOLVER_HELP = (f"ODE solver (torchdiffeq; default {HeadConfig.solver}): adaptive {', '.join(ADAPTIVE_SOLVERS)}, "
+                f"or fixed-step {', '.join(FIXED_SOLVERS)}.")
+_SUITE_HELP = "; ".join(f"{s.name}: {s.description}" for s in SUITES.values()) + "."
+_FORMAT_HELP = (f"{or_list(FORMATS)} (table: the terminal). Default: from the --out suffix "
+                f"({', '.join(FORMAT_SUFFIXES)}), else table.")
 
 
 class RichReporter:
@@ -187,7 +199,7 @@ def pretrain(
     epochs: Annotated[Optional[int], typer.Option("--epochs", min=1)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", min=0.0)] = None,
-    adversarial: Annotated[Optional[Adversarial], typer.Option("--adversarial", help="none or fgsm (fast adversarial training, random start).")] = None,
+    adversarial: Annotated[Optional[Adversarial], typer.Option("--adversarial", help=f"{or_list(PRETRAIN_ATTACKS)} (fast adversarial training, random start).")] = None,
     pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from hub weights (needs the network).")] = None,
     image_size: ImageSizeOpt = None,
     set_: SetOpt = None,
@@ -217,18 +229,6 @@ def pretrain(
         )
 
 
-class HeadKind(str, Enum):
-    sodef = "sodef"
-    linear = "linear"
-
-
-class TrainAttack(str, Enum):
-    none = "none"
-    fgsm = "fgsm"
-    pgd = "pgd"
-    trades = "trades"
-
-
 @app.command()
 @_handle
 def harden(
@@ -241,10 +241,10 @@ def harden(
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Weights for a timm name: .safetensors, or .pth read with weights_only=True.")] = None,
     pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Hub weights for a timm name (needs the network).")] = None,
     dim: Annotated[Optional[int], typer.Option("--dim", min=2, help="ODE state size n.")] = None,
-    solver: Annotated[Optional[str], typer.Option("--solver", help="dopri5 (default), rk4, euler, ...")] = None,
+    solver: Annotated[Optional[str], typer.Option("--solver", help=_SOLVER_HELP)] = None,
     t1: Annotated[Optional[float], typer.Option("--t1", help="Integration time T.")] = None,
     head: Annotated[Optional[HeadKind], typer.Option("--head", help="sodef (projection -> ODE -> classifier) or linear (the model's own classifier, or a linear probe).")] = None,
-    adv_attack: Annotated[Optional[TrainAttack], typer.Option("--adv-attack", help="Adversarial training after the head is fitted: none (default), fgsm, pgd or trades.")] = None,
+    adv_attack: Annotated[Optional[TrainAttack], typer.Option("--adv-attack", help=f"Adversarial training after the head is fitted: {or_list(TRAINING_ATTACKS)} (default {AdversarialConfig.attack}).")] = None,
     adv_stages: Annotated[Optional[int], typer.Option("--adv-stages", min=0, help="Also train the last N backbone stages (timm's grouping; 0 = head only).")] = None,
     adv_epochs: Annotated[Optional[int], typer.Option("--adv-epochs", min=1, help="Epochs of adversarial training.")] = None,
     image_size: ImageSizeOpt = None,
@@ -295,17 +295,6 @@ def harden(
         raise typer.Exit(code=EXIT_RUNTIME)
 
 
-class Suite(str, Enum):
-    quick = "quick"
-    standard = "standard"
-    adaptive = "adaptive"
-
-
-class Norm(str, Enum):
-    Linf = "Linf"
-    L2 = "L2"
-
-
 @app.command()
 @_handle
 def attack(
@@ -315,9 +304,9 @@ def attack(
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = None,
-    suite: Annotated[Suite, typer.Option("--suite", help="quick, standard (AutoAttack at reference settings) or adaptive (default).")] = Suite.adaptive,
+    suite: Annotated[Suite, typer.Option("--suite", help=_SUITE_HELP)] = Suite("adaptive"),
     attacks: Annotated[Optional[str], typer.Option("--attacks", help="Comma-separated attack names instead of a suite.")] = None,
-    norm: Annotated[Norm, typer.Option("--norm", help="Threat model.")] = Norm.Linf,
+    norm: Annotated[Norm, typer.Option("--norm", help="Threat model.")] = Norm("Linf"),
     eps: Annotated[str, typer.Option("--eps", help="Budget(s) in [0,1] pixel units, e.g. 8/255 or 4/255,8/255,16/255.")] = "8/255",
     n: Annotated[int, typer.Option("--n", "--samples", min=1, help="Test samples, drawn class by class with --seed (--samples under torchrun, whose parser takes --n).")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Sample selection and attack seed.")] = 0,
@@ -415,21 +404,11 @@ def _model_label(value: str, models: list[str], cands: list, option: str) -> str
     raise UsageError(f"{option} {value!r} is not among the models ({', '.join(c.label for c in cands)})")
 
 
-class ReportFormat(str, Enum):
-    table = "table"
-    markdown = "markdown"
-    json = "json"
-    html = "html"
-
-
-_REPORT_SUFFIX = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html", ".json": "json"}
-
-
 @app.command()
 @_handle
 def report(
     files: Annotated[list[Path], typer.Argument(help="Results JSON files from `sodef attack` (shown side by side), or one .safetensors file, hardened or base (its model card).", show_default=False, metavar="FILE")],
-    format_: Annotated[Optional[ReportFormat], typer.Option("--format", help="table (terminal), markdown, json or html. Default: from the --out suffix (.md, .html, .json), else table.")] = None,
+    format_: Annotated[Optional[ReportFormat], typer.Option("--format", help=_FORMAT_HELP)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the report to this file (atomically) instead of stdout.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Model card: test images for the stability diagnostics (default: the hardening data when it is here).")] = None,
     data_dir: DataDirOpt = None,
@@ -440,7 +419,7 @@ def report(
     from .io import read_json
     from .report import card_data, render, results_data
 
-    fmt = format_.value if format_ else (_REPORT_SUFFIX.get(out.suffix.lower(), "table") if out else "table")
+    fmt = format_.value if format_ else (FORMAT_SUFFIXES.get(out.suffix.lower(), "table") if out else "table")
     if any(f.suffix == ".safetensors" for f in files):
         if len(files) > 1:
             raise UsageError("a model card takes exactly one .safetensors file; compare runs by passing their results JSON files")

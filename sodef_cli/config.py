@@ -24,6 +24,8 @@ from typing import Any
 
 from .errors import UsageError
 from .inputs import check_count
+from .registry import (ADAPTIVE_SOLVERS, FIXED_SOLVERS, HEAD_KINDS, NORMS, ODEFUNCS, PRETRAIN_ATTACKS, SOLVERS,
+                       TRAINING_ATTACKS, or_list)
 
 __all__ = [
     "HeadConfig",
@@ -41,10 +43,9 @@ __all__ = [
     "to_dict",
     "from_dict",
     "parse_fraction",
+    "ADAPTIVE_SOLVERS",
+    "FIXED_SOLVERS",
 ]
-
-ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FIXED_SOLVERS = ("rk4", "euler", "midpoint", "explicit_adams")
 
 
 @dataclass(frozen=True)
@@ -365,14 +366,15 @@ def resolve(cls: type, *, recipe: str | Path | None = None, overrides: dict[str,
 
 def _validate_adversarial(cfg: "HardenConfig") -> None:
     a = cfg.adversarial
-    if a.attack not in ("none", "fgsm", "pgd", "trades"):
-        raise UsageError(f"adversarial.attack {a.attack!r} unknown; choose one of none, fgsm, pgd, trades")
+    if a.attack not in TRAINING_ATTACKS:
+        raise UsageError(f"adversarial.attack {a.attack!r} unknown; choose one of {', '.join(TRAINING_ATTACKS)}")
     if a.attack == "none":
+        trained = or_list(t for t in TRAINING_ATTACKS if t != "none")
         if cfg.head.kind == "linear":
             raise UsageError("head.kind = linear trains a linear head adversarially; choose a training attack "
-                             "(adversarial.attack = fgsm, pgd or trades)")
+                             f"(adversarial.attack = {trained})")
         if a.stages:
-            raise UsageError("adversarial.stages needs a training attack (adversarial.attack = fgsm, pgd or trades)")
+            raise UsageError(f"adversarial.stages needs a training attack (adversarial.attack = {trained})")
         return
     if not 0.0 < a.eps <= 1.0 or a.step < 0 or a.steps < 1 or a.beta < 0:
         raise UsageError("adversarial.eps must be in (0, 1], step >= 0, steps >= 1 and beta >= 0")
@@ -381,10 +383,11 @@ def _validate_adversarial(cfg: "HardenConfig") -> None:
     if a.stages < 0 or a.select_n < 1 or a.select_steps < 1 or a.stability_weight < 0 or a.lr_ode < 0 or a.grad_clip < 0:
         raise UsageError("adversarial.stages must be >= 0, select_n and select_steps >= 1, stability_weight, lr_ode and "
                          "grad_clip >= 0")
-    if cfg.head.kind == "sodef" and a.ode_solver not in FIXED_SOLVERS:
+    fixed = [name for name, solver in SOLVERS.items() if not solver.adaptive]
+    if cfg.head.kind == "sodef" and a.ode_solver not in fixed:
         raise UsageError(
             f"adversarial training differentiates through the ODE with a fixed-step solver, but adversarial.ode_solver is "
-            f"{a.ode_solver!r}; choose one of {', '.join(FIXED_SOLVERS)}"
+            f"{a.ode_solver!r}; choose one of {', '.join(fixed)}"
         )
 
 
@@ -392,10 +395,8 @@ def validate(cfg: Any) -> None:
     """Value checks that a type alone does not express."""
     if isinstance(cfg, HardenConfig):
         h = cfg.head
-        if h.solver not in ADAPTIVE_SOLVERS + FIXED_SOLVERS:
-            raise UsageError(f"head.solver {h.solver!r} unknown; choose one of {', '.join(ADAPTIVE_SOLVERS + FIXED_SOLVERS)}")
-        if h.odefunc not in ("sin", "sin3"):
-            raise UsageError(f"head.odefunc {h.odefunc!r} unknown; choose one of sin, sin3")
+        SOLVERS.require(h.solver, "head.solver")
+        ODEFUNCS.require(h.odefunc, "head.odefunc")
         if h.dim < 2 or h.t1 <= 0 or h.step_size <= 0 or h.rtol <= 0 or h.atol <= 0:
             raise UsageError("head.dim must be >= 2 and head.t1, step_size, rtol, atol must be > 0")
         if cfg.regularizer.form not in ("code", "paper"):
@@ -408,16 +409,16 @@ def validate(cfg: Any) -> None:
             ph = getattr(cfg, name)
             if ph.epochs < 0 or ph.batch_size < 1:
                 raise UsageError(f"{name}.epochs must be >= 0 and {name}.batch_size >= 1")
-        if cfg.check.norm not in ("Linf", "L2") or not 0.0 <= cfg.check.eps <= 1.0:
-            raise UsageError("check.norm must be Linf or L2 and check.eps in [0, 1]")
+        if cfg.check.norm not in NORMS or not 0.0 <= cfg.check.eps <= 1.0:
+            raise UsageError(f"check.norm must be {or_list(NORMS)} and check.eps in [0, 1]")
         for key in ("n", "batch_size", "steps"):
             check_count(getattr(cfg.check, key), f"check.{key}")
-        if h.kind not in ("sodef", "linear"):
-            raise UsageError(f"head.kind {h.kind!r} unknown; choose sodef or linear")
+        if h.kind not in HEAD_KINDS:
+            raise UsageError(f"head.kind {h.kind!r} unknown; choose {or_list(HEAD_KINDS)}")
         _validate_adversarial(cfg)
     if isinstance(cfg, PretrainConfig):
-        if cfg.adversarial not in ("none", "fgsm"):
-            raise UsageError("adversarial must be 'none' or 'fgsm'")
+        if cfg.adversarial not in PRETRAIN_ATTACKS:
+            raise UsageError(f"adversarial must be {or_list(PRETRAIN_ATTACKS, quote=True)}")
         if cfg.epochs < 1 or cfg.batch_size < 1:
             raise UsageError("epochs and batch_size must be >= 1")
         if not 0.0 <= cfg.adv_eps <= 1.0:

@@ -26,6 +26,7 @@ from .distributed import all_gather_objects, gather_merge, is_main, map_batches,
 from .errors import ModelError, ResultsError, UsageError
 from .head import has_ode
 from .io import read_json, sha256_file, versions, write_json
+from .registry import ADAPTIVE_KINDS, NORMS, or_list
 from .stats import paired_difference, wilson
 
 __all__ = ["AttackConfig", "run_evaluation", "summarize", "worst_case_flags", "SCHEMA", "SCHEMA_VERSION", "masking_checks",
@@ -53,8 +54,8 @@ class AttackConfig:
     check_samples: int = 64  # samples for the large-eps and batch-composition checks
 
     def validate(self) -> None:
-        if self.norm not in ("Linf", "L2"):
-            raise UsageError(f"--norm must be Linf or L2, got {self.norm!r}")
+        if self.norm not in NORMS:
+            raise UsageError(f"--norm must be {or_list(NORMS)}, got {self.norm!r}")
         for e in self.eps:
             if not 0.0 <= e <= 1.0 and self.norm == "Linf":
                 raise UsageError(f"--eps {e} is outside [0, 1]")
@@ -484,9 +485,6 @@ def _paired_figures(fa: dict[str, list], fb: dict[str, list]) -> dict[str, Any]:
     return out
 
 
-ADAPTIVE_KINDS = ("transfer", "fixed-step", "bpda", "feature", "black-box")  # gradients not from the model as shipped
-
-
 def evaluation_strength(doc: dict) -> dict:
     """Whether the run is an adaptive evaluation (at least one attack on the hardened model that does not take
     its gradients from the model as shipped) and whether budgets were below the reference."""
@@ -560,19 +558,7 @@ def summarize(doc: dict) -> dict:
 
 def _units(name: str, p: AttackParams) -> tuple[float, str]:
     """(passes per attacked sample, "grad" or "forward") of one attack at its settings: a rough cost model."""
-    prm = ATTACKS[name].params(p)
-    steps = float(prm.get("steps", prm.get("iterations", 1)))
-    if name == "fgsm":
-        return 1.0, "grad"
-    if name == "eot-pgd":
-        return 2 * steps, "grad"
-    if name in ("apgd-t", "fab-t"):
-        return steps * prm.get("targets", 1) * (2 if name == "fab-t" else 1), "grad"
-    if name == "square":
-        return float(prm["queries"]), "forward"
-    if name == "spsa":
-        return steps * 2 * prm.get("samples", 128), "forward"
-    return steps, "grad"
+    return ATTACKS[name].cost(p)
 
 
 def _time_passes(model, x: torch.Tensor, y: torch.Tensor, device) -> tuple[float, float, float]:
@@ -648,8 +634,6 @@ COMPARISON_VERSION = 2
 
 def _comparison_entries(cands: list, cfg: AttackConfig, *, n_classes: int, transfer_from: str | None) -> list[dict]:
     """Attacks, transfer source and surrogates of every model of a comparison."""
-    from .attacks import ODE_KINDS
-
     labels = [c.label for c in cands]
     by_label = {c.label: c for c in cands}
     any_ode = any(has_ode(c.model) for c in cands)
@@ -659,7 +643,7 @@ def _comparison_entries(cands: list, cfg: AttackConfig, *, n_classes: int, trans
     for c in cands:
         ode = has_ode(c.model)
         if cfg.attacks:
-            names = [a for a in cfg.attacks if ode or ATTACKS[a].kind not in ODE_KINDS]
+            names = [a for a in cfg.attacks if ode or not ATTACKS[a].needs_ode]
         else:
             names = suite_attacks(cfg.suite, [], cfg.norm, n_classes=n_classes, has_ode=ode)["hardened"]
         if transfer_from and transfer_from != c.label:

@@ -3,7 +3,8 @@
 Shapes: backbone features h (B, d) -> z(0) = P h (B, n) with P having orthonormal rows
 (torch's own orthogonal parametrization) -> z(T) = ODESolve(f, z(0), [0, T]) -> logits (B, k).
 
-ODE function families (``ODEFUNCS``), each autonomous and with an exact batched Jacobian:
+ODE function families, each autonomous and with an exact batched Jacobian, registered by name in
+``sodef_cli.registry.ODEFUNCS`` with ``@register_odefunc`` (``head.odefunc`` picks one):
 - ``sin``: f(z) = sin(-(W z + b)), the authors' code; J = -diag(cos u) W, u = -(Wz+b).
 - ``sin3``: three such layers n -> hidden -> hidden -> n (the authors' TRADES variant).
 """
@@ -17,8 +18,9 @@ from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
 from .backbone import BaseClassifier, ModelSpec, Normalize, backbone_features
-from .config import ADAPTIVE_SOLVERS, HeadConfig
+from .config import HeadConfig
 from .inputs import check_head_dim
+from .registry import ODEFUNCS, SOLVERS, register_odefunc
 
 __all__ = [
     "SinODEFunc",
@@ -46,7 +48,13 @@ class _CountingFunc(nn.Module):
     def f(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @classmethod
+    def from_config(cls, cfg: HeadConfig) -> "_CountingFunc":
+        """The function of state size ``cfg.dim`` (families with more settings read them from ``cfg`` too)."""
+        return cls(cfg.dim)
 
+
+@register_odefunc("sin")
 class SinODEFunc(_CountingFunc):
     """f(z) = sin(-(W z + b))."""
 
@@ -80,6 +88,7 @@ class SinODEFunc(_CountingFunc):
         return torch.sin(u), diag, total - 2 * absdiag
 
 
+@register_odefunc("sin3")
 class DeepSinODEFunc(_CountingFunc):
     """Three layers, each x -> sin(-(W x + b)): n -> hidden -> hidden -> n."""
 
@@ -88,6 +97,10 @@ class DeepSinODEFunc(_CountingFunc):
         self.l1 = nn.Linear(dim, hidden)
         self.l2 = nn.Linear(hidden, hidden)
         self.l3 = nn.Linear(hidden, dim)
+
+    @classmethod
+    def from_config(cls, cfg: HeadConfig) -> "DeepSinODEFunc":
+        return cls(cfg.dim, cfg.hidden)
 
     def f(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sin(-self.l3(torch.sin(-self.l2(torch.sin(-self.l1(z))))))
@@ -126,13 +139,9 @@ def generic_stability_stats(func: nn.Module, z: torch.Tensor, convention: str):
     return _stats_from_jacobian(func.f(z), jac, convention)
 
 
-ODEFUNCS = {"sin": SinODEFunc, "sin3": DeepSinODEFunc}
-
-
 def make_odefunc(cfg: HeadConfig) -> _CountingFunc:
-    if cfg.odefunc == "sin":
-        return SinODEFunc(cfg.dim)
-    return DeepSinODEFunc(cfg.dim, cfg.hidden)
+    """The registered family ``cfg.odefunc``, built from ``cfg``."""
+    return ODEFUNCS.require(cfg.odefunc, "head.odefunc").from_config(cfg)
 
 
 class ODEBlock(nn.Module):
@@ -150,7 +159,8 @@ class ODEBlock(nn.Module):
 
     @property
     def adaptive(self) -> bool:
-        return self.solver in ADAPTIVE_SOLVERS
+        """Error control at rtol/atol (else fixed steps of step_size), as the solver registry declares."""
+        return SOLVERS.require(self.solver, "head.solver").adaptive
 
     def forward(self, z0: torch.Tensor) -> torch.Tensor:
         import torchdiffeq

@@ -1,6 +1,7 @@
 """`sodef attack`: cascade semantics, resumable results, JSON summary, attack registry, distributed equality."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -108,20 +109,20 @@ def test_results_resume_skips_finished_attacks(adaptive_file, tmp_path, monkeypa
     import sodef_cli.attacks as A
 
     calls = []
-    real = A.ATTACKS["fgsm"].run
+    real = A.ATTACKS["fgsm"].fn
 
     def counting(*args, **kw):
         calls.append(1)
         return real(*args, **kw)
 
     spec = A.ATTACKS["fgsm"]
-    monkeypatch.setitem(A.ATTACKS, "fgsm", type(spec)(spec.name, spec.kind, spec.norms, spec.hardened_only, counting, spec.params))
+    monkeypatch.setitem(A.ATTACKS, "fgsm", dataclasses.replace(spec, fn=counting))
 
     def boom(*args, **kw):
         raise KeyboardInterrupt
 
     pgd = A.ATTACKS["pgd"]
-    monkeypatch.setitem(A.ATTACKS, "pgd", type(pgd)(pgd.name, pgd.kind, pgd.norms, pgd.hardened_only, boom, pgd.params))
+    monkeypatch.setitem(A.ATTACKS, "pgd", dataclasses.replace(pgd, fn=boom))
     res = _attack(adaptive_file, "--attacks", "fgsm,pgd", "--n", "16", "--no-checks", "--out", str(out))
     assert res.exit_code == 130
     partial = json.loads(out.read_text())
@@ -255,7 +256,7 @@ def test_an_attack_that_overshoots_the_ball_is_projected_and_counted(hardened_fi
     eps = 4 / 255
     log: list[tuple[str, torch.Tensor]] = []
 
-    def overshoot(t, x, y, p):  # 3 eps away, and outside [0,1] where the image is dark or bright
+    def overshoot(model, x, y, p, t):  # 3 eps away, and outside [0,1] where the image is dark or bright
         log.append(("attack", x.clone()))
         g = torch.Generator().manual_seed(0)
         return x + 3 * p.eps * torch.sign(torch.randn(x.shape, generator=g)) + 0.5 * (x > 0.9) - 0.5 * (x < 0.1)
@@ -267,7 +268,7 @@ def test_an_attack_that_overshoots_the_ball_is_projected_and_counted(hardened_fi
             log.append(("judge", x.clone()))
         return real_predict(model, x, batch_size, device)
 
-    monkeypatch.setitem(ATTACKS, "overshoot", dataclasses.replace(ATTACKS["apgd-ce"], name="overshoot", kind="black-box", run=overshoot))
+    monkeypatch.setitem(ATTACKS, "overshoot", dataclasses.replace(ATTACKS["apgd-ce"], name="overshoot", kind="black-box", fn=overshoot))
     monkeypatch.setattr(ev, "_predict", predict)
     cfg = AttackConfig(attacks=("overshoot",), eps=(eps,), n=12, batch_size=5, checks=False, all_samples=True)
     doc = {"runs": []}
