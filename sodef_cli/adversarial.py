@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelError, TrainingDivergedError, UsageError
+from .inference import batched, eval_mode, fit_epochs, predict
 from .registry import TRAINING_ATTACKS
 
 __all__ = [
@@ -181,13 +182,15 @@ def robust_accuracy(model: Callable, images, idx: torch.Tensor, *, kind: str, ep
                     batch_size: int = 256, seed: int = 0) -> float:
     """Accuracy of ``model`` (eval mode) on ``images[idx]`` under a ``kind`` attack ("none" = clean)."""
     g = torch.Generator().manual_seed(seed)
-    correct = 0
-    for i in range(0, len(idx), batch_size):
-        j = idx[i : i + batch_size]
+
+    def judge(a: int, b: int) -> torch.Tensor:  # per sample: still correct after the attack?
+        j = idx[a:b]
         x, y = images.floats(j).to(device), images.labels[j].to(device)
         xa = attack_batch(model, x, y, kind=kind, eps=eps, step=default_step(kind, eps, steps), steps=steps, generator=g)
-        with torch.no_grad():
-            correct += int((model(xa).argmax(1) == y).sum())
+        return (predict(model, xa, len(j), device) == y.cpu()).cpu()
+
+    with eval_mode(model if isinstance(model, nn.Module) else None):
+        correct = int(batched(judge, len(idx), batch_size).sum())
     return correct / max(1, len(idx))
 
 
@@ -297,19 +300,32 @@ def adversarial_train(
         for k, v in sd.items():
             state[k].copy_(v)
 
-    history = [evaluate(0)]  # epoch 0: the starting point, a candidate like any other
+    start = evaluate(0)  # epoch 0: the starting point, a candidate like any other
 
     def eligible(rec: dict[str, Any]) -> bool:
         """An epoch may be kept unless it costs more clean accuracy than ``cfg.max_clean_drop`` points."""
-        return cfg.max_clean_drop < 0 or 100 * (history[0]["val_clean_acc"] - rec["val_clean_acc"]) <= cfg.max_clean_drop + 1e-9
+        rec["eligible"] = cfg.max_clean_drop < 0 or 100 * (start["val_clean_acc"] - rec["val_clean_acc"]) <= cfg.max_clean_drop + 1e-9
+        return rec["eligible"]
 
-    best = {"epoch": 0, "score": history[0]["val_pgd_acc"], "clean": history[0]["val_clean_acc"], "state": snapshot()}
-    reporter.log(f"adversarial training: start val clean {history[0]['val_clean_acc']:.4f}, PGD-{cfg.select_steps} {history[0]['val_pgd_acc']:.4f}")
+    def rejected(rec: dict[str, Any], history: list[dict]) -> bool:
+        """Early stopping (Wong et al. 2020): the epochs after catastrophic overfitting do not recover."""
+        rec["rejected"] = catastrophic_overfitting(rec, history)
+        return rec["rejected"]
+
+    def log(rec: dict[str, Any]) -> None:
+        reporter.log(f"adversarial epoch {rec['epoch']}/{cfg.epochs}: val clean {rec['val_clean_acc']:.4f}, PGD-{cfg.select_steps} "
+                     f"{rec['val_pgd_acc']:.4f}, FGSM {rec['val_fgsm_acc']:.4f}, loss {rec['train_loss']:.4f}, {rec['seconds']:.0f} s"
+                     + (" - REJECTED: catastrophic overfitting" if rec["rejected"] else "")
+                     + ("" if rec["rejected"] or rec["eligible"] else f" - not kept: clean more than {cfg.max_clean_drop:g} points below the start"))
+
+    reporter.log(f"adversarial training: start val clean {start['val_clean_acc']:.4f}, PGD-{cfg.select_steps} {start['val_pgd_acc']:.4f}")
     task = f"adversarial training ({kind})"
     reporter.start(task, total)
     step = 0
     live = {k: v.detach().clone() for k, v in tensors().items()}
-    for epoch in range(1, cfg.epochs + 1):
+
+    def run_epoch(epoch: int) -> dict[str, Any]:
+        nonlocal step, live
         t0 = time.perf_counter()
         if ema is not None:  # train the live weights, not the averaged ones evaluated last epoch
             load(live)
@@ -351,19 +367,13 @@ def adversarial_train(
         rec = evaluate(epoch)
         rec["train_loss"] = loss_sum / steps_per_epoch
         rec["seconds"] = time.perf_counter() - t0
-        rec["rejected"] = catastrophic_overfitting(rec, history)
-        history.append(rec)
-        reporter.log(f"adversarial epoch {epoch}/{cfg.epochs}: val clean {rec['val_clean_acc']:.4f}, PGD-{cfg.select_steps} "
-                     f"{rec['val_pgd_acc']:.4f}, FGSM {rec['val_fgsm_acc']:.4f}, loss {rec['train_loss']:.4f}, {rec['seconds']:.0f} s"
-                     + (" - REJECTED: catastrophic overfitting" if rec["rejected"] else "")
-                     + ("" if rec["rejected"] or eligible(rec) else f" - not kept: clean more than {cfg.max_clean_drop:g} points below the start"))
-        if rec["rejected"]:  # early stopping (Wong et al. 2020): the epochs after catastrophic overfitting do not recover
-            break
-        rec["eligible"] = eligible(rec)
-        if rec["eligible"] and (rec["val_pgd_acc"], rec["val_clean_acc"]) > (best["score"], best["clean"]):  # ties: cleaner
-            best = {"epoch": epoch, "score": rec["val_pgd_acc"], "clean": rec["val_clean_acc"], "state": snapshot()}
+        return rec
+
+    # the best PGD accuracy is kept; ties go to the epoch with the better clean accuracy, then to the earlier one
+    fit = fit_epochs(run_epoch, cfg.epochs, start=start, score=lambda r: (r["val_pgd_acc"], r["val_clean_acc"]),
+                     eligible=eligible, stop=rejected, on_epoch=log, snapshot=snapshot, restore=load)
+    history = fit.history
     reporter.end(task)
-    load(best["state"])
     set_mode(False)
     for p in params.values():
         p.requires_grad_(False)
@@ -375,9 +385,9 @@ def adversarial_train(
         "beta": cfg.beta if kind == "trades" else None,
         "epochs": cfg.epochs,
         "epochs_run": len(history) - 1,
-        "stopped_early": bool(history[-1].get("rejected")),
-        "best_epoch": best["epoch"],
-        "val_pgd_acc": best["score"],
+        "stopped_early": fit.stopped_early,
+        "best_epoch": fit.best_epoch,
+        "val_pgd_acc": fit.best_score[0],
         "select": {"n": len(sel), "attack": f"pgd-{cfg.select_steps}",
                    "max_clean_drop_points": cfg.max_clean_drop if cfg.max_clean_drop >= 0 else None},
         "history": [{k: v for k, v in r.items() if k != "seconds"} for r in history],

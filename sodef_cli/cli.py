@@ -336,8 +336,7 @@ def attack(
     names = tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else ()
     eps_list = tuple(parse_fraction(e) for e in eps.split(",") if e.strip())
     cfg = AttackConfig(suite=suite.value, attacks=names, norm=norm.value, eps=eps_list, n=n, seed=seed, batch_size=batch_size,
-                       all_samples=all_samples, steps=steps, queries=queries, checks=not no_checks)
-    cfg.validate()
+                       all_samples=all_samples, steps=steps, queries=queries, checks=not no_checks)  # validated by run_*
     from . import distributed
 
     infos = [describe_model(m) for m in models]
@@ -358,7 +357,7 @@ def attack(
     with _reporter() as rep:
         if single:
             doc = run_evaluation(models[0], ds, cfg, out=out, device=distributed.device_for_rank(dev), reporter=rep, data_spec=data,
-                                 dry_run=dry_run)
+                                 dry_run=dry_run, meta=infos[0]["meta"])  # the metadata read above, not read again
         else:
             cands = _candidates(models, infos, checkpoints, ds, distributed.device_for_rank(dev))
             ref = _model_label(reference, models, cands, "--reference") if reference else cands[0].label
@@ -392,7 +391,7 @@ def _candidates(models: list[str], infos: list[dict], checkpoints: list[str], ds
     if len(set(labels)) != len(labels):
         raise UsageError("the same model is given twice: " + ", ".join(sorted({lab for lab in labels if labels.count(lab) > 1})))
     ckpts = iter(checkpoints)
-    return [load_candidate(m, lab, data=ds, checkpoint=next(ckpts, "") if i["kind"] == "timm" else "", device=device)
+    return [load_candidate(m, lab, data=ds, checkpoint=next(ckpts, "") if i["kind"] == "timm" else "", device=device, info=i)
             for m, lab, i in zip(models, labels, infos)]
 
 

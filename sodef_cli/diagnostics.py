@@ -110,8 +110,10 @@ def card_diagnostics(path: str | Path, data_spec: str, *, n: int = 512, data_dir
         raise ModelError(f"class-count mismatch: {path} has {len(classes)} classes, --data {data_spec} has {len(data.classes)}")
     idx = select_samples(data.test.labels, n, seed)
     x = data.test.floats(idx)
+    from .inference import logits
+
+    h = logits(hardened.features, x, device=device, batch_size=256).to(device)
     with torch.no_grad():
-        h = torch.cat([hardened.features(x[i : i + 256].to(device)) for i in range(0, len(x), 256)])
         z0 = hardened.head.z0(h)
     out = head_diagnostics(hardened.head, z0)
     out.update(data=data_spec, split="test", samples=int(len(idx)), batch=int(len(idx)), seed=seed)

@@ -8,14 +8,13 @@ sample with ``all_samples``. A sample's flag for an attack is ``true`` (survived
 are correct and survive every attack, i.e. the per-sample AND of the flags with null as false.
 
 The results file is rewritten atomically after every attack; rerunning with the same ``--out`` skips
-attacks already finished.
+attacks already finished. What has been done lives in a typed state (``results.EvaluationState``).
 """
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,16 @@ from .attacks import ATTACKS, AttackParams, Target, project, suite_attacks
 from .distributed import all_gather_objects, gather_merge, is_main, map_batches, mine
 from .errors import ModelError, ResultsError, UsageError
 from .head import has_ode
-from .io import read_json, sha256_file, versions, write_json
+from .inference import logits
+from .inference import predict as _predict  # module global: tests spy on the judging of attacked images
+from .io import sha256_file, versions
 from .registry import ADAPTIVE_KINDS, NORMS, or_list
+from .results import AttackResult, EpsRun, EvaluationState, now, worst_case_flags
 from .stats import paired_difference, wilson
 
 __all__ = ["AttackConfig", "run_evaluation", "summarize", "worst_case_flags", "SCHEMA", "SCHEMA_VERSION", "masking_checks",
            "differences", "evaluation_strength", "reduced_budgets", "ADAPTIVE_KINDS", "estimate_plan", "plan_text", "run_comparison",
-           "comparison_differences", "summarize_comparison", "COMPARISON_VERSION"]
+           "comparison_differences", "summarize_comparison", "COMPARISON_VERSION", "cascade", "EvaluationState"]
 
 SCHEMA = "sodef_cli/attack-results"
 SCHEMA_VERSION = 1
@@ -73,19 +75,6 @@ class AttackConfig:
 def _seed_for(seed: int, *parts: Any) -> int:
     h = hashlib.sha256(("|".join(map(str, (seed,) + parts))).encode()).digest()
     return int.from_bytes(h[:4], "little")
-
-
-@torch.no_grad()
-def _predict(model, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    return torch.cat([model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, x.shape[0], batch_size)])
-
-
-def worst_case_flags(clean: list[bool], attacks: dict[str, dict]) -> list[bool]:
-    """Per-sample AND of clean correctness and every attack's flag (null counts as not robust)."""
-    out = [bool(c) for c in clean]
-    for rec in attacks.values():
-        out = [a and (f is True) for a, f in zip(out, rec["robust"])]
-    return out
 
 
 def _frac(flags: list) -> float:
@@ -166,12 +155,11 @@ def _large_eps_check(hardened, base, x, y, cfg: AttackConfig, device) -> dict:
     }
 
 
-@torch.no_grad()
 def _surrogate_check(hardened, x, cfg: AttackConfig, device, fixed_step) -> dict:
     """The fixed-step copy must predict like the real model, or attacks through it are weak without saying so."""
     fixed = hardened.variant("fixed", step_size=fixed_step)
-    real = torch.cat([hardened(x[i : i + cfg.batch_size].to(device)).cpu() for i in range(0, len(x), cfg.batch_size)])
-    copy = torch.cat([fixed(x[i : i + cfg.batch_size].to(device)).cpu() for i in range(0, len(x), cfg.batch_size)])
+    real = logits(hardened, x, device=device, batch_size=cfg.batch_size)
+    copy = logits(fixed, x, device=device, batch_size=cfg.batch_size)
     agree = (real.argmax(1) == copy.argmax(1)).float().mean().item()
     return {
         "name": "fixed-step copy agrees with the real model",
@@ -185,16 +173,13 @@ def _surrogate_check(hardened, x, cfg: AttackConfig, device, fixed_step) -> dict
     }
 
 
-@torch.no_grad()
 def batch_dependence(model, x: torch.Tensor, batch_size: int, device, seed: int) -> dict:
     """Do predictions change with batch composition? Full batches vs one sample at a time vs shuffled."""
-    full = torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
-    single = torch.cat([model(x[i : i + 1].to(device)).cpu() for i in range(len(x))])
+    full = logits(model, x, device=device, batch_size=batch_size)
+    single = logits(model, x, device=device, batch_size=1)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     shuf = torch.empty_like(full)
-    for i in range(0, len(x), batch_size):
-        j = perm[i : i + batch_size]
-        shuf[j] = model(x[j].to(device)).cpu()
+    shuf[perm] = logits(model, x[perm], device=device, batch_size=batch_size)  # batches of the shuffled order
     changed = ((full.argmax(1) != single.argmax(1)) | (full.argmax(1) != shuf.argmax(1))).float().mean().item()
     dlogit = max((full - single).abs().max().item(), (full - shuf).abs().max().item())
     return {"samples": len(x), "frac_predictions_changed": changed, "max_abs_logit_change": dlogit}
@@ -236,7 +221,7 @@ def _new_results(model_path: Path, meta: dict, data_desc: dict, cfg: AttackConfi
         "labels": [int(v) for v in labels],
         "device": str(device),
         "versions": versions(),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": now(),
         "runs": [],
     }
 
@@ -256,16 +241,19 @@ def _check_resume(doc: dict, fresh: dict) -> None:
 
 
 def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str | Path | None = None, device=None,
-                   reporter=None, data_spec: str = "", dry_run: bool = False) -> dict:
+                   reporter=None, data_spec: str = "", dry_run: bool = False, meta: dict | None = None) -> dict:
     """Run the suite on base and hardened; returns the results document (also written to ``out``), or
-    ``{"plan": ...}`` with ``dry_run`` (the plan is logged through ``reporter`` before the first attack either way)."""
+    ``{"plan": ...}`` with ``dry_run`` (the plan is logged through ``reporter`` before the first attack either way).
+
+    ``cfg`` is validated here. ``meta``: the file's metadata as ``models.describe_model`` already read and
+    checked it (not read again); None reads it."""
     from .models import load_pair
     from .phases import Reporter
 
     reporter = reporter or Reporter()
     cfg.validate()
     model_path = Path(model_path)
-    base, hardened, meta = load_pair(model_path, device)
+    base, hardened, meta = load_pair(model_path, device, meta=meta)
     classes = meta.get("classes", [])
     if len(classes) != len(data.classes):
         raise ModelError(f"class-count mismatch: {model_path} has {len(classes)} classes, the data has {len(data.classes)}")
@@ -289,99 +277,75 @@ def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str 
     reporter.log(plan_text(estimate))
     if dry_run:
         return {"plan": estimate}
-    doc = _new_results(model_path, meta, data_desc, cfg, indices, y_all, device, plan)
-    doc["estimate"] = {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")}
-    if out is not None and is_main() and Path(out).exists():
-        old = read_json(out)
-        _check_resume(old, doc)
-        doc = old
-        doc["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    doc = all_gather_objects(doc)[0]  # torchrun: every rank continues from rank 0's view (no shared disk needed)
-    save = (lambda: write_json(out, doc)) if out is not None and is_main() else (lambda: None)
+    fresh = _new_results(model_path, meta, data_desc, cfg, indices, y_all, device, plan)
+    fresh["estimate"] = {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")}
+    state = EvaluationState.open(fresh, out, check=_check_resume)
     reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
-    cascade(base, hardened, x_all, y_all, cfg, plan=plan, n_classes=len(classes), fixed_step=fixed_step, doc=doc,
-            save=save, reporter=reporter, device=device)
+    cascade(base, hardened, x_all, y_all, cfg, plan=plan, n_classes=len(classes), fixed_step=fixed_step, state=state,
+            reporter=reporter, device=device)
     reporter.end("all attacks")
-    doc["complete"] = True
-    doc["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    save()
-    return doc
+    return state.finish()
 
 
-def _eps_run(doc: dict, eps: float) -> dict:
-    """The record of ``eps`` in ``doc["runs"]``, created (not done) when missing: a resumed run continues it."""
-    run = next((r for r in doc["runs"] if abs(r["eps"] - eps) < 1e-12), None)
-    if run is None:
-        run = {"eps": eps, "models": {}, "done": False}
-        doc["runs"].append(run)
-    return run
+def _clean_flags(model, x_all: torch.Tensor, y_all: torch.Tensor, cfg: AttackConfig, device) -> list[bool]:
+    """Per sample: does ``model`` classify the clean image correctly? (batches spread over torchrun ranks)"""
+    pred = map_batches(lambda a, b: _predict(model, x_all[a:b], cfg.batch_size, device), len(y_all), cfg.batch_size)
+    return [bool(v) for v in (pred == y_all).tolist()]
+
+
+def _check_samples(n: int, cfg: AttackConfig) -> torch.Tensor:
+    """Positions of the samples the masking checks use: ``cfg.check_samples`` spread over the (interleaved) classes."""
+    return torch.linspace(0, n - 1, min(cfg.check_samples, n)).round().long()
 
 
 def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: AttackConfig, *, plan: dict, n_classes: int,
-            fixed_step: float | None, reporter, device, doc: dict | None = None, save=None) -> dict:
-    """Run every eps of ``cfg`` over both models into ``doc["runs"]``, skipping finished attacks; ``save()`` after
-    each step persists it. Without ``doc`` the runs go into a new document, kept in memory only."""
-    doc = {"runs": []} if doc is None else doc
-    save = save or (lambda: None)
-    k = n_classes
-    indices = list(range(len(y_all)))
-
+            fixed_step: float | None, state: EvaluationState, reporter, device) -> EvaluationState:
+    """Run every eps of ``cfg`` over both models into ``state`` (persisted after every attack), skipping finished
+    attacks and finished budgets."""
     for eps in cfg.eps:
-        run = _eps_run(doc, eps)
-        if run.get("done"):
+        run = state.eps_run(eps)
+        if run.done:
             continue
-        for mname in ("base", "hardened"):
-            model = base if mname == "base" else hardened
-            mrec = run["models"].setdefault(mname, {"attacks": {}})
-            done = next((r["models"][mname]["clean"] for r in doc["runs"] if "clean" in r["models"].get(mname, {})), None)
-            if "clean" not in mrec and done is not None:  # clean predictions do not depend on eps
-                mrec["clean"] = list(done)
-            if "clean" not in mrec:
-                pred = map_batches(lambda a, b: _predict(model, x_all[a:b], cfg.batch_size, device), len(y_all), cfg.batch_size)
-                mrec["clean"] = [bool(v) for v in (pred == y_all).tolist()]
-                save()
-            target = _target(mname, base, hardened, fixed_step)
+        for label, model in (("base", base), ("hardened", hardened)):
+            state.clean(run, label, lambda: _clean_flags(model, x_all, y_all, cfg, device))  # the same at every eps
             # an adaptive solver's output depends on the rest of the batch: an example that fools the model in
             # some batch composition is not counted robust (one extra forward per attacked sample)
-            judge_alone = mname == "hardened" and has_ode(hardened) and hardened.head.block.adaptive
-            _attack_model(mrec, model, target, plan[mname], x_all, y_all, cfg, eps=eps, n_classes=k, seed_key=mname,
-                          task_prefix=mname, judge_alone=judge_alone, save=save, reporter=reporter, device=device)
-        if cfg.checks and "extra_checks" not in run and is_main():
-            m = min(cfg.check_samples, len(indices))
-            sub = torch.linspace(0, len(indices) - 1, m).round().long()  # spread over the (interleaved) classes
+            judge_alone = label == "hardened" and has_ode(hardened) and hardened.head.block.adaptive
+            _attack_model(state, run, label, model, _target(label, base, hardened, fixed_step), plan[label], x_all, y_all, cfg,
+                          eps=eps, n_classes=n_classes, seed_key=label, judge_alone=judge_alone, reporter=reporter, device=device)
+        extra = None
+        if cfg.checks and run.extra_checks is None and is_main():
+            sub = _check_samples(len(y_all), cfg)
             extra = [_batch_check(hardened, x_all[sub], cfg, device)]
             if has_ode(hardened):
                 extra.append(_surrogate_check(hardened, x_all[sub], cfg, device, fixed_step))
-            if run["models"]["hardened"]["attacks"]:
+            if run.models["hardened"].attacks:
                 extra.append(_large_eps_check(hardened, base, x_all[sub], y_all[sub], cfg, device))
-            run["extra_checks"] = extra
-        run["checks"] = masking_checks(run)
-        run["done"] = True
-        save()
-    return doc
+        state.finish_eps(run, extra_checks=extra, checks=masking_checks)
+    return state
 
 
-def _attack_model(mrec: dict, model, target: Target, names: list[str], x_all: torch.Tensor, y_all: torch.Tensor,
-                  cfg: AttackConfig, *, eps: float, n_classes: int, seed_key: str, task_prefix: str, judge_alone: bool,
-                  save, reporter, device) -> None:
-    """Run ``names`` on one model at one eps into ``mrec["attacks"]`` (the cascade), skipping finished attacks."""
-    indices = list(range(len(y_all)))
-    if any(ATTACKS[a].kind == "feature" for a in names if a not in mrec["attacks"]):
+def _attack_model(state: EvaluationState, run: EpsRun, label: str, model, target: Target, names: list[str],
+                  x_all: torch.Tensor, y_all: torch.Tensor, cfg: AttackConfig, *, eps: float, n_classes: int, seed_key: str,
+                  judge_alone: bool, reporter, device) -> None:
+    """Run ``names`` on model ``label`` at ``run``'s eps (the cascade), each recorded in ``state`` once finished;
+    finished attacks are skipped."""
+    mrec = run.model(label)
+    if any(ATTACKS[a].kind == "feature" for a in names if a not in mrec.attacks):
         with torch.no_grad():
             feats = map_batches(lambda a, b: target.features(x_all[a:b].to(device)).float(), len(y_all), cfg.batch_size)
         target.bank = (feats, y_all)
-    robust = torch.tensor(worst_case_flags(mrec["clean"], mrec["attacks"]), dtype=torch.bool)
-    clean = torch.tensor(mrec["clean"], dtype=torch.bool)
+    clean = torch.tensor(mrec.clean, dtype=torch.bool)
     for aname in names:
-        if aname in mrec["attacks"]:
+        if aname in mrec.attacks:
             continue
         spec = ATTACKS[aname]
-        pool = clean if cfg.all_samples else robust
+        pool = clean if cfg.all_samples else torch.tensor(mrec.robust(), dtype=torch.bool)
         idx = torch.nonzero(pool).flatten()
-        flags: list[bool | None] = [None] * len(indices)
+        flags: list[bool | None] = [None] * len(y_all)
         p = AttackParams(norm=cfg.norm, eps=eps, n_classes=n_classes, seed=_seed_for(cfg.seed, aname, eps, seed_key),
                          steps=cfg.steps, queries=cfg.queries)
-        task = f"{task_prefix}: {aname} (eps={eps:.4g})"
+        task = f"{label}: {aname} (eps={eps:.4g})"
         reporter.start(task, len(idx))
         t0 = time.perf_counter()
         projected = 0
@@ -406,16 +370,8 @@ def _attack_model(mrec: dict, model, target: Target, names: list[str], x_all: to
         projected = sum(all_gather_objects(projected))
         reporter.end(task)
         reporter.advance("all attacks", 1)
-        mrec["attacks"][aname] = {
-            "kind": spec.kind,
-            "params": {**spec.params(p), "norm": cfg.norm, "eps": eps},
-            "robust": flags,
-            "attacked": len(idx),
-            "seconds": seconds,
-            "projected": projected,
-        }
-        robust = torch.tensor(worst_case_flags(mrec["clean"], mrec["attacks"]), dtype=torch.bool)
-        save()
+        state.record_attack(run, label, aname, AttackResult(kind=spec.kind, params={**spec.params(p), "norm": cfg.norm, "eps": eps},
+                                                            robust=flags, attacked=len(idx), seconds=seconds, projected=projected))
 
 
 def _ci(flags: list) -> list[float] | None:
@@ -722,66 +678,49 @@ def run_comparison(cands: list, data, cfg: AttackConfig, *, reference: str, tran
         "config": {k_: (list(v) if isinstance(v, tuple) else v) for k_, v in asdict(cfg).items()},
         "plan": plan, "estimate": {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")},
         "n": len(indices), "indices": [int(i) for i in indices], "labels": [int(v) for v in y_all], "device": str(device),
-        "versions": versions(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": [],
+        "versions": versions(), "started": now(), "runs": [],
     }
-    if out is not None and is_main() and Path(out).exists():
-        old = read_json(out)
-        if old.get("schema") != SCHEMA or old.get("schema_version") != COMPARISON_VERSION:
-            raise ResultsError("the --out file is not a results file of several models; choose another --out")
-        for key, what in (("indices", "samples"), ("plan", "attack plan"), ("reference", "reference model")):
-            if old.get(key) != doc[key]:
-                raise ResultsError(f"the --out file holds results for a different {what}; use another --out or the same options")
-        if [m.get("sha256") for m in old.get("models", [])] != [m.get("sha256") for m in models]:
-            raise ResultsError("the --out file holds results for different models; use another --out")
-        if {k_: v for k_, v in old.get("config", {}).items() if k_ != "batch_size"} != {k_: v for k_, v in doc["config"].items() if k_ != "batch_size"}:
-            raise ResultsError("the --out file was made with different attack settings; use another --out or the same options")
-        old["resumed"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        doc = old
-    doc = all_gather_objects(doc)[0]
-
-    def save() -> None:  # the figures (worst case, intervals, differences to the reference) beside the flags
-        if out is not None and is_main():
-            doc["summary"] = {k_: v for k_, v in summarize_comparison(doc).items() if k_ != "indices"}
-            write_json(out, doc)
-
+    summary = lambda d: {k_: v for k_, v in summarize_comparison(d).items() if k_ != "indices"}  # figures beside the flags
+    state = EvaluationState.open(doc, out, check=_check_comparison_resume, summary=summary)
     reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
     t_run = time.perf_counter()
     for eps in cfg.eps:
-        run = _eps_run(doc, eps)
-        if run.get("done"):
+        run = state.eps_run(eps)
+        if run.done:
             continue
         for e in entries:
             lab, model = e["label"], e["model"]
-            mrec = run["models"].setdefault(lab, {"attacks": {}})
-            done = next((r["models"][lab]["clean"] for r in doc["runs"] if "clean" in r["models"].get(lab, {})), None)
-            if "clean" not in mrec and done is not None:
-                mrec["clean"] = list(done)
-            if "clean" not in mrec:
-                pred = map_batches(lambda a, b: _predict(model, x_all[a:b], cfg.batch_size, device), len(y_all), cfg.batch_size)
-                mrec["clean"] = [bool(v) for v in (pred == y_all).tolist()]
-                save()
+            state.clean(run, lab, lambda: _clean_flags(model, x_all, y_all, cfg, device))
             # the same seed for every model: attack randomness depends on the attack and eps only
-            _attack_model(mrec, model, e["target"], e["attacks"], x_all, y_all, cfg, eps=eps, n_classes=k, seed_key="",
-                          task_prefix=lab, judge_alone=e["judge_alone"], save=save, reporter=reporter, device=device)
-            if cfg.checks and "checks" not in mrec and is_main():
-                m = min(cfg.check_samples, len(y_all))
-                sub = torch.linspace(0, len(y_all) - 1, m).round().long()
+            _attack_model(state, run, lab, model, e["target"], e["attacks"], x_all, y_all, cfg, eps=eps, n_classes=k, seed_key="",
+                          judge_alone=e["judge_alone"], reporter=reporter, device=device)
+            mrec = run.model(lab)
+            if cfg.checks and mrec.checks is None and is_main():
+                sub = _check_samples(len(y_all), cfg)
                 extra = []
                 if has_ode(model):
                     extra += [_batch_check(model, x_all[sub], cfg, device),
                               _surrogate_check(model, x_all[sub], cfg, device, e["fixed"].head.ode.step_size)]
-                if mrec["attacks"]:
+                if mrec.attacks:
                     extra.append(_large_eps_one(model, x_all[sub], y_all[sub], cfg, device, k))
-                mrec["checks"] = masking_checks({"models": {"hardened": mrec}, "extra_checks": extra})
-                save()
-        run["done"] = True
-        save()
+                state.record_model_checks(run, lab, masking_checks({"models": {"hardened": mrec.to_dict()}, "extra_checks": extra}))
+        state.finish_eps(run)
     reporter.end("all attacks")
-    doc["complete"] = True
-    doc["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    doc["seconds_run"] = time.perf_counter() - t_run  # attacks and checks of this session, to compare with the estimate
-    save()
-    return doc
+    # seconds_run: attacks and checks of this session, to compare with the estimate
+    return state.finish(seconds_run=time.perf_counter() - t_run)
+
+
+def _check_comparison_resume(old: dict, doc: dict) -> None:
+    """Refuse to resume from a file of another comparison (``ResultsError``)."""
+    if old.get("schema") != SCHEMA or old.get("schema_version") != COMPARISON_VERSION:
+        raise ResultsError("the --out file is not a results file of several models; choose another --out")
+    for key, what in (("indices", "samples"), ("plan", "attack plan"), ("reference", "reference model")):
+        if old.get(key) != doc[key]:
+            raise ResultsError(f"the --out file holds results for a different {what}; use another --out or the same options")
+    if [m.get("sha256") for m in old.get("models", [])] != [m.get("sha256") for m in doc["models"]]:
+        raise ResultsError("the --out file holds results for different models; use another --out")
+    if {k_: v for k_, v in old.get("config", {}).items() if k_ != "batch_size"} != {k_: v for k_, v in doc["config"].items() if k_ != "batch_size"}:
+        raise ResultsError("the --out file was made with different attack settings; use another --out or the same options")
 
 
 def comparison_differences(run: dict, reference: str) -> dict[str, dict]:

@@ -18,7 +18,7 @@ import torch
 
 from .attacks import ATTACKS, AttackParams
 from .data import ImageSet, select_samples
-from .evaluate import AttackConfig, _model_summary, _surrogate_check, cascade, differences, suite_attacks, worst_case_flags
+from .evaluate import AttackConfig, EvaluationState, _model_summary, _surrogate_check, cascade, differences, suite_attacks, worst_case_flags
 from .head import has_ode
 from .stats import ALPHA, n_to_resolve, paired_difference
 
@@ -92,13 +92,14 @@ def run_check(base, hardened, check: ImageSet, cfg, *, device, reporter) -> dict
     with torch.no_grad():
         n_classes = int(hardened(x[:1].to(device)).shape[1])
     plan = suite_attacks("quick", [], c.norm, has_ode=ode)
+    state = EvaluationState.from_dict({"runs": []})  # kept in memory: the figures go into the hardened file
     fixed_step = hardened.head.block.step_size if ode else None
-    doc = cascade(base, hardened, x, y, acfg, plan=plan, n_classes=n_classes, fixed_step=fixed_step, reporter=reporter,
-                  device=device)
+    cascade(base, hardened, x, y, acfg, plan=plan, n_classes=n_classes,
+            fixed_step=fixed_step, state=state, reporter=reporter, device=device)
     agreement = [_surrogate_check(hardened, x, acfg, device, fixed_step)] if ode else []
     for p, flag in zip(params, was):
         p.requires_grad_(flag)
-    run = doc["runs"][0]
+    run = state.to_dict()["runs"][0]
     summ = {m: _model_summary(r, len(order)) for m, r in run["models"].items()}
     for m in summ.values():
         m.pop("seconds", None)  # timings stay out of the file (bitwise-reproducible)

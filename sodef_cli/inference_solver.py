@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .errors import UsageError
+from .inference import predict
 
 # function evaluations per step of each fixed-step solver tried, in torchdiffeq's names
 SOLVER_STAGES = {"euler": 1, "midpoint": 2, "rk4": 4}
@@ -46,17 +47,12 @@ def candidates(t1: float, *, max_nfe: int | None = None) -> list[Candidate]:
     return sorted(out, key=lambda c: (c.nfe, -SOLVER_STAGES[c.solver]))
 
 
-@torch.no_grad()
 def _predict(head, feats: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
-    """Predicted classes of ``head`` on features, and the ODE function evaluations it took per batch (mean)."""
-    func = head.block.odefunc if hasattr(head, "block") else None
-    before = func.nfe if func is not None else 0
-    preds, batches = [], 0
-    for i in range(0, len(feats), batch_size):
-        preds.append(head(feats[i : i + batch_size]).argmax(dim=1))
-        batches += 1
-    nfe = (func.nfe - before) // max(1, batches) if func is not None else 0
-    return torch.cat(preds), int(nfe)
+    """Predicted classes of ``head`` on features, and the ODE function evaluations per batch (mean)."""
+    func = head.block.odefunc
+    before = func.nfe
+    preds = predict(head, feats, batch_size, feats.device)
+    return preds, int((func.nfe - before) // max(1, -(-len(feats) // batch_size)))
 
 
 def select_solver(head, feats: torch.Tensor, labels: torch.Tensor, *, agreement: float = 0.995,

@@ -96,8 +96,9 @@ def _head_config(meta: dict) -> HeadConfig:
         raise ModelFileError(f"hardened metadata has an invalid head config ({exc})") from None
 
 
-def _build(path: str | Path, device: str | torch.device) -> tuple[BaseClassifier, HardenedClassifier | None, dict]:
-    meta = _checked(read_metadata(path), path)
+def _build(path: str | Path, device: str | torch.device, meta: dict | None = None) -> tuple[BaseClassifier, HardenedClassifier | None, dict]:
+    """(base, hardened or None, metadata); ``meta``: the file's metadata already read and checked (else read here)."""
+    meta = meta if meta is not None else _checked(read_metadata(path), path)
     tensors = load_tensors(path)
     spec = ModelSpec.from_dict(meta.get("backbone", {}))
     backbone = freeze(rebuild(spec, split_state(tensors, "backbone.")))
@@ -150,10 +151,11 @@ def _hardened(path, meta: dict, tensors: dict[str, torch.Tensor], backbone: nn.M
     return HardenedClassifier(backbone, spec, head)
 
 
-def load_pair(path: str | Path, device: str | torch.device = "cpu") -> tuple[BaseClassifier, HardenedClassifier, dict]:
+def load_pair(path: str | Path, device: str | torch.device = "cpu", *, meta: dict | None = None) -> tuple[BaseClassifier, HardenedClassifier, dict]:
     """(base, hardened, metadata) from one hardened file; the two share the backbone unless adversarial training
-    tuned some of its stages (then the base keeps the original weights)."""
-    base, hardened, meta = _build(path, device)
+    tuned some of its stages (then the base keeps the original weights). ``meta``: the file's metadata as
+    :func:`describe_model` read and checked it (not read again); None reads it."""
+    base, hardened, meta = _build(path, device, meta)
     if hardened is None:
         raise ModelFileError(f"{path} is a base model file (from `sodef pretrain`), not a hardened one")
     return base, hardened, meta
@@ -232,16 +234,18 @@ def check_comparable(args: list[str], infos: list[dict]) -> None:
         raise ModelError("class-count mismatch between models (" + ", ".join(f"{a}: {i['num_classes']} classes" for a, i in counted) + ")")
 
 
-def load_candidate(arg: str, label: str, *, data, checkpoint: str = "", device: str | torch.device = "cpu") -> Candidate:
+def load_candidate(arg: str, label: str, *, data, checkpoint: str = "", device: str | torch.device = "cpu",
+                   info: dict | None = None) -> Candidate:
     """A model to attack from a hardened file, a ``sodef pretrain`` file, or a timm name with ``checkpoint``
     (``.safetensors``/``.pth`` weights) or a ``local-dir:``/``hf-hub:`` name (timm loads its weights).
+    ``info``: what :func:`describe_model` already said about ``arg`` (its metadata is not read again).
 
     Raises:
         ModelError: a timm name without weights, or a classifier whose classes do not match the data.
     """
-    info = describe_model(arg)
+    info = info if info is not None else describe_model(arg)
     if info["kind"] in ("hardened", "base"):
-        base, hardened, meta = _build(arg, device)
+        base, hardened, meta = _build(arg, device, info["meta"])
         from .head import has_ode
         from .io import sha256_file
 

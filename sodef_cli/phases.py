@@ -19,6 +19,7 @@ from torch import nn
 
 from .config import Phase1Config, Phase2Config, Phase3Config, ProbeConfig, RegularizerConfig
 from .errors import TrainingDivergedError
+from .inference import fit_epochs, logits
 from .regularizers import stability_loss
 
 __all__ = ["Reporter", "extract_features", "fit_probe", "phase1", "phase2", "phase3", "accuracy_from_logits", "batched_logits",
@@ -93,9 +94,9 @@ def _batches(n: int, batch_size: int, generator: torch.Generator):
         yield perm[i : i + batch_size]
 
 
-@torch.no_grad()
 def batched_logits(fn, h: torch.Tensor, *, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
-    return torch.cat([fn(h[i : i + batch_size].to(device)).float().cpu() for i in range(0, h.shape[0], batch_size)])
+    """``fn`` over cached features in batches: float32 CPU outputs (:func:`sodef_cli.inference.logits`)."""
+    return logits(fn, h, device=device, batch_size=batch_size)
 
 
 def accuracy_from_logits(logits: torch.Tensor, y: torch.Tensor) -> float:
@@ -108,22 +109,22 @@ def fit_probe(h_tr, y_tr, h_val, y_val, num_classes: int, cfg: ProbeConfig, *, d
     opt = torch.optim.Adam(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, math.ceil(len(y_tr) / cfg.batch_size))
     reporter.start("probe", cfg.epochs * steps)
-    best = (-1.0, copy.deepcopy(probe.state_dict()))
+    evaluate = lambda: accuracy_from_logits(batched_logits(probe, h_val, device=device), y_val)
     step = 0
-    for _ in range(cfg.epochs):
+
+    def epoch(_: int) -> float:
+        nonlocal step
         for idx in _batches(len(y_tr), cfg.batch_size, generator):
             loss = F.cross_entropy(probe(h_tr[idx].to(device)), y_tr[idx].to(device))
             value = _descend(opt, loss, "probe", step, "lower probe.lr")
             step += 1
             reporter.advance("probe", loss=value)
-        acc = accuracy_from_logits(batched_logits(probe, h_val, device=device), y_val)
-        if acc > best[0]:
-            best = (acc, copy.deepcopy(probe.state_dict()))
-    if cfg.epochs == 0:  # skipped: the untrained probe, measured as it is
-        best = (accuracy_from_logits(batched_logits(probe, h_val, device=device), y_val), best[1])
-    probe.load_state_dict(best[1])
-    reporter.end("probe", val_acc=best[0])
-    return probe.eval(), {"val_acc": best[0], "epochs": cfg.epochs, "skipped": cfg.epochs == 0}
+        return evaluate()
+
+    fit = fit_epochs(epoch, cfg.epochs, snapshot=lambda: copy.deepcopy(probe.state_dict()), restore=probe.load_state_dict)
+    val_acc = fit.best_score if fit.best_epoch is not None else evaluate()  # skipped: the untrained probe, as it is
+    reporter.end("probe", val_acc=val_acc)
+    return probe.eval(), {"val_acc": val_acc, "epochs": cfg.epochs, "skipped": cfg.epochs == 0}
 
 
 def phase1(head, h_tr, y_tr, h_val, y_val, V: torch.Tensor, cfg: Phase1Config, *, device, generator, reporter: Reporter) -> dict:
@@ -133,20 +134,22 @@ def phase1(head, h_tr, y_tr, h_val, y_val, V: torch.Tensor, cfg: Phase1Config, *
     steps = max(1, math.ceil(len(y_tr) / cfg.batch_size))
     reporter.start("phase 1", cfg.epochs * steps)
     evaluate = lambda: accuracy_from_logits(batched_logits(lambda h: head.z0(h) @ V.T, h_val, device=device), y_val)
-    best = (evaluate(), copy.deepcopy(head.proj.state_dict()))
     step, last = 0, None  # None (JSON null) when no step ran: epochs = 0 skips the phase
-    for _ in range(cfg.epochs):
+
+    def epoch(_: int) -> float:
+        nonlocal step, last
         for idx in _batches(len(y_tr), cfg.batch_size, generator):
             loss = F.cross_entropy(head.z0(h_tr[idx].to(device)) @ V.T, y_tr[idx].to(device))
             value = _descend(opt, loss, "phase 1", step, "lower phase1.lr")
             step, last = step + 1, value
             reporter.advance("phase 1", loss=last)
-        acc = evaluate()
-        if acc > best[0]:
-            best = (acc, copy.deepcopy(head.proj.state_dict()))
-    head.proj.load_state_dict(best[1])
-    reporter.end("phase 1", val_acc=best[0])
-    return {"val_acc_V": best[0], "final_loss": last, "steps": step, "skipped": cfg.epochs == 0}
+        return evaluate()
+
+    # the starting projection is a candidate too: training must beat it on validation to be kept
+    fit = fit_epochs(epoch, cfg.epochs, start=evaluate(), snapshot=lambda: copy.deepcopy(head.proj.state_dict()),
+                     restore=head.proj.load_state_dict)
+    reporter.end("phase 1", val_acc=fit.best_score)
+    return {"val_acc_V": fit.best_score, "final_loss": last, "steps": step, "skipped": cfg.epochs == 0}
 
 
 def phase2(odefunc, z_tr: torch.Tensor, cfg: Phase2Config, reg: RegularizerConfig, *, device, generator, reporter: Reporter) -> dict:
@@ -190,15 +193,12 @@ def phase3(head, z_tr, y_tr, z_val, y_val, cfg: Phase3Config, *, device, generat
     steps = max(1, math.ceil(len(y_tr) / cfg.batch_size))
     reporter.start("phase 3", cfg.epochs * steps)
 
-    def evaluate() -> float:
-        with torch.no_grad():
-            return accuracy_from_logits(batched_logits(forward, z_val, device=device, batch_size=cfg.batch_size), y_val)
-
-    state = lambda: {k: v.detach().clone() for k, v in head.state_dict().items()}
-    best_acc, best_state = -1.0, state()
+    evaluate = lambda: accuracy_from_logits(batched_logits(forward, z_val, device=device, batch_size=cfg.batch_size), y_val)
     beta = torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha) if cfg.mixup_alpha > 0 else None
     step, last = 0, None  # None (JSON null) when no step ran: epochs = 0 skips the phase
-    for _ in range(cfg.epochs):
+
+    def epoch(_: int) -> float:
+        nonlocal step, last
         for idx in _batches(len(y_tr), cfg.batch_size, generator):
             z, y = z_tr[idx].to(device), y_tr[idx].to(device)
             if beta is not None:
@@ -211,12 +211,11 @@ def phase3(head, z_tr, y_tr, z_val, y_val, cfg: Phase3Config, *, device, generat
             value = _descend(opt, loss, "phase 3", step, "lower phase3.lr_fc/lr_f or tighten head.rtol/atol")
             step, last = step + 1, value
             reporter.advance("phase 3", loss=last)
-        acc = evaluate()
-        if acc > best_acc:
-            best_acc, best_state = acc, state()
-    if cfg.epochs == 0:
-        best_acc = evaluate()
-    head.load_state_dict(best_state)
+        return evaluate()
+
+    fit = fit_epochs(epoch, cfg.epochs, snapshot=lambda: {k: v.detach().clone() for k, v in head.state_dict().items()},
+                     restore=head.load_state_dict)
+    best_acc = fit.best_score if fit.best_epoch is not None else evaluate()  # skipped: the head as it is
     head.odefunc.requires_grad_(True)
     reporter.end("phase 3", val_acc=best_acc)
     return {"val_acc": best_acc, "final_loss": last, "steps": step, "skipped": cfg.epochs == 0}

@@ -19,6 +19,7 @@ from .backbone import BaseClassifier, ModelSpec, check_timm_name, create_timm, h
 from .config import PretrainConfig, to_dict, validate
 from .data import load_data, stratified_split
 from .errors import TrainingDivergedError
+from .inference import batched, eval_mode, fit_epochs, predict
 from .io import versions
 from .models import save_base
 from .phases import Reporter
@@ -45,13 +46,15 @@ def _accuracy(model, images, idx: torch.Tensor, device, batch_size: int) -> floa
 
 
 def _robust_accuracy(model, images, idx, device, batch_size: int, eps: float) -> float:
-    correct = 0
-    for i in range(0, len(idx), batch_size):
-        j = idx[i : i + batch_size]
+    def judge(a: int, b: int) -> torch.Tensor:
+        j = idx[a:b]
         x, y = images.floats(j).to(device), images.labels[j].to(device)
-        xa = pgd_linf(model, x, y, eps=eps, alpha=eps / 4, steps=5)
-        with torch.no_grad():
-            correct += int((model(xa).argmax(1) == y).sum())
+        with torch.enable_grad():
+            xa = pgd_linf(model, x, y, eps=eps, alpha=eps / 4, steps=5)
+        return (predict(model, xa, len(j), device) == y.cpu()).cpu()
+
+    with eval_mode(model):
+        correct = int(batched(judge, len(idx), batch_size).sum())
     return correct / max(1, len(idx))
 
 
@@ -87,11 +90,12 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, reporter: Reporter | None 
     else:  # too few steps for a one-cycle schedule (its warm-up would be empty)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     sel_idx = val_idx[torch.randperm(len(val_idx), generator=gen)[:1000]]
-    best: tuple[float, dict | None] = (-1.0, None)
-    history = []
     reporter.start("pretrain", cfg.epochs * steps_per_epoch)
     step = 0
-    for epoch in range(cfg.epochs):
+
+    def run_epoch(number: int) -> dict[str, Any]:
+        nonlocal step
+        epoch = number - 1
         net.train()
         perm = tr_idx[torch.randperm(len(tr_idx), generator=gen)]
         t0 = time.perf_counter()
@@ -120,23 +124,27 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, reporter: Reporter | None 
         net.eval()
         clean = _accuracy(net, data.train, val_idx, device, 512)
         rec = {"epoch": epoch + 1, "val_acc": clean, "seconds": time.perf_counter() - t0}
-        score = clean
         if cfg.adversarial == "fgsm":
             rec["val_pgd5_acc"] = _robust_accuracy(net, data.train, sel_idx, device, 256, cfg.adv_eps)
-            score = rec["val_pgd5_acc"]
-        history.append(rec)
-        reporter.log(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k_}={v:.4f}" for k_, v in rec.items() if k_ != "epoch"))
-        if score > best[0]:
-            best = (score, {k_: v.detach().clone() for k_, v in model.state_dict().items()})
+        return rec
+
+    fit = fit_epochs(
+        run_epoch, cfg.epochs,
+        score=lambda r: r.get("val_pgd5_acc", r["val_acc"]),  # robust accuracy when training adversarially
+        snapshot=lambda: {k_: v.detach().clone() for k_, v in model.state_dict().items()},
+        restore=model.load_state_dict,
+        on_epoch=lambda r: reporter.log(f"epoch {r['epoch']}/{cfg.epochs}: "
+                                        + ", ".join(f"{k_}={v:.4f}" for k_, v in r.items() if k_ != "epoch")),
+    )
+    history = fit.history
     reporter.end("pretrain")
-    model.load_state_dict(best[1])
     net.eval()
     test_idx = torch.arange(len(data.test))
     test_acc = _accuracy(net, data.test, test_idx, device, 512)
     summary = {
         "out": str(out),
         "data": data.describe(),
-        "best_epoch": max(history, key=lambda r: r.get("val_pgd5_acc", r["val_acc"]))["epoch"],
+        "best_epoch": fit.best_epoch,
         "history": history,
         "test_clean_acc": test_acc,
         "seconds": time.perf_counter() - t_all,

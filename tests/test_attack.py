@@ -271,10 +271,10 @@ def test_an_attack_that_overshoots_the_ball_is_projected_and_counted(hardened_fi
     monkeypatch.setitem(ATTACKS, "overshoot", dataclasses.replace(ATTACKS["apgd-ce"], name="overshoot", kind="black-box", fn=overshoot))
     monkeypatch.setattr(ev, "_predict", predict)
     cfg = AttackConfig(attacks=("overshoot",), eps=(eps,), n=12, batch_size=5, checks=False, all_samples=True)
-    doc = {"runs": []}
+    state = ev.EvaluationState.from_dict({"runs": []})
     ev.cascade(base, hardened, x_all, y_all, cfg, plan={"base": [], "hardened": ["overshoot"]}, n_classes=10, fixed_step=0.5,
-               doc=doc, save=lambda: None, reporter=Reporter(), device="cpu")
-    rec = doc["runs"][0]["models"]["hardened"]["attacks"]["overshoot"]
+               state=state, reporter=Reporter(), device="cpu")
+    rec = state.to_dict()["runs"][0]["models"]["hardened"]["attacks"]["overshoot"]
     assert rec["attacked"] > 0 and rec["projected"] == rec["attacked"]  # every attacked point overshot
     judged = 0
     for (kind, x), (kind2, xj) in zip(log, log[1:]):
