@@ -336,7 +336,7 @@ def attack(
     names = tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else ()
     eps_list = tuple(parse_fraction(e) for e in eps.split(",") if e.strip())
     cfg = AttackConfig(suite=suite.value, attacks=names, norm=norm.value, eps=eps_list, n=n, seed=seed, batch_size=batch_size,
-                       all_samples=all_samples, steps=steps, queries=queries, checks=not no_checks)  # validated by run_*
+                       all_samples=all_samples, steps=steps, queries=queries, checks=not no_checks)
     from . import distributed
 
     infos = [describe_model(m) for m in models]

@@ -55,6 +55,9 @@ class AttackConfig:
     checks: bool = True  # masking checks (large-eps and batch-composition run extra forward passes)
     check_samples: int = 64  # samples for the large-eps and batch-composition checks
 
+    def __post_init__(self) -> None:  # checked once, where the options are made, before any data or model is read
+        self.validate()
+
     def validate(self) -> None:
         if self.norm not in NORMS:
             raise UsageError(f"--norm must be {or_list(NORMS)}, got {self.norm!r}")
@@ -251,7 +254,6 @@ def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str 
     from .phases import Reporter
 
     reporter = reporter or Reporter()
-    cfg.validate()
     model_path = Path(model_path)
     base, hardened, meta = load_pair(model_path, device, meta=meta)
     classes = meta.get("classes", [])
@@ -644,7 +646,6 @@ def run_comparison(cands: list, data, cfg: AttackConfig, *, reference: str, tran
     from .phases import Reporter
 
     reporter = reporter or Reporter()
-    cfg.validate()
     labels = [c.label for c in cands]
     if reference not in labels:
         raise UsageError(f"--reference {reference!r} is not among the models ({', '.join(labels)})")

@@ -249,11 +249,14 @@ def test_report_formats_are_the_registry_formats():
 def test_attack_accepts_every_suite_and_norm(suite, norm, monkeypatch):
     seen = []
 
-    def stop(cfg):
+    made = sodef_cli.evaluate.AttackConfig.__init__
+
+    def stop(cfg, *args, **kwargs):  # the options as the CLI passes them on, before any model is read
+        made(cfg, *args, **kwargs)
         seen.append((cfg.suite, cfg.norm))
         raise UsageError("stopped after parsing")
 
-    monkeypatch.setattr(sodef_cli.evaluate.AttackConfig, "validate", stop)
+    monkeypatch.setattr(sodef_cli.evaluate.AttackConfig, "__init__", stop)
     result = runner.invoke(app, ["attack", "no-such.safetensors", "--data", "demo", "--suite", suite, "--norm", norm])
     assert result.exit_code == 2 and "stopped after parsing" in result.stderr, result.output
     assert seen == [(suite, norm)]
