@@ -1,6 +1,6 @@
 """Stability diagnostics of a SODEF head on a sample of features (Kang et al., NeurIPS 2021: stability at z(0)).
 
-All figures are data (a dict of floats); rendering lives in ``report.py``. ``card_diagnostics`` computes
+All figures are data (a dict of floats); rendering lives in the ``report`` package. ``card_diagnostics`` computes
 the model card's figures for a hardened file on a sample of test images (``sodef report FILE``).
 """
 from __future__ import annotations

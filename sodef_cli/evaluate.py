@@ -787,3 +787,60 @@ def _duration(s: float) -> str:
     if s < 3600:
         return f"{s / 60:.1f} min"
     return f"{s / 3600:.1f} h"
+
+
+# ----------------------------------------------------------------------------------------------------
+# the figures a report shows, from a results document
+
+
+def _model_strength(doc: dict, label: str) -> dict:
+    """How adaptive the evaluation of one model is: the kinds of the attacks that ran on it (else the planned
+    ones), adaptive when one of them does not take its gradients from the model itself."""
+    kinds: list[str] = []
+    for run in doc.get("runs", []):
+        for rec in (run.get("models", {}).get(label) or {}).get("attacks", {}).values():
+            if rec.get("kind") and rec["kind"] not in kinds:
+                kinds.append(rec["kind"])
+    if not kinds:
+        kinds = list(dict.fromkeys(ATTACKS[a].kind for a in doc.get("plan", {}).get(label, []) if a in ATTACKS))
+    return {"adaptive": any(k in ADAPTIVE_KINDS for k in kinds), "kinds": kinds}
+
+
+def analyze(doc: dict) -> dict:
+    """Everything ``sodef report`` shows that is computed from a results document (v1 or v2) rather than read
+    from it. The document must be well-formed (the report checks its shape first).
+
+    Returns:
+        ``runs``: per eps run, ``models`` ({label: the figures of ``summarize`` with their Wilson intervals, or
+        None before the model's clean pass}), ``difference`` (v1: hardened - base as ``differences``; v2:
+        {label: that model - the reference}), ``checks`` (v1: the stored masking checks, else those computed
+        now from the attacks that finished, with ``checks_provisional`` true; v2: {label: stored checks});
+        ``kinds``: {attack: kind} of every attack recorded or planned that this version knows;
+        ``reduced``: ``reduced_budgets``; ``evaluation``: v1 ``evaluation_strength``, v2 {label: adaptive? and kinds}.
+    """
+    comparison = doc.get("kind") == "comparison"
+    labels = [m["label"] for m in doc["models"]] if comparison else ["base", "hardened"]
+    runs = []
+    for run in doc.get("runs", []):
+        recs = run.get("models", {})
+        models = {lab: _model_summary(recs[lab], len(recs[lab]["clean"])) if "clean" in (recs.get(lab) or {}) else None
+                  for lab in labels}
+        if comparison:
+            runs.append({"models": models, "difference": comparison_differences(run, doc["reference"]),
+                         "checks": {lab: (recs.get(lab) or {}).get("checks", []) for lab in labels}, "checks_provisional": False})
+            continue
+        checks, provisional = run.get("checks"), False
+        if checks is None:
+            hard = recs.get("hardened") or {}
+            known = {**hard, "attacks": {a: rec for a, rec in hard.get("attacks", {}).items() if a in ATTACKS}}
+            checks = masking_checks({**run, "models": {**recs, "hardened": known}}) if models["hardened"] else []
+            provisional = bool(checks)
+        runs.append({"models": models, "difference": differences(run), "checks": checks, "checks_provisional": provisional})
+    names = [a for run in doc.get("runs", []) for rec in run.get("models", {}).values() for a in rec.get("attacks", {})]
+    names += [a for planned in doc.get("plan", {}).values() for a in planned]
+    return {
+        "runs": runs,
+        "kinds": {a: ATTACKS[a].kind for a in dict.fromkeys(names) if a in ATTACKS},
+        "reduced": reduced_budgets(doc),
+        "evaluation": {lab: _model_strength(doc, lab) for lab in labels} if comparison else evaluation_strength(doc),
+    }

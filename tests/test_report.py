@@ -600,3 +600,139 @@ def test_cli_model_card_errors(hardened_file, tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "missing.safetensors")])
     assert result.exit_code == 1
     one_message(result.stderr)
+
+
+# --------------------------------------------------------------------------------------------------
+# the package: one renderer per format over the same blocks; documents checked once, on load
+
+
+def _one_block_of_each_type() -> list[dict]:
+    from sodef_cli.report import blocks as b
+
+    return [
+        b.title("every block"),
+        b.heading("a heading"),
+        b.kv("a kv list", [["key", "value"]]),
+        b.table("a table", [b.col("attack"), b.col("acc", "right", "value"), b.col("delta", "right", "delta"),
+                            b.col("result", role="status")], [["apgd-ce", "50.0%", "+2.0", "FLAG"]], "a caption"),
+        b.note("a note", "warn"),
+        b.verdict("a verdict", "good", "A"),
+        b.chart("a chart", [0.0, 1.0], ["0", "1"], "eps", [{"name": "base", "marker": "b", "ys": [0.5, 0.25]}]),
+        b.bars("some bars", [{"name": "base", "eps": 0.0, "bars": [{"label": "clean", "value": 0.5, "ci": [0.4, 0.6]}]}], "bars caption"),
+        b.hist("a histogram", [{"name": "final", "counts": [1, 3, 2], "lo": -1.0, "hi": 0.5}], "max Re(eig)", "hist caption"),
+    ]
+
+
+def test_every_format_has_a_renderer_and_every_renderer_draws_every_block_type():
+    from sodef_cli.report import RENDERERS, render_html, render_markdown, render_rich
+    from sodef_cli.report.blocks import BLOCK_TYPES
+
+    assert FORMATS == ("table", "markdown", "json", "html") and set(RENDERERS) == set(FORMATS)
+    blocks = _one_block_of_each_type()
+    assert sorted(bl["type"] for bl in blocks) == sorted(BLOCK_TYPES)
+    texts = {"table": as_text(render_rich.render_blocks(blocks)), "markdown": render_markdown.render_blocks(blocks),
+             "html": render_html.render_blocks(blocks)}
+    for fmt, text in texts.items():
+        for needle in ("every block", "a heading", "a kv list", "a table", "apgd-ce", "a note", "a verdict", "a chart",
+                       "some bars", "a histogram"):
+            assert needle in text, (fmt, needle)
+    check_html(texts["html"])
+    check_markdown_tables(texts["markdown"])
+    # every format of render() goes through its own renderer: the same data, four different outputs
+    data = results_data([make_doc()], labels=["r.json"])
+    outs = {fmt: render(data, fmt) for fmt in FORMATS}
+    assert json.loads(outs["json"])["kind"] == "results"
+    assert outs["markdown"].startswith("# sodef attack results") and outs["html"].startswith("<!DOCTYPE html>")
+    assert "Verdict:" in as_text(outs["table"])
+    with pytest.raises(ValueError, match="unknown format"):
+        render(data, "pdf")
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda d: d["runs"][0]["models"]["hardened"]["attacks"]["square"].update(robust=[True]), "hardened.attacks.square.robust"),
+    (lambda d: d["runs"][1]["models"]["base"].update(clean="TTTT"), "runs[1].models.base.clean"),
+    (lambda d: d["runs"][0].update(eps=float("nan")), "runs[0].eps"),
+    (lambda d: d["config"].update(eps=[8 / 255, "x"]), "config.eps[1]"),
+    (lambda d: d["runs"][0]["checks"][1].pop("name"), "runs[0].checks[1].name"),
+    (lambda d: d["model"].update(head=[1]), "model.head"),
+])
+def test_a_malformed_document_is_rejected_on_load_naming_the_field(mutate, field):
+    from sodef_cli.errors import ResultsError
+    from sodef_cli.report.results import Results
+
+    doc = make_doc()
+    mutate(doc)
+    with pytest.raises(ResultsError, match="malformed results file") as err:
+        Results.load(doc, "bad.json")
+    assert field in str(err.value) and str(err.value).startswith("bad.json: ")
+    with pytest.raises(ResultsError, match=re.escape(field)):
+        results_data([doc], labels=["bad.json"])
+
+
+def test_a_comparison_whose_reference_is_not_a_model_is_rejected_on_load():
+    from sodef_cli.errors import ResultsError
+    from sodef_cli.report.results import Results
+
+    doc = {**make_doc(), "schema_version": 2, "kind": "comparison", "reference": "nobody",
+           "models": [{"label": "base"}, {"label": "hardened"}]}
+    with pytest.raises(ResultsError, match="reference: expected the label of one of the models"):
+        Results.load(doc, "c.json")
+    Results.load({**doc, "reference": "base"}, "c.json")  # the same document with a real reference loads
+
+
+def test_results_without_stored_checks_get_provisional_ones_and_ignore_unknown_attacks():
+    doc = make_partial()
+    run = doc["runs"][0]
+    del run["checks"]
+    run["models"]["hardened"]["attacks"]["attack-from-the-future"] = _attack("white-box", [T] * 8, run["eps"], 1.0)
+    fd = results_data([doc], labels=["p.json"])["files"][0]
+    r0 = fd["runs"][0]
+    assert r0["checks_provisional"] is True
+    assert [c["name"] for c in r0["checks"] if c.get("flagged")] == ["black-box beats white-box", "transfer beats direct"]
+    assert "attack-from-the-future" in r0["models"]["hardened"]["attacks"]  # shown, though this version cannot classify it
+    assert fd["attack_kinds"]["square"] == "black-box" and "attack-from-the-future" not in fd["attack_kinds"]
+
+
+@pytest.mark.parametrize("adjoint,needle", [
+    (True, "adjoint yes (its gradients, in training and for white-box attacks, come from the adjoint solve)"),
+    (False, "adjoint no (its gradients come from direct backprop through the solver)"),
+])
+def test_the_card_says_what_the_adjoint_setting_affects(adjoint, needle):
+    meta = make_meta()
+    meta["config"]["head"]["adjoint"] = adjoint
+    md = render(card_data(meta, path="h.safetensors"), "markdown")
+    assert needle in md and "in training\n" not in md and "adjoint yes in training" not in md
+
+
+def test_malformed_card_metadata_is_rejected_when_the_card_data_is_made():
+    from sodef_cli.errors import ModelFileError
+
+    for change, field in ((lambda m: m["metrics"]["stability"].update(final=None), "metadata.metrics.stability.final"),
+                          (lambda m: m["check"]["base"].update(clean_ci95=[0.1]), "metadata.check.base.clean_ci95"),
+                          (lambda m: m.update(classes=[1, 2]), "metadata.classes[0]")):
+        meta = make_meta()
+        change(meta)
+        with pytest.raises(ModelFileError, match=re.escape(field)):
+            card_data(meta, path="h.safetensors")
+
+
+def test_the_harden_summary_is_blocks_in_every_format():
+    from sodef_cli.report import render_harden_summary
+    from sodef_cli.report.card import harden_summary_blocks
+    from sodef_cli.report.render_html import render_blocks as html_of
+    from sodef_cli.report.render_markdown import render_blocks as markdown_of
+
+    summary = {"out": "h.safetensors", "base": {"test_clean_acc": 0.5, "val_acc": 0.5}, "hardened": {"test_clean_acc": 0.46, "val_acc": 0.47},
+               "data": {"test": 500}, "split": {"val": 200}, "timings_s": {"phase1": 1.25},
+               "check": {**make_meta()["check"], "outcome": "no significant difference",
+                         "checks": [{"name": "transfer beats direct", "flagged": True, "evidence": "2 of 9"}]}}
+    blocks = harden_summary_blocks(summary)
+    assert [bl["type"] for bl in blocks][:2] == ["title", "table"] and blocks[-1]["type"] == "verdict"
+    assert blocks[-1]["level"] == "warn" and blocks[-1]["label"] == "guard"
+    text = " ".join(as_text(render_harden_summary(summary), width=200).split())
+    assert "hardened -> h.safetensors" in text and "50.0% [45.6, 54.4]" in text and "held-out check images" in text
+    assert "gradient masking signature (transfer beats direct): 2 of 9" in text and "time: phase1 1.2s" in text
+    check_markdown_tables(markdown_of(blocks))
+    check_html(html_of(blocks))
+    nocheck = harden_summary_blocks({**summary, "check": None})
+    assert nocheck[-1]["type"] == "note" and "hardening guard skipped (--no-check)" in nocheck[-1]["text"]
