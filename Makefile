@@ -1,6 +1,7 @@
 # Developer entry points. `make test` is what CI runs (.ci/run).
 #   make venv    create .venv and install torch + this package with its test extras
-#   make test    the test suite, offline, on CPU (PYTEST_ARGS="-k cli -x" to narrow it)
+#   make test    ruff (lint + format check), then the test suite, offline, on CPU (PYTEST_ARGS="-k cli -x")
+#   make lint    ruff alone (configured in pyproject.toml, line length 120)
 #   make demo    harden the shipped demo base on the embedded CIFAR-10 subset, attack it, report
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -14,7 +15,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo
+.PHONY: venv test lint demo
 
 venv: $(STAMP)
 
@@ -24,8 +25,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
-test: venv
+test: venv lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check sodef_cli tests benchmarks
+	$(VENV)/bin/ruff format --check sodef_cli tests benchmarks
 
 DEMO := runs/demo
 # direct APGD-CE (through the adjoint, as shipped), then the ODE attacks and Square; reduced budgets that the report names

@@ -7,6 +7,7 @@ figure is the median over ``repeats`` rounds of the mean time of ``inner`` back-
 by ``torch.cuda.synchronize``. Ratios are what the benchmarks report; absolute times are written to
 RESULTS.md only for GPU runs (CPU absolute times depend on whatever else the machine is doing).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -16,8 +17,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -98,7 +100,9 @@ def git_commit() -> str | None:
     try:
         import subprocess
 
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except Exception:
         return None
@@ -141,13 +145,27 @@ def versions_text(env: dict[str, Any]) -> str:
 def add_common_args(ap, *, default_out: str, default_repeats: int = 7) -> None:
     """The options every benchmark shares."""
     ap.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (default cpu)")
-    ap.add_argument("--repeats", type=int, default=default_repeats,
-                    help=f"timed rounds per candidate, interleaved; the median is reported (default {default_repeats})")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads for torch (default 1: the timed ops are small, and on a shared machine extra "
-                         "OpenMP threads spin against other jobs and distort them; 0 = torch's default)")
-    ap.add_argument("--out", default=str(OUT_DIR / default_out), help=f"JSON output path (default benchmarks/out/{default_out})")
-    ap.add_argument("--results", default=str(RESULTS_MD), help="markdown table to append a row to ('' = none; default benchmarks/RESULTS.md)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=default_repeats,
+        help=f"timed rounds per candidate, interleaved; the median is reported (default {default_repeats})",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for torch (default 1: the timed ops are small, and on a shared machine extra "
+        "OpenMP threads spin against other jobs and distort them; 0 = torch's default)",
+    )
+    ap.add_argument(
+        "--out", default=str(OUT_DIR / default_out), help=f"JSON output path (default benchmarks/out/{default_out})"
+    )
+    ap.add_argument(
+        "--results",
+        default=str(RESULTS_MD),
+        help="markdown table to append a row to ('' = none; default benchmarks/RESULTS.md)",
+    )
     ap.add_argument("--json", action="store_true", help="print the JSON document instead of the table")
 
 
@@ -203,8 +221,7 @@ def interleaved_timings(
             sync(device)
             per_round[name].append((time.perf_counter() - t0) / n)
     return {
-        name: {"median_s": statistics.median(s), "seconds": s, "inner": inner[name]}
-        for name, s in per_round.items()
+        name: {"median_s": statistics.median(s), "seconds": s, "inner": inner[name]} for name, s in per_round.items()
     }
 
 
@@ -228,7 +245,7 @@ def append_results(benchmark: str, env: dict[str, Any], figures: str, *, path: s
     p = Path(path)
     if not p.is_file() or not p.read_text().strip():
         p.write_text(RESULTS_HEADER)
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     cells = [date, benchmark, env["device"], versions_text(env), figures]
     row = "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |\n"
     text = p.read_text()
@@ -247,7 +264,7 @@ def run_sodef(args: list[str], env: dict, log: str | Path | None = None) -> tupl
     import subprocess
     import tempfile
 
-    with tempfile.TemporaryFile("w+") as out, (open(log, "w+") if log else tempfile.TemporaryFile("w+")) as err:
+    with tempfile.TemporaryFile("w+") as out, open(log, "w+") if log else tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "sodef_cli", *args], stdout=out, stderr=err, env=env, text=True)
         _, status, usage = os.wait4(proc.pid, 0)

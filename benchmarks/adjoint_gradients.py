@@ -15,6 +15,7 @@ data with ``recipes/demo.toml`` (guard off, ``--phase3-epochs`` epochs of phase 
 
     python benchmarks/adjoint_gradients.py [--model HARDENED.safetensors] [--batches 4] [--batch-size 128]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,16 +53,25 @@ def _harden_demo(out: Path, phase3_epochs: int, device: str) -> dict:
     from sodef_cli.config import HardenConfig, resolve
     from sodef_cli.harden import harden
 
-    cfg = resolve(HardenConfig, recipe=C.ROOT / "recipes" / "demo.toml",
-                  overrides={"model": str(C.ROOT / "sodef_cli" / "assets" / "demo_base.safetensors"),
-                             "check.enabled": False, "phase3.epochs": phase3_epochs, "device": device})
+    cfg = resolve(
+        HardenConfig,
+        recipe=C.ROOT / "recipes" / "demo.toml",
+        overrides={
+            "model": str(C.ROOT / "sodef_cli" / "assets" / "demo_base.safetensors"),
+            "check.enabled": False,
+            "phase3.epochs": phase3_epochs,
+            "device": device,
+        },
+    )
     return harden(cfg, out)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="", help="a hardened .safetensors file (default: harden the demo base first)")
-    ap.add_argument("--phase3-epochs", type=int, default=2, help="phase-3 epochs of the model hardened without --model (default 2)")
+    ap.add_argument(
+        "--phase3-epochs", type=int, default=2, help="phase-3 epochs of the model hardened without --model (default 2)"
+    )
     ap.add_argument("--batches", type=int, default=4, help="batches of training features (default 4)")
     ap.add_argument("--batch-size", type=int, default=128, help="phase 3's batch size (default 128)")
     ap.add_argument("--seed", type=int, default=0)
@@ -81,22 +91,50 @@ def main(argv: list[str] | None = None) -> int:
     head = hardened.head
     block = head.block
     spec = hardened.spec
-    data = load_data(meta["config"].get("data", "demo"), data_dir=meta["config"].get("data_dir", ""),
-                     channels=spec.in_chans, image_size=spec.input_size[-1])
+    data = load_data(
+        meta["config"].get("data", "demo"),
+        data_dir=meta["config"].get("data_dir", ""),
+        channels=spec.in_chans,
+        image_size=spec.input_size[-1],
+    )
     idx = select_samples(data.train.labels, args.batches * args.batch_size, args.seed)
     params = list(head.odefunc.parameters())
     for p in params:
         p.requires_grad_(True)
     blocks = {
-        "adjoint": ODEBlock(block.odefunc, t1=block.t1, solver=block.solver, rtol=block.rtol, atol=block.atol,
-                            step_size=block.step_size, adjoint=True),
-        "direct": ODEBlock(block.odefunc, t1=block.t1, solver=block.solver, rtol=block.rtol, atol=block.atol,
-                           step_size=block.step_size, adjoint=False),
-        "reference": ODEBlock(block.odefunc, t1=block.t1, solver=block.solver, rtol=TIGHT, atol=TIGHT,
-                              step_size=block.step_size, adjoint=False),
+        "adjoint": ODEBlock(
+            block.odefunc,
+            t1=block.t1,
+            solver=block.solver,
+            rtol=block.rtol,
+            atol=block.atol,
+            step_size=block.step_size,
+            adjoint=True,
+        ),
+        "direct": ODEBlock(
+            block.odefunc,
+            t1=block.t1,
+            solver=block.solver,
+            rtol=block.rtol,
+            atol=block.atol,
+            step_size=block.step_size,
+            adjoint=False,
+        ),
+        "reference": ODEBlock(
+            block.odefunc,
+            t1=block.t1,
+            solver=block.solver,
+            rtol=TIGHT,
+            atol=TIGHT,
+            step_size=block.step_size,
+            adjoint=False,
+        ),
     }
-    pairs = {"adjoint_vs_direct": ("adjoint", "direct"), "direct_vs_reference": ("direct", "reference"),
-             "adjoint_vs_reference": ("adjoint", "reference")}
+    pairs = {
+        "adjoint_vs_direct": ("adjoint", "direct"),
+        "direct_vs_reference": ("direct", "reference"),
+        "adjoint_vs_reference": ("adjoint", "reference"),
+    }
     per_batch: dict[str, list[dict]] = {k: [] for k in pairs}
     for b in range(args.batches):
         j = idx[b * args.batch_size : (b + 1) * args.batch_size]
@@ -105,34 +143,58 @@ def main(argv: list[str] | None = None) -> int:
             z0 = head.z0(hardened.features(x))
         grads = {name: _flat_grad(F.cross_entropy(head.classifier(blk(z0)), y), params) for name, blk in blocks.items()}
         for key, (a, r) in pairs.items():
-            per_batch[key].append({"cosine": _cos(grads[a], grads[r]), "norm_ratio": float(grads[a].norm() / grads[r].norm())})
-    summary = {key: {"cosine": statistics.median(v["cosine"] for v in vals),
-                     "norm_ratio": statistics.median(v["norm_ratio"] for v in vals)} for key, vals in per_batch.items()}
+            per_batch[key].append(
+                {"cosine": _cos(grads[a], grads[r]), "norm_ratio": float(grads[a].norm() / grads[r].norm())}
+            )
+    summary = {
+        key: {
+            "cosine": statistics.median(v["cosine"] for v in vals),
+            "norm_ratio": statistics.median(v["norm_ratio"] for v in vals),
+        }
+        for key, vals in per_batch.items()
+    }
     env = C.environment(device)
     doc = {
         "benchmark": "adjoint_gradients",
         "environment": env,
-        "settings": {"model": str(model_path), "head": head_cfg, "batches": args.batches, "batch_size": args.batch_size,
-                     "seed": args.seed, "tight_tolerance": TIGHT, "phase3_epochs": None if args.model else args.phase3_epochs},
+        "settings": {
+            "model": str(model_path),
+            "head": head_cfg,
+            "batches": args.batches,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "tight_tolerance": TIGHT,
+            "phase3_epochs": None if args.model else args.phase3_epochs,
+        },
         "median": summary,
         "per_batch": per_batch,
         "seconds": time.perf_counter() - t0,
     }
     C.write_json(doc, args.out)
     s = summary
-    figures = (f"f weight grads, {args.batches}x{args.batch_size} train features, {head_cfg.get('solver')} rtol/atol "
-               f"{head_cfg.get('rtol'):g}/{head_cfg.get('atol'):g}: adjoint vs direct cos {s['adjoint_vs_direct']['cosine']:.3f} "
-               f"norm x{s['adjoint_vs_direct']['norm_ratio']:.3g}; direct vs rtol 1e-7 cos {s['direct_vs_reference']['cosine']:.4f} "
-               f"norm x{s['direct_vs_reference']['norm_ratio']:.3g}; adjoint vs rtol 1e-7 cos {s['adjoint_vs_reference']['cosine']:.3f}")
+    figures = (
+        f"f weight grads, {args.batches}x{args.batch_size} train features, {head_cfg.get('solver')} rtol/atol "
+        f"{head_cfg.get('rtol'):g}/{head_cfg.get('atol'):g}: adjoint vs direct cos {s['adjoint_vs_direct']['cosine']:.3f} "
+        f"norm x{s['adjoint_vs_direct']['norm_ratio']:.3g}; direct vs rtol 1e-7 cos {s['direct_vs_reference']['cosine']:.4f} "
+        f"norm x{s['direct_vs_reference']['norm_ratio']:.3g}; adjoint vs rtol 1e-7 cos {s['adjoint_vs_reference']['cosine']:.3f}"
+    )
     if args.results:
-        name = "adjoint_gradients.py" + (f" --model {model_path.name}" if args.model else f" (demo base, recipes/demo.toml, phase 3 x{args.phase3_epochs})")
+        name = "adjoint_gradients.py" + (
+            f" --model {model_path.name}"
+            if args.model
+            else f" (demo base, recipes/demo.toml, phase 3 x{args.phase3_epochs})"
+        )
         C.append_results(name, env, figures, path=args.results)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
         print(f"device: {env['device']}  ({C.versions_text(env)})")
-        print(C.format_table(["pair", "cosine (median)", "norm ratio (median)"],
-                             [[k, v["cosine"], v["norm_ratio"]] for k, v in summary.items()]))
+        print(
+            C.format_table(
+                ["pair", "cosine (median)", "norm ratio (median)"],
+                [[k, v["cosine"], v["norm_ratio"]] for k, v in summary.items()],
+            )
+        )
         print(f"wrote {args.out} in {doc['seconds']:.0f} s")
     return 0
 

@@ -7,13 +7,13 @@ CIFAR-10 JPEG export, or torchvision's download written out as images). Writes J
 appends a row to benchmarks/RESULTS.md. ``--robust N`` adds APGD-CE (100 iterations, Linf 8/255) on N test
 images drawn class by class (seed 0).
 """
+
 from __future__ import annotations
 
 import argparse
 import time
 
 import torch
-
 from _common import add_common_args, append_results, environment, setup, write_json
 
 
@@ -22,7 +22,9 @@ def main() -> None:
     ap.add_argument("--model", default="sodef_cli/assets/demo_base.safetensors")
     ap.add_argument("--data", required=True, help="ImageFolder root with test/ (e.g. unzipped CIFAR-10 JPEGs)")
     ap.add_argument("--batch-size", type=int, default=500)
-    ap.add_argument("--robust", type=int, default=0, help="also APGD-CE (Linf 8/255, 100 iterations) on this many images")
+    ap.add_argument(
+        "--robust", type=int, default=0, help="also APGD-CE (Linf 8/255, 100 iterations) on this many images"
+    )
     add_common_args(ap, default_out="demo_base.json", default_repeats=1)
     args = ap.parse_args()
     device = setup(args)
@@ -53,7 +55,9 @@ def main() -> None:
         "training": meta.get("training", {}),
         "env": environment(device),
     }
-    figures = f"clean {100 * clean:.2f}% on {len(data.test)} test images ({spec['timm_name']}, {doc['parameters']} params)"
+    figures = (
+        f"clean {100 * clean:.2f}% on {len(data.test)} test images ({spec['timm_name']}, {doc['parameters']} params)"
+    )
     if args.robust:
         idx = select_samples(data.test.labels, args.robust, 0)
         x, y = data.test.floats(idx), data.test.labels[idx]

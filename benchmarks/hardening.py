@@ -22,6 +22,7 @@ attacks included, so the comparison leans against the arms. The gain over A come
 exact McNemar p-value from the per-sample flags. Each arm's files stay in ``--work``; finished arms are reused
 (``--fresh`` reruns them). Writes JSON, appends a row to benchmarks/RESULTS.md and prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +39,20 @@ BASE_ATTACKS = ("apgd-ce", "apgd-t", "square")  # what A faces: attacks that nee
 
 ARMS = {
     "B": ("continued FGSM training, same parameters as D", lambda a: ["--head", "linear", "--adv-attack", "fgsm"]),
-    "C": ("linear head alone, PGD-5, frozen backbone", lambda a: ["--head", "linear", "--adv-attack", "pgd", "--adv-stages", "0"]),
+    "C": (
+        "linear head alone, PGD-5, frozen backbone",
+        lambda a: ["--head", "linear", "--adv-attack", "pgd", "--adv-stages", "0"],
+    ),
     "D": ("linear head + last stages, the recipe's attack", lambda a: ["--head", "linear"]),
     # the SODEF arms clip gradients at norm 10: the stability terms' exponentials diverged F at epoch 4 without it
-    "E": ("SODEF head alone (fixed-step, stability terms), frozen backbone",
-          lambda a: ["--head", "sodef", "--adv-attack", "pgd", "--adv-stages", "0", "--set", "adversarial.grad_clip=10"]),
-    "F": ("SODEF head + last 4 stages, PGD-5 (D with the SODEF head)",
-          lambda a: ["--head", "sodef", "--adv-attack", "pgd", "--set", "adversarial.grad_clip=10"]),
+    "E": (
+        "SODEF head alone (fixed-step, stability terms), frozen backbone",
+        lambda a: ["--head", "sodef", "--adv-attack", "pgd", "--adv-stages", "0", "--set", "adversarial.grad_clip=10"],
+    ),
+    "F": (
+        "SODEF head + last 4 stages, PGD-5 (D with the SODEF head)",
+        lambda a: ["--head", "sodef", "--adv-attack", "pgd", "--set", "adversarial.grad_clip=10"],
+    ),
 }
 
 
@@ -60,16 +68,38 @@ def _arm(name: str, args, env: dict) -> dict:
     cmd = ["harden", args.base, "--data", args.data, "--recipe", args.recipe, "--out", str(model), "--json", *extra]
     rec["harden_command"] = "sodef " + " ".join(cmd)
     summary, wall, peak = run_sodef(cmd, env, log=work / f"arm_{name}.harden.log")
-    rec["harden"] = {"wall_s": wall, "peak_rss_mib": peak, "timings_s": summary["timings_s"], "base": summary["base"],
-                     "hardened": summary["hardened"], "check": summary.get("check"),
-                     "adversarial": {k: v for k, v in (summary.get("adversarial") or {}).items()
-                                     if k not in ("trained_parameters", "trained_state", "tuned_backbone_state")}}
+    rec["harden"] = {
+        "wall_s": wall,
+        "peak_rss_mib": peak,
+        "timings_s": summary["timings_s"],
+        "base": summary["base"],
+        "hardened": summary["hardened"],
+        "check": summary.get("check"),
+        "adversarial": {
+            k: v
+            for k, v in (summary.get("adversarial") or {}).items()
+            if k not in ("trained_parameters", "trained_state", "tuned_backbone_state")
+        },
+    }
     sodef = summary["hardened"].get("head", "sodef") == "sodef"
     attacks = args.attacks.split(",") if args.attacks else LINEAR_ATTACKS[:2] + ODE_ATTACKS + LINEAR_ATTACKS[2:]
     attacks = [a for a in attacks if sodef or a not in ODE_ATTACKS]  # a linear head has no ODE
     results = work / f"arm_{name}.results.json"
-    acmd = ["attack", str(model), "--data", args.data, "--samples", str(args.n), "--attacks", ",".join(attacks),
-            "--batch-size", str(args.batch_size), "--out", str(results), "--json"]
+    acmd = [
+        "attack",
+        str(model),
+        "--data",
+        args.data,
+        "--samples",
+        str(args.n),
+        "--attacks",
+        ",".join(attacks),
+        "--batch-size",
+        str(args.batch_size),
+        "--out",
+        str(results),
+        "--json",
+    ]
     rec["attack_command"] = "sodef " + " ".join(acmd)
     _, wall, peak = run_sodef(acmd, env, log=work / f"arm_{name}.attack.log")
     rec["attack"] = {"wall_s": wall, "peak_rss_mib": peak, "results": str(results)}
@@ -98,9 +128,17 @@ def analyze(records: dict[str, dict]) -> dict:
     a_clean, a_worst = next(iter(a_runs.values()))
     same = all(w == a_worst and c == a_clean for c, w in a_runs.values())
     n = len(a_worst)
-    rows = {"A": {"description": "the base as it is", "clean": sum(a_clean) / n, "clean_ci95": wilson(sum(a_clean), n),
-                  "worst_case": sum(a_worst) / n, "worst_case_ci95": wilson(sum(a_worst), n), "harden_s": 0.0,
-                  "attacks": list(BASE_ATTACKS)}}
+    rows = {
+        "A": {
+            "description": "the base as it is",
+            "clean": sum(a_clean) / n,
+            "clean_ci95": wilson(sum(a_clean), n),
+            "worst_case": sum(a_worst) / n,
+            "worst_case_ci95": wilson(sum(a_worst), n),
+            "harden_s": 0.0,
+            "attacks": list(BASE_ATTACKS),
+        }
+    }
     for name, d in docs.items():
         clean, worst = _flags(d, "hardened")
         diff = paired_difference(a_worst, worst)
@@ -108,12 +146,18 @@ def analyze(records: dict[str, dict]) -> dict:
         rec = records[name]
         rows[name] = {
             "description": ARMS[name][0],
-            "clean": sum(clean) / n, "clean_ci95": wilson(sum(clean), n),
-            "clean_gain_points": 100 * cdiff["diff"], "clean_gain_points_ci95": [100 * v for v in cdiff["diff_ci95"]],
-            "worst_case": sum(worst) / n, "worst_case_ci95": wilson(sum(worst), n),
-            "gain_points": 100 * diff["diff"], "gain_points_ci95": [100 * v for v in diff["diff_ci95"]],
-            "mcnemar_p": diff["p_mcnemar"], "discordant_base_only_arm_only": diff["discordant"],
-            "harden_s": rec["harden"]["wall_s"], "attack_s": rec["attack"]["wall_s"],
+            "clean": sum(clean) / n,
+            "clean_ci95": wilson(sum(clean), n),
+            "clean_gain_points": 100 * cdiff["diff"],
+            "clean_gain_points_ci95": [100 * v for v in cdiff["diff_ci95"]],
+            "worst_case": sum(worst) / n,
+            "worst_case_ci95": wilson(sum(worst), n),
+            "gain_points": 100 * diff["diff"],
+            "gain_points_ci95": [100 * v for v in diff["diff_ci95"]],
+            "mcnemar_p": diff["p_mcnemar"],
+            "discordant_base_only_arm_only": diff["discordant"],
+            "harden_s": rec["harden"]["wall_s"],
+            "attack_s": rec["attack"]["wall_s"],
             "attacks": list(d["runs"][0]["models"]["hardened"]["attacks"]),
             "trained": (rec["harden"]["adversarial"] or {}).get("summary"),
             "best_epoch": (rec["harden"]["adversarial"] or {}).get("best_epoch"),
@@ -138,13 +182,18 @@ def capacity(records: dict[str, dict], data_spec: str, n: int = 1000, steps: int
     tr, te = select_samples(data.train.labels, n, 1), select_samples(data.test.labels, n, 1)
     out: dict = {}
     for name, rec in records.items():
-        base, hardened, _ = load_pair(rec.get("model") or str(Path(rec["attack"]["results"]).with_suffix("").with_suffix(".safetensors")))
+        base, hardened, _ = load_pair(
+            rec.get("model") or str(Path(rec["attack"]["results"]).with_suffix("").with_suffix(".safetensors"))
+        )
         for label, model in ([("A", base)] if not out else []) + [(name, hardened)]:
             fig = {}
             for split, images, idx in (("train", data.train, tr), ("test", data.test, te)):
-                fig[f"{split}_clean"] = robust_accuracy(model, images, idx, kind="none", eps=8 / 255, steps=0, device=torch.device("cpu"))
-                fig[f"{split}_pgd{steps}"] = robust_accuracy(model, images, idx, kind="pgd", eps=8 / 255, steps=steps,
-                                                             device=torch.device("cpu"))
+                fig[f"{split}_clean"] = robust_accuracy(
+                    model, images, idx, kind="none", eps=8 / 255, steps=0, device=torch.device("cpu")
+                )
+                fig[f"{split}_pgd{steps}"] = robust_accuracy(
+                    model, images, idx, kind="pgd", eps=8 / 255, steps=steps, device=torch.device("cpu")
+                )
             out[label] = fig
     return out
 
@@ -152,14 +201,22 @@ def capacity(records: dict[str, dict], data_spec: str, n: int = 1000, steps: int
 def table(doc: dict) -> str:
     pct = lambda v: f"{100 * v:.1f}"
     ci = lambda c: f"[{100 * c[0]:.1f}, {100 * c[1]:.1f}]"
-    lines = ["| arm | what | clean % (95% CI) | adaptive worst case % (95% CI) | gain over A, points (95% CI) | McNemar p | harden wall |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| arm | what | clean % (95% CI) | adaptive worst case % (95% CI) | gain over A, points (95% CI) | McNemar p | harden wall |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name in sorted(doc["rows"]):
         r = doc["rows"][name]
-        gain = "" if name == "A" else f"{r['gain_points']:+.1f} [{r['gain_points_ci95'][0]:+.1f}, {r['gain_points_ci95'][1]:+.1f}]"
+        gain = (
+            ""
+            if name == "A"
+            else f"{r['gain_points']:+.1f} [{r['gain_points_ci95'][0]:+.1f}, {r['gain_points_ci95'][1]:+.1f}]"
+        )
         p = "" if name == "A" else f"{r['mcnemar_p']:.3g}"
-        lines.append(f"| {name} | {r['description']} | {pct(r['clean'])} {ci(r['clean_ci95'])} | {pct(r['worst_case'])} "
-                     f"{ci(r['worst_case_ci95'])} | {gain} | {p} | {r['harden_s'] / 60:.1f} min |")
+        lines.append(
+            f"| {name} | {r['description']} | {pct(r['clean'])} {ci(r['clean_ci95'])} | {pct(r['worst_case'])} "
+            f"{ci(r['worst_case_ci95'])} | {gain} | {p} | {r['harden_s'] / 60:.1f} min |"
+        )
     return "\n".join(lines)
 
 
@@ -167,8 +224,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="CIFAR-10 in ImageFolder layout (train/ and test/)")
     ap.add_argument("--base", default=str(ROOT / "sodef_cli/assets/demo_base.safetensors"))
-    ap.add_argument("--recipe", default=str(ROOT / "recipes/adversarial.toml"),
-                    help="budgets every arm shares (epochs, lr, weight averaging, stages); each arm sets its head and attack")
+    ap.add_argument(
+        "--recipe",
+        default=str(ROOT / "recipes/adversarial.toml"),
+        help="budgets every arm shares (epochs, lr, weight averaging, stages); each arm sets its head and attack",
+    )
     ap.add_argument("--arms", default="B,C,D,E,F", help="trained arms to run (A comes with every run)")
     ap.add_argument("--n", type=int, default=1000, help="test images attacked (default 1000)")
     ap.add_argument("--attacks", default="", help="comma-separated attacks instead of the default list")
@@ -177,8 +237,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     ap.add_argument("--work", default=str(OUT_DIR / "hardening"), help="folder for the arms' files")
     ap.add_argument("--fresh", action="store_true", help="rerun arms that already have results in --work")
-    ap.add_argument("--capacity", action="store_true",
-                    help="also measure PGD-10 accuracy on 1,000 training against 1,000 test images per model (what limits the gain)")
+    ap.add_argument(
+        "--capacity",
+        action="store_true",
+        help="also measure PGD-10 accuracy on 1,000 training against 1,000 test images per model (what limits the gain)",
+    )
     ap.add_argument("--out", default=str(OUT_DIR / "hardening.json"))
     ap.add_argument("--results", default=str(ROOT / "benchmarks/RESULTS.md"), help="'' = do not append a row")
     args = ap.parse_args()
@@ -192,23 +255,45 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         records = dict(zip(arms, pool.map(lambda a: _arm(a, args, env), arms)))
-    doc = {"data": args.data, "base": args.base, "recipe": args.recipe, "env": environment(device), "jobs": args.jobs,
-           "threads": args.threads, **analyze(records)}
+    doc = {
+        "data": args.data,
+        "base": args.base,
+        "recipe": args.recipe,
+        "env": environment(device),
+        "jobs": args.jobs,
+        "threads": args.threads,
+        **analyze(records),
+    }
     if args.capacity:
         doc["capacity"] = capacity(records, args.data)
     write_json(doc, args.out)
     text = table(doc)
     if doc.get("capacity"):
-        text += "\n\n| model | train clean | train PGD-10 | test clean | test PGD-10 |\n|---|---|---|---|---|\n" + "\n".join(
-            f"| {k} | " + " | ".join(f"{100 * v:.1f}" for v in (f["train_clean"], f["train_pgd10"], f["test_clean"], f["test_pgd10"])) + " |"
-            for k, f in doc["capacity"].items())
+        text += (
+            "\n\n| model | train clean | train PGD-10 | test clean | test PGD-10 |\n|---|---|---|---|---|\n"
+            + "\n".join(
+                f"| {k} | "
+                + " | ".join(
+                    f"{100 * v:.1f}" for v in (f["train_clean"], f["train_pgd10"], f["test_clean"], f["test_pgd10"])
+                )
+                + " |"
+                for k, f in doc["capacity"].items()
+            )
+        )
     if args.results:
         figures = "; ".join(
             f"{k} clean {100 * r['clean']:.1f} worst {100 * r['worst_case']:.1f}"
-            + (f" gain {r['gain_points']:+.1f} [{r['gain_points_ci95'][0]:+.1f}, {r['gain_points_ci95'][1]:+.1f}] "
-               f"p={r['mcnemar_p']:.2g} harden {r['harden_s']:.0f}s" if k != "A" else "")
-            for k, r in sorted(doc["rows"].items()))
-        append_results(f"hardening.py n={doc['n']} jobs={args.jobs}x{args.threads} threads", doc["env"], figures, path=args.results)
+            + (
+                f" gain {r['gain_points']:+.1f} [{r['gain_points_ci95'][0]:+.1f}, {r['gain_points_ci95'][1]:+.1f}] "
+                f"p={r['mcnemar_p']:.2g} harden {r['harden_s']:.0f}s"
+                if k != "A"
+                else ""
+            )
+            for k, r in sorted(doc["rows"].items())
+        )
+        append_results(
+            f"hardening.py n={doc['n']} jobs={args.jobs}x{args.threads} threads", doc["env"], figures, path=args.results
+        )
     print(text)
 
 

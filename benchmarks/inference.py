@@ -15,6 +15,7 @@ the data's whole test split, and the share of test predictions equal to the stor
 
     python benchmarks/inference.py --model HARDENED.safetensors [--device cpu|cuda] [--batch-size 256] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=256, help="images per timed forward (default 256)")
     ap.add_argument("--data", default="demo", help="data whose test split is used (default demo)")
     ap.add_argument("--data-dir", default="", help="root for torchvision data sets")
-    ap.add_argument("--step-sizes", default=",".join(f"{s:g}" for s in DEFAULT_STEPS),
-                    help="fixed RK4 step sizes to try, comma-separated (default 0.5,1,2.5,5)")
+    ap.add_argument(
+        "--step-sizes",
+        default=",".join(f"{s:g}" for s in DEFAULT_STEPS),
+        help="fixed RK4 step sizes to try, comma-separated (default 0.5,1,2.5,5)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="seed of the timed batch's draw from the test split")
     C.add_common_args(ap, default_out="inference.json", default_repeats=11)
     args = ap.parse_args(argv)
@@ -78,8 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {exc}") from None
     spec = hardened.spec
     head_cfg = meta["config"]["head"]
-    data = load_data(args.data, data_dir=args.data_dir, channels=spec.in_chans, image_size=spec.input_size[-1],
-                     progress=lambda t, d, n: None)
+    data = load_data(
+        args.data,
+        data_dir=args.data_dir,
+        channels=spec.in_chans,
+        image_size=spec.input_size[-1],
+        progress=lambda t, d, n: None,
+    )
     test = data.test
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(test), generator=gen)
@@ -99,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
-    timings = C.interleaved_timings({k: forward(m) for k, m in models.items()}, device=device, repeats=args.repeats, warmup=2)
+    timings = C.interleaved_timings(
+        {k: forward(m) for k, m in models.items()}, device=device, repeats=args.repeats, warmup=2
+    )
     base_s = timings["base"]["median_s"]
 
     preds = {k: predictions(m, test, args.batch_size, device) for k, m in models.items()}
@@ -128,9 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "benchmark": "inference",
         "environment": env,
-        "settings": {"model": str(args.model), "backbone": spec.timm_name, "input_size": list(spec.input_size),
-                     "head": head_cfg, "batch_size": args.batch_size, "data": args.data, "test_images": len(test),
-                     "repeats": args.repeats, "threads": torch.get_num_threads(), "seed": args.seed, "step_sizes": steps},
+        "settings": {
+            "model": str(args.model),
+            "backbone": spec.timm_name,
+            "input_size": list(spec.input_size),
+            "head": head_cfg,
+            "batch_size": args.batch_size,
+            "data": args.data,
+            "test_images": len(test),
+            "repeats": args.repeats,
+            "threads": torch.get_num_threads(),
+            "seed": args.seed,
+            "step_sizes": steps,
+        },
         "models": results,
         "goal_ratio": 1.25,
         "goal_met_by": [k for k, r in results.items() if k != "base" and r["ratio_to_base"] <= 1.25],
@@ -140,24 +161,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.results:
         parts = []
         for k, r in results.items():
-            p = f"{k}: " + ("" if k == "base" else f"{r['ratio_to_base']:.2f}x nfe {r['nfe']} ") + f"acc {r['accuracy']:.1f}"
+            p = (
+                f"{k}: "
+                + ("" if k == "base" else f"{r['ratio_to_base']:.2f}x nfe {r['nfe']} ")
+                + f"acc {r['accuracy']:.1f}"
+            )
             if k not in ("base", "stored"):
                 p += f" agree {r['agree_with_stored']:.1f}"
             if device.type == "cuda":
                 p += f" ({r['ms_per_batch']:.2f} ms)"
             parts.append(p)
-        bench = (f"inference.py {spec.timm_name} {spec.input_size[-1]}px, {Path(args.model).name}, "
-                 f"batch {args.batch_size}, {args.data} test n={len(test)}")
+        bench = (
+            f"inference.py {spec.timm_name} {spec.input_size[-1]}px, {Path(args.model).name}, "
+            f"batch {args.batch_size}, {args.data} test n={len(test)}"
+        )
         C.append_results(bench, env, "; ".join(parts), path=args.results)
 
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
         print(f"device: {env['device']}  ({C.versions_text(env)})")
-        print(f"{spec.timm_name} {spec.input_size[-1]}px, batch {args.batch_size}, T={t1:g}, stored solver "
-              f"{head_cfg.get('solver')}; median of {args.repeats} interleaved rounds; accuracy on {len(test)} test images")
-        rows = [[k, r.get("nfe", "-"), r["ms_per_batch"], r["ratio_to_base"], r["accuracy"], r["agree_with_stored"]]
-                for k, r in results.items()]
+        print(
+            f"{spec.timm_name} {spec.input_size[-1]}px, batch {args.batch_size}, T={t1:g}, stored solver "
+            f"{head_cfg.get('solver')}; median of {args.repeats} interleaved rounds; accuracy on {len(test)} test images"
+        )
+        rows = [
+            [k, r.get("nfe", "-"), r["ms_per_batch"], r["ratio_to_base"], r["accuracy"], r["agree_with_stored"]]
+            for k, r in results.items()
+        ]
         print(C.format_table(["model", "nfe", "ms/batch", "x base", "acc %", "agree %"], rows))
         print(f"wrote {args.out}")
     return 0

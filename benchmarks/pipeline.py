@@ -7,6 +7,7 @@ Each stage runs as its own process (``python -m sodef_cli ...``) so that its pea
 its peak GPU memory, printed by the stage itself) is its own. Per-stage times come from the commands' own
 ``--json`` summaries. Writes JSON and appends a row to benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,9 @@ from _common import OUT_DIR, add_common_args, append_results, environment, run_s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", default="sodef_cli/assets/demo_base.safetensors", help="a `sodef pretrain` file (or a timm name)")
+    ap.add_argument(
+        "--base", default="sodef_cli/assets/demo_base.safetensors", help="a `sodef pretrain` file (or a timm name)"
+    )
     ap.add_argument("--data", required=True)
     ap.add_argument("--recipe", default="recipes/paper-cifar10.toml")
     ap.add_argument("--suite", default="adaptive")
@@ -39,23 +42,57 @@ def main() -> None:
     doc: dict = {"base": args.base, "data": args.data, "recipe": args.recipe, "env": environment(device)}
     figures = []
     if not args.skip_harden:
-        cmd = ["harden", args.base, "--data", args.data, "--recipe", args.recipe, "--out", args.hardened, "--device", device.type, "--json"]
+        cmd = [
+            "harden",
+            args.base,
+            "--data",
+            args.data,
+            "--recipe",
+            args.recipe,
+            "--out",
+            args.hardened,
+            "--device",
+            device.type,
+            "--json",
+        ]
         for s in args.set:
             cmd += ["--set", s]
         summary, wall, peak = run_sodef(cmd, env)
-        doc["harden"] = {"wall_s": wall, "peak_rss_mib": peak, "timings_s": summary["timings_s"], "base": summary["base"],
-                         "hardened": summary["hardened"], "stability": summary["stability"], "check": summary["check"],
-                         "train_images": summary["data"]["train"]}
+        doc["harden"] = {
+            "wall_s": wall,
+            "peak_rss_mib": peak,
+            "timings_s": summary["timings_s"],
+            "base": summary["base"],
+            "hardened": summary["hardened"],
+            "stability": summary["stability"],
+            "check": summary["check"],
+            "train_images": summary["data"]["train"],
+        }
         t = summary["timings_s"]
         head = sum(t.get(k, 0.0) for k in ("phase1", "phase2", "phase3"))
         figures.append(
             f"harden {summary['data']['train']} imgs: head (phases 1-3) {head:.0f}s, features {t['features']:.0f}s, "
             f"check {t.get('check', 0):.0f}s, total {t['total']:.0f}s, peak RSS {peak:.0f} MiB; clean base "
             f"{100 * summary['base']['test_clean_acc']:.1f}% / hardened {100 * summary['hardened']['test_clean_acc']:.1f}%"
-            + (f"; guard {summary['check']['gain_points']:+.1f} pts" if summary.get("check") else "")  # no guard: the rest stays
+            + (
+                f"; guard {summary['check']['gain_points']:+.1f} pts" if summary.get("check") else ""
+            )  # no guard: the rest stays
         )
-    cmd = ["attack", args.hardened, "--data", args.data, "--samples", str(args.n), "--batch-size", str(args.batch_size),
-           "--out", str(Path(args.out).with_suffix(".results.json")), "--device", device.type, "--json"]
+    cmd = [
+        "attack",
+        args.hardened,
+        "--data",
+        args.data,
+        "--samples",
+        str(args.n),
+        "--batch-size",
+        str(args.batch_size),
+        "--out",
+        str(Path(args.out).with_suffix(".results.json")),
+        "--device",
+        device.type,
+        "--json",
+    ]
     cmd += ["--attacks", args.attacks] if args.attacks else ["--suite", args.suite]
     cmd += args.attack_args.split()
     doc["attack_command"] = "sodef " + " ".join(cmd)

@@ -14,6 +14,7 @@ largest magnitude), both required to be <= 1e-5.
 
     python benchmarks/regularizer.py [--device cpu|cuda] [--odefunc sin|sin3] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,9 @@ from sodef_cli.regularizers import stability_loss
 
 TOL = 1e-5
 # The MNIST constants of the released code (docs/method.md): all three terms count (weight_offdiag != 0).
-REG = RegularizerConfig(form="code", convention="column", weight_f=0.2, weight_diag=10.0, weight_offdiag=10.0, jacobian_samples=0)
+REG = RegularizerConfig(
+    form="code", convention="column", weight_f=0.2, weight_diag=10.0, weight_offdiag=10.0, jacobian_samples=0
+)
 
 
 def reference_loss(odefunc: torch.nn.Module, z: torch.Tensor, cfg: RegularizerConfig) -> dict[str, torch.Tensor]:
@@ -65,7 +68,12 @@ def generic_loss(odefunc: torch.nn.Module, z: torch.Tensor, cfg: RegularizerConf
     r_f = (cfg.exponent_f * fz).pow(2).mean()
     r_d = torch.exp(cfg.exponent * (diag + cfg.trans)).mean()
     r_o = torch.exp(cfg.exponent_off * (dom + cfg.trans_off)).mean()
-    return {"loss": cfg.weight_f * r_f + cfg.weight_diag * r_d + cfg.weight_offdiag * r_o, "f": r_f, "diag": r_d, "offdiag": r_o}
+    return {
+        "loss": cfg.weight_f * r_f + cfg.weight_diag * r_d + cfg.weight_offdiag * r_o,
+        "f": r_f,
+        "diag": r_d,
+        "offdiag": r_o,
+    }
 
 
 def values_and_grads(loss_fn, odefunc, z, cfg):
@@ -86,8 +94,13 @@ def compare(odefunc, z, cfg) -> dict:
     abs_g = max(float((our_g[k] - ref_g[k]).abs().max()) for k in ref_g)
     rel_v = max(float((our_v[k] - ref_v[k]).abs()) / max(float(ref_v[k].abs()), 1.0) for k in ref_v)
     rel_g = max(float((our_g[k] - ref_g[k]).abs().max()) / max(float(ref_g[k].abs().max()), 1.0) for k in ref_g)
-    return {"value_abs": abs_v, "grad_abs": abs_g, "value_rel": rel_v, "grad_rel": rel_g,
-            "values": {k: float(v) for k, v in ref_v.items()}}
+    return {
+        "value_abs": abs_v,
+        "grad_abs": abs_g,
+        "value_rel": rel_v,
+        "grad_rel": rel_g,
+        "values": {k: float(v) for k, v in ref_v.items()},
+    }
 
 
 def step(loss_fn, odefunc, z, cfg):
@@ -102,7 +115,9 @@ def step(loss_fn, odefunc, z, cfg):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--points", type=int, default=256, help="points for the project's batched terms (default 256)")
-    ap.add_argument("--ref-points", type=int, default=16, help="points for the reference loop, as the code's numm (default 16)")
+    ap.add_argument(
+        "--ref-points", type=int, default=16, help="points for the reference loop, as the code's numm (default 16)"
+    )
     ap.add_argument("--odefunc", choices=("sin", "sin3"), default="sin")
     ap.add_argument("--dim", type=int, default=64, help="ODE state size n (default 64)")
     ap.add_argument("--no-generic", action="store_true", help="skip the informational vmap(jacrev) timing")
@@ -121,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     # correctness on the same ref points: float64 (absolute) and the timed float32 (relative)
     check64 = compare(copy.deepcopy(odefunc).double(), z_ref.double(), REG)
     check32 = compare(odefunc, z_ref, REG)
-    agree = check64["value_abs"] <= TOL and check64["grad_abs"] <= TOL and check32["value_rel"] <= TOL and check32["grad_rel"] <= TOL
+    agree = (
+        check64["value_abs"] <= TOL
+        and check64["grad_abs"] <= TOL
+        and check32["value_rel"] <= TOL
+        and check32["grad_rel"] <= TOL
+    )
 
     fns = {
         "reference": step(reference_loss, odefunc, z_ref, REG),
@@ -135,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, t in timings.items():
         step_ms = C.ms(t["median_s"])
         methods[name] = {
-            "points": npts[name], "ms_per_step": step_ms, "ms_per_point": step_ms / npts[name],
-            "rounds_ms": [C.ms(s) for s in t["seconds"]], "calls_per_round": t["inner"],
+            "points": npts[name],
+            "ms_per_step": step_ms,
+            "ms_per_point": step_ms / npts[name],
+            "rounds_ms": [C.ms(s) for s in t["seconds"]],
+            "calls_per_round": t["inner"],
         }
     ref_pp = methods["reference"]["ms_per_point"]
     for m in methods.values():
@@ -148,8 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "benchmark": "regularizer",
         "environment": env,
-        "settings": {"odefunc": args.odefunc, "dim": args.dim, "points": args.points, "ref_points": args.ref_points,
-                     "repeats": args.repeats, "threads": torch.get_num_threads(), "seed": args.seed, "regularizer": dataclasses.asdict(REG)},
+        "settings": {
+            "odefunc": args.odefunc,
+            "dim": args.dim,
+            "points": args.points,
+            "ref_points": args.ref_points,
+            "repeats": args.repeats,
+            "threads": torch.get_num_threads(),
+            "seed": args.seed,
+            "regularizer": dataclasses.asdict(REG),
+        },
         "methods": methods,
         "per_point_speedup": speedup,
         "check": {"tolerance": TOL, "points": args.ref_points, "agree": agree, "float64": check64, "float32": check32},
@@ -162,23 +193,36 @@ def main(argv: list[str] | None = None) -> int:
         figs = [f"per_point_speedup={speedup:.0f}x"]
         if "vmap_jacrev" in methods:
             figs.append(f"vmap_jacrev={methods['vmap_jacrev']['per_point_speedup']:.0f}x")
-        figs.append(f"agree={'yes' if agree else 'NO'} (f64 max abs grad err {check64['grad_abs']:.1e}, f32 rel {check32['grad_rel']:.1e})")
+        figs.append(
+            f"agree={'yes' if agree else 'NO'} (f64 max abs grad err {check64['grad_abs']:.1e}, f32 rel {check32['grad_rel']:.1e})"
+        )
         if device.type == "cuda":
-            figs.append(f"ref {methods['reference']['ms_per_step']:.2f} ms/{args.ref_points} pts, "
-                        f"ours {methods['stability_loss']['ms_per_step']:.3f} ms/{args.points} pts")
-        C.append_results(f"regularizer.py --odefunc {args.odefunc} --points {args.points} --ref-points {args.ref_points}",
-                         env, "; ".join(figs), path=args.results)
+            figs.append(
+                f"ref {methods['reference']['ms_per_step']:.2f} ms/{args.ref_points} pts, "
+                f"ours {methods['stability_loss']['ms_per_step']:.3f} ms/{args.points} pts"
+            )
+        C.append_results(
+            f"regularizer.py --odefunc {args.odefunc} --points {args.points} --ref-points {args.ref_points}",
+            env,
+            "; ".join(figs),
+            path=args.results,
+        )
 
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
         print(f"device: {env['device']}  ({C.versions_text(env)})")
         print(f"odefunc={args.odefunc} n={args.dim}, forward+backward, median of {args.repeats} interleaved rounds")
-        rows = [[name, m["points"], m["ms_per_step"], m["ms_per_point"], m["per_point_speedup"]] for name, m in methods.items()]
+        rows = [
+            [name, m["points"], m["ms_per_step"], m["ms_per_point"], m["per_point_speedup"]]
+            for name, m in methods.items()
+        ]
         print(C.format_table(["method", "points", "ms/step", "ms/point", "speedup/point"], rows))
-        print(f"check on {args.ref_points} points: float64 max|dvalue|={check64['value_abs']:.2e} max|dgrad|={check64['grad_abs']:.2e}; "
-              f"float32 rel dvalue={check32['value_rel']:.2e} rel dgrad={check32['grad_rel']:.2e} -> "
-              f"{'agree' if agree else 'DISAGREE'} (tol {TOL:g})")
+        print(
+            f"check on {args.ref_points} points: float64 max|dvalue|={check64['value_abs']:.2e} max|dgrad|={check64['grad_abs']:.2e}; "
+            f"float32 rel dvalue={check32['value_rel']:.2e} rel dgrad={check32['grad_rel']:.2e} -> "
+            f"{'agree' if agree else 'DISAGREE'} (tol {TOL:g})"
+        )
         print(f"per_point_speedup={speedup:.1f}")
         print(f"wrote {args.out}")
     return 0 if agree else 1

@@ -5,6 +5,7 @@ Public API::
     from sodef_cli import load_hardened, load_base
     model = load_hardened("hardened.safetensors")   # [0,1] images (N,C,H,W) -> logits (N, classes)
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

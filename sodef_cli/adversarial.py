@@ -21,11 +21,13 @@ overfitting (PGD accuracy falling below half of the best so far while FGSM accur
 stops training.
 With ``ema > 0`` the weights evaluated and kept are an exponential moving average of the trained ones.
 """
+
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,7 @@ __all__ = [
     "catastrophic_overfitting",
     "random_crop_flip",
 ]
+
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding of size/8 and a horizontal flip, per sample. x: float (B,C,H,W)."""
@@ -103,7 +106,9 @@ def stage_groups(model: nn.Module) -> list[list[str]]:
             (stages[hit[0]] if hit else (stem if not any(stages) else stages[-1])).append(n)
         stages = [s for s in [stem] + stages if s]
     else:
-        raise ModelError(f"{type(model).__name__} has neither timm's group_matcher nor feature_info: cannot find its stages")
+        raise ModelError(
+            f"{type(model).__name__} has neither timm's group_matcher nor feature_info: cannot find its stages"
+        )
     missing = set(names) - {n for s in stages for n in s}
     if missing:  # never silently leave parameters out of every stage
         stages[-1].extend(sorted(missing))
@@ -114,8 +119,10 @@ def stage_parameters(model: nn.Module, n_stages: int) -> list[str]:
     """Names of the parameters of the last ``n_stages`` stages (0: none)."""
     stages = stage_groups(model)
     if n_stages < 0 or n_stages > len(stages):
-        raise UsageError(f"adversarial.stages = {n_stages}: {type(model).__name__} has {len(stages)} stages "
-                         f"(the stem counts as the first); choose 0 to {len(stages)}")
+        raise UsageError(
+            f"adversarial.stages = {n_stages}: {type(model).__name__} has {len(stages)} stages "
+            f"(the stem counts as the first); choose 0 to {len(stages)}"
+        )
     return [n for s in (stages[len(stages) - n_stages :] if n_stages else []) for n in s]
 
 
@@ -145,8 +152,17 @@ def _project(delta: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return (x + delta.clamp(-eps, eps)).clamp(0, 1) - x
 
 
-def attack_batch(model: Callable, x: torch.Tensor, y: torch.Tensor, *, kind: str, eps: float, step: float, steps: int,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def attack_batch(
+    model: Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    kind: str,
+    eps: float,
+    step: float,
+    steps: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Adversarial images for training or selection. ``kind``: fgsm | pgd | trades (Linf, random start)."""
     if kind == "none":
         return x
@@ -178,15 +194,27 @@ def default_step(kind: str, eps: float, steps: int, step: float = 0.0) -> float:
     return 1.25 * eps if kind == "fgsm" else 2.5 * eps / max(1, steps)
 
 
-def robust_accuracy(model: Callable, images, idx: torch.Tensor, *, kind: str, eps: float, steps: int, device,
-                    batch_size: int = 256, seed: int = 0) -> float:
+def robust_accuracy(
+    model: Callable,
+    images,
+    idx: torch.Tensor,
+    *,
+    kind: str,
+    eps: float,
+    steps: int,
+    device,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> float:
     """Accuracy of ``model`` (eval mode) on ``images[idx]`` under a ``kind`` attack ("none" = clean)."""
     g = torch.Generator().manual_seed(seed)
 
     def judge(a: int, b: int) -> torch.Tensor:  # per sample: still correct after the attack?
         j = idx[a:b]
         x, y = images.floats(j).to(device), images.labels[j].to(device)
-        xa = attack_batch(model, x, y, kind=kind, eps=eps, step=default_step(kind, eps, steps), steps=steps, generator=g)
+        xa = attack_batch(
+            model, x, y, kind=kind, eps=eps, step=default_step(kind, eps, steps), steps=steps, generator=g
+        )
         return (predict(model, xa, len(j), device) == y.cpu()).cpu()
 
     with eval_mode(model if isinstance(model, nn.Module) else None):
@@ -268,15 +296,23 @@ def adversarial_train(
     buckets: dict[tuple[bool, float], list] = {}
     for n in trained:  # no weight decay on biases and norms; some parameters (an ODE function) at a scaled lr
         buckets.setdefault((params[n].ndim > 1, float(lr_scale.get(n, 1.0))), []).append(params[n])
-    groups = [{"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
-              for (decay, scale), ps in sorted(buckets.items())]
+    groups = [
+        {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
+        for (decay, scale), ps in sorted(buckets.items())
+    ]
     opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     trainable = [params[n] for n in trained]
     steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch
     if total >= 8:
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=total, pct_start=cfg.warmup,
-                                                    anneal_strategy="linear", cycle_momentum=False)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=[g["lr"] for g in groups],
+            total_steps=total,
+            pct_start=cfg.warmup,
+            anneal_strategy="linear",
+            cycle_momentum=False,
+        )
     else:  # too few steps for a warm-up
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     ema = _EMA(tensors(), cfg.ema) if cfg.ema > 0 else None
@@ -288,8 +324,12 @@ def adversarial_train(
         set_mode(False)
         rec = {"epoch": epoch}
         rec["val_clean_acc"] = robust_accuracy(eval_model, val_set, sel, kind="none", eps=eps, steps=0, device=device)
-        rec["val_pgd_acc"] = robust_accuracy(eval_model, val_set, sel, kind="pgd", eps=eps, steps=cfg.select_steps, device=device, seed=epoch)
-        rec["val_fgsm_acc"] = robust_accuracy(eval_model, val_set, sel, kind="fgsm", eps=eps, steps=1, device=device, seed=epoch)
+        rec["val_pgd_acc"] = robust_accuracy(
+            eval_model, val_set, sel, kind="pgd", eps=eps, steps=cfg.select_steps, device=device, seed=epoch
+        )
+        rec["val_fgsm_acc"] = robust_accuracy(
+            eval_model, val_set, sel, kind="fgsm", eps=eps, steps=1, device=device, seed=epoch
+        )
         return rec
 
     def snapshot() -> dict[str, torch.Tensor]:
@@ -304,7 +344,9 @@ def adversarial_train(
 
     def eligible(rec: dict[str, Any]) -> bool:
         """An epoch may be kept unless it costs more clean accuracy than ``cfg.max_clean_drop`` points."""
-        rec["eligible"] = cfg.max_clean_drop < 0 or 100 * (start["val_clean_acc"] - rec["val_clean_acc"]) <= cfg.max_clean_drop + 1e-9
+        rec["eligible"] = (
+            cfg.max_clean_drop < 0 or 100 * (start["val_clean_acc"] - rec["val_clean_acc"]) <= cfg.max_clean_drop + 1e-9
+        )
         return rec["eligible"]
 
     def rejected(rec: dict[str, Any], history: list[dict]) -> bool:
@@ -313,12 +355,20 @@ def adversarial_train(
         return rec["rejected"]
 
     def log(rec: dict[str, Any]) -> None:
-        reporter.log(f"adversarial epoch {rec['epoch']}/{cfg.epochs}: val clean {rec['val_clean_acc']:.4f}, PGD-{cfg.select_steps} "
-                     f"{rec['val_pgd_acc']:.4f}, FGSM {rec['val_fgsm_acc']:.4f}, loss {rec['train_loss']:.4f}, {rec['seconds']:.0f} s"
-                     + (" - REJECTED: catastrophic overfitting" if rec["rejected"] else "")
-                     + ("" if rec["rejected"] or rec["eligible"] else f" - not kept: clean more than {cfg.max_clean_drop:g} points below the start"))
+        reporter.log(
+            f"adversarial epoch {rec['epoch']}/{cfg.epochs}: val clean {rec['val_clean_acc']:.4f}, PGD-{cfg.select_steps} "
+            f"{rec['val_pgd_acc']:.4f}, FGSM {rec['val_fgsm_acc']:.4f}, loss {rec['train_loss']:.4f}, {rec['seconds']:.0f} s"
+            + (" - REJECTED: catastrophic overfitting" if rec["rejected"] else "")
+            + (
+                ""
+                if rec["rejected"] or rec["eligible"]
+                else f" - not kept: clean more than {cfg.max_clean_drop:g} points below the start"
+            )
+        )
 
-    reporter.log(f"adversarial training: start val clean {start['val_clean_acc']:.4f}, PGD-{cfg.select_steps} {start['val_pgd_acc']:.4f}")
+    reporter.log(
+        f"adversarial training: start val clean {start['val_clean_acc']:.4f}, PGD-{cfg.select_steps} {start['val_pgd_acc']:.4f}"
+    )
     task = f"adversarial training ({kind})"
     reporter.start(task, total)
     step = 0
@@ -342,14 +392,17 @@ def adversarial_train(
             if kind == "trades":
                 logits_clean = model(x)
                 loss = F.cross_entropy(logits_clean, y) + cfg.beta * F.kl_div(
-                    F.log_softmax(model(xa), dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
+                    F.log_softmax(model(xa), dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean"
+                )
             else:
                 loss = F.cross_entropy(model(xa), y)
             if extra_loss is not None:
                 loss = loss + extra_loss(model, x)
             if not torch.isfinite(loss):
-                raise TrainingDivergedError(f"adversarial training: loss became {loss.item()} at epoch {epoch}, step {step}; "
-                                            "lower adversarial.lr or clip gradients (adversarial.grad_clip, e.g. 10). No output was written")
+                raise TrainingDivergedError(
+                    f"adversarial training: loss became {loss.item()} at epoch {epoch}, step {step}; "
+                    "lower adversarial.lr or clip gradients (adversarial.grad_clip, e.g. 10). No output was written"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -370,8 +423,17 @@ def adversarial_train(
         return rec
 
     # the best PGD accuracy is kept; ties go to the epoch with the better clean accuracy, then to the earlier one
-    fit = fit_epochs(run_epoch, cfg.epochs, start=start, score=lambda r: (r["val_pgd_acc"], r["val_clean_acc"]),
-                     eligible=eligible, stop=rejected, on_epoch=log, snapshot=snapshot, restore=load)
+    fit = fit_epochs(
+        run_epoch,
+        cfg.epochs,
+        start=start,
+        score=lambda r: (r["val_pgd_acc"], r["val_clean_acc"]),
+        eligible=eligible,
+        stop=rejected,
+        on_epoch=log,
+        snapshot=snapshot,
+        restore=load,
+    )
     history = fit.history
     reporter.end(task)
     set_mode(False)
@@ -388,8 +450,11 @@ def adversarial_train(
         "stopped_early": fit.stopped_early,
         "best_epoch": fit.best_epoch,
         "val_pgd_acc": fit.best_score[0],
-        "select": {"n": len(sel), "attack": f"pgd-{cfg.select_steps}",
-                   "max_clean_drop_points": cfg.max_clean_drop if cfg.max_clean_drop >= 0 else None},
+        "select": {
+            "n": len(sel),
+            "attack": f"pgd-{cfg.select_steps}",
+            "max_clean_drop_points": cfg.max_clean_drop if cfg.max_clean_drop >= 0 else None,
+        },
         "history": [{k: v for k, v in r.items() if k != "seconds"} for r in history],
         "seconds": [r.get("seconds", 0.0) for r in history],
         "trained_parameters": sorted(tset),

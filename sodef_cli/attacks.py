@@ -19,11 +19,12 @@ ODE-specific attacks (adaptive attacks on ODE defenses), for hardened models onl
 - ``feature``: pulls backbone features towards those of another class's sample; never differentiates
   through the ODE.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,17 @@ from torch import nn
 from .errors import UsageError
 from .registry import ATTACKS, ODE_KINDS, SUITES, AttackSpec, n_targets, register_attack
 
-__all__ = ["AttackSpec", "Target", "AttackParams", "ATTACKS", "SUITES", "ODE_KINDS", "suite_attacks", "project", "max_loss_pgd"]
+__all__ = [
+    "AttackSpec",
+    "Target",
+    "AttackParams",
+    "ATTACKS",
+    "SUITES",
+    "ODE_KINDS",
+    "suite_attacks",
+    "project",
+    "max_loss_pgd",
+]
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,9 @@ class Target:
     fixed: nn.Module | None = None  # fixed-step RK4 copy (hardened only)
     bpda: nn.Module | None = None  # identity-backward copy (hardened only)
     features: Callable[[torch.Tensor], torch.Tensor] | None = None  # backbone pre-logits features
-    bank: tuple[torch.Tensor, torch.Tensor] | None = None  # (features, labels) of every evaluated sample: feature-attack targets
+    bank: tuple[torch.Tensor, torch.Tensor] | None = (
+        None  # (features, labels) of every evaluated sample: feature-attack targets
+    )
 
 
 def project(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
@@ -82,9 +95,13 @@ def _fgsm(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
     return _ta("FGSM", model, p, eps=p.eps)(x, y)
 
 
-@register_attack("pgd", kind="white-box", norms=("Linf",), default_steps=20, description="PGD, step eps/4, random start")
+@register_attack(
+    "pgd", kind="white-box", norms=("Linf",), default_steps=20, description="PGD, step eps/4, random start"
+)
 @register_attack("pgd-l2", kind="white-box", norms=("L2",), default_steps=20, description="PGD-L2, step eps/4")
-@register_attack("fixed-step-pgd", kind="fixed-step", default_steps=20, description="PGD through a fixed-step RK4 copy of the ODE")
+@register_attack(
+    "fixed-step-pgd", kind="fixed-step", default_steps=20, description="PGD through a fixed-step RK4 copy of the ODE"
+)
 def _pgd(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
     if p.norm == "Linf":
         return _ta("PGD", model, p, eps=p.eps, alpha=p.eps / 4, steps=p.steps, random_start=True)(x, y)
@@ -107,54 +124,102 @@ def _apgd_dlr(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
     return _apgd(model, x, y, p, "dlr")
 
 
-@register_attack("apgd-t", kind="white-box", default_steps=100, targeted=True, min_classes=4, description="APGD-T (DLR, targeted)")
+@register_attack(
+    "apgd-t", kind="white-box", default_steps=100, targeted=True, min_classes=4, description="APGD-T (DLR, targeted)"
+)
 def _apgdt(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
-    atk = _ta("APGDT", model, p, norm=p.norm, eps=p.eps, steps=p.steps, n_restarts=1, seed=p.seed, n_classes=p.n_classes)
+    atk = _ta(
+        "APGDT", model, p, norm=p.norm, eps=p.eps, steps=p.steps, n_restarts=1, seed=p.seed, n_classes=p.n_classes
+    )
     atk.n_target_classes = n_targets(p.n_classes)  # the reference's 9, not n_classes-1
     return atk(x, y)
 
 
 @register_attack("fab-t", kind="white-box", default_steps=100, targeted=True, passes=2, description="FAB-T")
 def _fabt(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
-    atk = _ta("FAB", model, p, norm=p.norm, eps=p.eps, steps=p.steps, n_restarts=1, seed=p.seed,
-              multi_targeted=True, n_classes=p.n_classes)
+    atk = _ta(
+        "FAB",
+        model,
+        p,
+        norm=p.norm,
+        eps=p.eps,
+        steps=p.steps,
+        n_restarts=1,
+        seed=p.seed,
+        multi_targeted=True,
+        n_classes=p.n_classes,
+    )
     atk.n_target_classes = n_targets(p.n_classes)
     return atk(x, y)
 
 
 @register_attack("square", kind="black-box", default_queries=5000, description="Square (score-based, margin loss)")
 def _square(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
-    atk = _ta("Square", model, p, norm=p.norm, eps=p.eps, n_queries=p.queries, n_restarts=1, p_init=0.8, loss="margin",
-              resc_schedule=False, seed=p.seed)
+    atk = _ta(
+        "Square",
+        model,
+        p,
+        norm=p.norm,
+        eps=p.eps,
+        n_queries=p.queries,
+        n_restarts=1,
+        p_init=0.8,
+        loss="margin",
+        resc_schedule=False,
+        seed=p.seed,
+    )
     return atk(x, y)
 
 
 _SPSA_SAMPLES = 128
 
 
-@register_attack("spsa", kind="black-box", norms=("Linf",), default_steps=20, steps_key="iterations",
-                 settings={"samples": _SPSA_SAMPLES}, passes=2 * _SPSA_SAMPLES,  # two forward passes per sample
-                 description="SPSA (gradient-free)")
+@register_attack(
+    "spsa",
+    kind="black-box",
+    norms=("Linf",),
+    default_steps=20,
+    steps_key="iterations",
+    settings={"samples": _SPSA_SAMPLES},
+    passes=2 * _SPSA_SAMPLES,  # two forward passes per sample
+    description="SPSA (gradient-free)",
+)
 def _spsa(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
-    return _ta("SPSA", model, p, eps=p.eps, delta=0.01, lr=0.01, nb_iter=p.steps, nb_sample=_SPSA_SAMPLES, max_batch_size=64)(x, y)
+    return _ta(
+        "SPSA", model, p, eps=p.eps, delta=0.01, lr=0.01, nb_iter=p.steps, nb_sample=_SPSA_SAMPLES, max_batch_size=64
+    )(x, y)
 
 
 # CW is unbounded: its output is projected onto the eps-ball before judging (so it is an L2 attack of radius eps)
-@register_attack("cw-l2", kind="white-box", norms=("L2",), default_steps=100, description="Carlini-Wagner L2, projected to eps")
+@register_attack(
+    "cw-l2", kind="white-box", norms=("L2",), default_steps=100, description="Carlini-Wagner L2, projected to eps"
+)
 def _cw_l2(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
     return _ta("CW", model, p, c=1, kappa=0, steps=p.steps, lr=0.01)(x, y)
 
 
-@register_attack("eot-pgd", kind="white-box", norms=("Linf",), default_steps=20, passes=2, description="EOT-PGD, 2 samples")
+@register_attack(
+    "eot-pgd", kind="white-box", norms=("Linf",), default_steps=20, passes=2, description="EOT-PGD, 2 samples"
+)
 def _eot_pgd(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
     return _ta("EOTPGD", model, p, eps=p.eps, alpha=p.eps / 4, steps=p.steps, eot_iter=2, random_start=True)(x, y)
 
 
-@register_attack("transfer-apgd-ce", kind="transfer", default_steps=100,
-                 description="APGD-CE on the base classifier (highest-loss iterate), judged on the hardened model")
-@register_attack("fixed-step-apgd-ce", kind="fixed-step", default_steps=100,
-                 description="APGD-CE through a fixed-step RK4 copy of the ODE (highest-loss iterate)")
-@register_attack("bpda-apgd-ce", kind="bpda", default_steps=100, description="APGD-CE with the ODE's backward replaced by identity")
+@register_attack(
+    "transfer-apgd-ce",
+    kind="transfer",
+    default_steps=100,
+    description="APGD-CE on the base classifier (highest-loss iterate), judged on the hardened model",
+)
+@register_attack(
+    "fixed-step-apgd-ce",
+    kind="fixed-step",
+    default_steps=100,
+    description="APGD-CE through a fixed-step RK4 copy of the ODE (highest-loss iterate)",
+)
+@register_attack(
+    "bpda-apgd-ce", kind="bpda", default_steps=100, description="APGD-CE with the ODE's backward replaced by identity"
+)
 def _apgd_surrogate(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
     """APGD-CE on a surrogate (the base, or a differentiable copy), keeping every point's highest-loss iterate.
 
@@ -169,8 +234,14 @@ def _apgd_surrogate(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
 
 
 def max_loss_pgd(
-    loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, norm: str, eps: float, steps: int,
-    generator: torch.Generator | None = None, check: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    norm: str,
+    eps: float,
+    steps: int,
+    generator: torch.Generator | None = None,
+    check: Callable[[torch.Tensor], torch.Tensor] | None = None,
     check_every: int = 10,
 ) -> torch.Tensor:
     """Momentum PGD with a halving step size that keeps, per sample, the highest-loss iterate.
@@ -206,7 +277,11 @@ def max_loss_pgd(
             momentum = 0.75 * momentum + direction
             if i in (int(0.22 * steps), int(0.41 * steps), int(0.57 * steps), int(0.7 * steps), int(0.8 * steps)):
                 step /= 2
-            upd = momentum.sign() if norm == "Linf" else momentum / momentum.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
+            upd = (
+                momentum.sign()
+                if norm == "Linf"
+                else momentum / momentum.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
+            )
             x_adv = project(x_adv.detach() + step * upd, x, norm, eps)
             if check is not None and ((i + 1) % check_every == 0 or i == steps - 1):
                 hit = check(x_adv) & ~fooled
@@ -223,15 +298,23 @@ def _ce_each(model: nn.Module, y: torch.Tensor):
     return lambda xa: F.cross_entropy(model(xa), y, reduction="none")
 
 
-@register_attack("transfer-pgd", kind="transfer", default_steps=100,
-                 description="momentum PGD on the base classifier, highest-loss iterate, judged on the hardened model")
+@register_attack(
+    "transfer-pgd",
+    kind="transfer",
+    default_steps=100,
+    description="momentum PGD on the base classifier, highest-loss iterate, judged on the hardened model",
+)
 def _transfer_pgd(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
     g = torch.Generator().manual_seed(p.seed)
     return max_loss_pgd(_ce_each(model, y), x, norm=p.norm, eps=p.eps, steps=p.steps, generator=g)
 
 
-@register_attack("feature", kind="feature", default_steps=100,
-                 description="feature-space attack on the backbone output (L1 to another class's features)")
+@register_attack(
+    "feature",
+    kind="feature",
+    default_steps=100,
+    description="feature-space attack on the backbone output (L1 to another class's features)",
+)
 def _feature(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
     """Feature-space attack (Croce et al. 2022): minimize ||h(x+d) - h_target||_1 where h_target is the
     nearest feature (L1) among the evaluated samples labelled with this sample's second most likely class
@@ -258,22 +341,27 @@ def _feature(model, x, y, p: AttackParams, t: Target) -> torch.Tensor:
         return max_loss_pgd(loss_fn, x, norm=p.norm, eps=p.eps, steps=p.steps, generator=g, check=check)
 
 
-def suite_attacks(suite: str | None, attacks: list[str] | None, norm: str, n_classes: int | None = None,
-                  has_ode: bool = True) -> dict[str, list[str]]:
+def suite_attacks(
+    suite: str | None, attacks: list[str] | None, norm: str, n_classes: int | None = None, has_ode: bool = True
+) -> dict[str, list[str]]:
     """Attacks per model ("base", "hardened") for a suite or an explicit list; validated for the norm and,
     when given, the number of classes (suites drop the DLR attacks that need more classes) and whether the
     hardened model has an ODE (suites drop the fixed-step and BPDA attacks of a linear head)."""
     if attacks and n_classes is not None:
         few = [a for a in attacks if a in ATTACKS and ATTACKS[a].min_classes > n_classes]
         if few:
-            raise UsageError(f"attack(s) {', '.join(few)} need at least {max(ATTACKS[a].min_classes for a in few)} classes; the model has {n_classes}")
+            raise UsageError(
+                f"attack(s) {', '.join(few)} need at least {max(ATTACKS[a].min_classes for a in few)} classes; the model has {n_classes}"
+            )
     if attacks:
         unknown = [a for a in attacks if a not in ATTACKS]
         if unknown:
             raise UsageError(f"unknown attack(s) {', '.join(unknown)}; choose from {', '.join(sorted(ATTACKS))}")
         bad = [a for a in attacks if norm not in ATTACKS[a].norms]
         if bad:
-            raise UsageError(f"attack(s) {', '.join(bad)} do not support --norm {norm} (they support {', '.join(ATTACKS[bad[0]].norms)})")
+            raise UsageError(
+                f"attack(s) {', '.join(bad)} do not support --norm {norm} (they support {', '.join(ATTACKS[bad[0]].norms)})"
+            )
         no_ode = [a for a in attacks if ATTACKS[a].needs_ode] if not has_ode else []
         if no_ode:
             raise UsageError(f"attack(s) {', '.join(no_ode)} need an ODE; this hardened model has a linear head")
@@ -283,8 +371,13 @@ def suite_attacks(suite: str | None, attacks: list[str] | None, norm: str, n_cla
         raise UsageError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     out = {}
     for m, names in SUITES[suite].items():
-        out[m] = [a for a in names if norm in ATTACKS[a].norms and ATTACKS[a].min_classes <= (n_classes or 2**31)
-                  and (has_ode or not ATTACKS[a].needs_ode)]
+        out[m] = [
+            a
+            for a in names
+            if norm in ATTACKS[a].norms
+            and ATTACKS[a].min_classes <= (n_classes or 2**31)
+            and (has_ode or not ATTACKS[a].needs_ode)
+        ]
     if not has_ode:  # two plain classifiers: the same attacks on both, transfer attacks from the other model
         out["base"] = list(out["hardened"])
     return out

@@ -3,6 +3,7 @@
 Features always come from timm's contract, ``forward_head(forward_features(x), pre_logits=True)``.
 Normalization lives inside the models built here, so every model maps [0,1] images to logits.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -47,7 +48,7 @@ class ModelSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
+    def from_dict(cls, d: dict) -> ModelSpec:
         """Parse untrusted metadata; ``ModelFileError`` unless every field has a sane type and value."""
         try:
             spec = cls(
@@ -63,10 +64,25 @@ class ModelSpec:
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise ModelFileError(f"model metadata is incomplete or malformed ({type(exc).__name__}: {exc})") from None
         c = spec.in_chans
-        if spec.num_classes < 0 or c < 1 or len(spec.input_size) != 3 or min(spec.input_size) < 1 or spec.input_size[0] != c:
-            raise ModelFileError(f"model metadata has impossible sizes (num_classes {spec.num_classes}, in_chans {c}, input_size {spec.input_size})")
-        if len(spec.mean) != c or len(spec.std) != c or not all(math.isfinite(v) for v in spec.mean + spec.std) or 0.0 in spec.std:
-            raise ModelFileError(f"model metadata has an invalid normalization (mean {spec.mean}, std {spec.std} for {c} channels)")
+        if (
+            spec.num_classes < 0
+            or c < 1
+            or len(spec.input_size) != 3
+            or min(spec.input_size) < 1
+            or spec.input_size[0] != c
+        ):
+            raise ModelFileError(
+                f"model metadata has impossible sizes (num_classes {spec.num_classes}, in_chans {c}, input_size {spec.input_size})"
+            )
+        if (
+            len(spec.mean) != c
+            or len(spec.std) != c
+            or not all(math.isfinite(v) for v in spec.mean + spec.std)
+            or 0.0 in spec.std
+        ):
+            raise ModelFileError(
+                f"model metadata has an invalid normalization (mean {spec.mean}, std {spec.std} for {c} channels)"
+            )
         reserved = sorted(set(spec.model_kwargs) & _FACTORY_KWARGS)
         if reserved:  # these make timm read other files or the hub: never from a model file
             raise ModelFileError(f"model metadata passes {', '.join(reserved)} to timm; refused")
@@ -106,11 +122,17 @@ def check_timm_name(name: str) -> None:
     base = name.split(".")[0]
     if not timm.is_model(base):
         close = difflib.get_close_matches(base, timm.list_models(), n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; `python -c \"import timm; print(timm.list_models('*resnet*'))\"` lists names"
+        hint = (
+            f"; did you mean {', '.join(close)}?"
+            if close
+            else "; `python -c \"import timm; print(timm.list_models('*resnet*'))\"` lists names"
+        )
         raise ModelError(f"unknown timm model {name!r}{hint}")
 
 
-def create_timm(name: str, *, num_classes: int | None, in_chans: int, pretrained: bool = False, kwargs: dict | None = None) -> nn.Module:
+def create_timm(
+    name: str, *, num_classes: int | None, in_chans: int, pretrained: bool = False, kwargs: dict | None = None
+) -> nn.Module:
     """``timm.create_model`` with clear errors for unknown names and offline hub access.
 
     ``num_classes=None`` keeps the model's default head (hub weights).
@@ -218,8 +240,11 @@ def rebuild(spec: ModelSpec, state: dict[str, torch.Tensor]) -> nn.Module:
     """The timm model of ``spec`` with ``state`` loaded; sizes from metadata are checked before allocating."""
     # the sizes come from a file: build on the meta device first (no memory) and compare every shape with the
     # file's tensors, so forged metadata cannot make us allocate more than the file holds
-    expected = _meta_shapes(lambda: create_timm(spec.timm_name, num_classes=spec.num_classes, in_chans=spec.in_chans,
-                                                kwargs=spec.model_kwargs))
+    expected = _meta_shapes(
+        lambda: create_timm(
+            spec.timm_name, num_classes=spec.num_classes, in_chans=spec.in_chans, kwargs=spec.model_kwargs
+        )
+    )
     if expected is not None:
         check_shapes(expected, state, f"weights do not fit timm {spec.timm_name}")
     model = create_timm(spec.timm_name, num_classes=spec.num_classes, in_chans=spec.in_chans, kwargs=spec.model_kwargs)
@@ -228,7 +253,9 @@ def rebuild(spec: ModelSpec, state: dict[str, torch.Tensor]) -> nn.Module:
     except RuntimeError as exc:  # shape mismatches raise even with strict=False
         raise ModelFileError(f"weights do not fit timm {spec.timm_name}: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
-        raise ModelFileError(f"weights do not fit timm {spec.timm_name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ModelFileError(
+            f"weights do not fit timm {spec.timm_name}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return model
 
 
@@ -245,7 +272,11 @@ def check_shapes(expected: dict[str, torch.Size], state: dict[str, torch.Tensor]
     """``ModelFileError`` unless ``state`` holds exactly the tensors of ``expected``, shape for shape."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {list(state[k].shape)} (expected {list(v)})" for k, v in expected.items() if k in state and state[k].shape != v]
+    wrong = [
+        f"{k} {list(state[k].shape)} (expected {list(v)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v
+    ]
     if missing or unexpected or wrong:
         raise ModelFileError(f"{what}: missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}")
 

@@ -5,6 +5,7 @@ Each command parses options, builds a config, calls one domain function and prin
 (0 ok, 1 runtime error, 2 usage error, 130 interrupted); ``--debug`` shows the traceback.
 Progress bars go to stderr; tables and ``--json`` go to stdout.
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,7 +16,7 @@ import traceback
 from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,8 +24,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .config import AdversarialConfig, HeadConfig
 from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SodefError, UsageError
-from .registry import (ADAPTIVE_SOLVERS, DEVICES, FIXED_SOLVERS, FORMAT_SUFFIXES, FORMATS, HEAD_KINDS, NORMS, PRETRAIN_ATTACKS,
-                       SUITES, TRAINING_ATTACKS, or_list)
+from .registry import (
+    ADAPTIVE_SOLVERS,
+    DEVICES,
+    FIXED_SOLVERS,
+    FORMAT_SUFFIXES,
+    FORMATS,
+    HEAD_KINDS,
+    NORMS,
+    PRETRAIN_ATTACKS,
+    SUITES,
+    TRAINING_ATTACKS,
+    or_list,
+)
 
 app = typer.Typer(
     name="sodef",
@@ -56,20 +68,36 @@ Norm = _choices("Norm", NORMS)
 ReportFormat = _choices("ReportFormat", FORMATS)
 
 
-DataOpt = Annotated[Optional[str], typer.Option("--data", help="demo | folder with train/ and test/ | cifar10, cifar100, mnist, fashion-mnist, svhn.")]
-DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="Root folder for torchvision data sets.")]
-DownloadOpt = Annotated[Optional[bool], typer.Option("--download/--no-download", help="Download a torchvision data set into --data-dir.")]
-RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", help="Recipe TOML supplying defaults; flags win.", exists=True, dir_okay=False)]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any recipe key: --set phase2.epochs=3 (repeatable).")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
-DeviceOpt = Annotated[Optional[Device], typer.Option("--device", help=f"{or_list(DEVICES)}.")]
+DataOpt = Annotated[
+    str | None,
+    typer.Option("--data", help="demo | folder with train/ and test/ | cifar10, cifar100, mnist, fashion-mnist, svhn."),
+]
+DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Root folder for torchvision data sets.")]
+DownloadOpt = Annotated[
+    bool | None, typer.Option("--download/--no-download", help="Download a torchvision data set into --data-dir.")
+]
+RecipeOpt = Annotated[
+    Path | None,
+    typer.Option("--recipe", help="Recipe TOML supplying defaults; flags win.", exists=True, dir_okay=False),
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override any recipe key: --set phase2.epochs=3 (repeatable).")
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
+DeviceOpt = Annotated[Device | None, typer.Option("--device", help=f"{or_list(DEVICES)}.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
-ImageSizeOpt = Annotated[Optional[int], typer.Option("--image-size", min=1, help="Resize images to this size (default: the data's own).")]
-_SOLVER_HELP = (f"ODE solver (torchdiffeq; default {HeadConfig.solver}): adaptive {', '.join(ADAPTIVE_SOLVERS)}, "
-                f"or fixed-step {', '.join(FIXED_SOLVERS)}.")
+ImageSizeOpt = Annotated[
+    int | None, typer.Option("--image-size", min=1, help="Resize images to this size (default: the data's own).")
+]
+_SOLVER_HELP = (
+    f"ODE solver (torchdiffeq; default {HeadConfig.solver}): adaptive {', '.join(ADAPTIVE_SOLVERS)}, "
+    f"or fixed-step {', '.join(FIXED_SOLVERS)}."
+)
 _SUITE_HELP = "; ".join(f"{s.name}: {s.description}" for s in SUITES.values()) + "."
-_FORMAT_HELP = (f"{or_list(FORMATS)} (table: the terminal). Default: from the --out suffix "
-                f"({', '.join(FORMAT_SUFFIXES)}), else table.")
+_FORMAT_HELP = (
+    f"{or_list(FORMATS)} (table: the terminal). Default: from the --out suffix "
+    f"({', '.join(FORMAT_SUFFIXES)}), else table."
+)
 
 
 class RichReporter:
@@ -78,8 +106,14 @@ class RichReporter:
     def __init__(self, console: Console):
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=console, transient=False,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+            transient=False,
             disable=not console.is_terminal and os.environ.get("SODEF_PROGRESS") != "1",
         )
         self.tasks: dict[str, Any] = {}
@@ -144,8 +178,9 @@ def _handle(fn):
             if _state["debug"]:
                 traceback.print_exc()
             flag = _FLAGS.get(getattr(exc, "key", ""))  # library errors name config keys; the CLI adds its flag
-            err_console.print(f"[bold red]error:[/] {exc}" + (f" (option {flag})" if flag else ""), highlight=False,
-                              soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {exc}" + (f" (option {flag})" if flag else ""), highlight=False, soft_wrap=True
+            )
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("[bold red]interrupted[/]: no partial output was left behind")
@@ -158,7 +193,9 @@ def _handle(fn):
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 msg = "out of GPU memory; lower --batch-size (attack) or --set feature_batch_size=... / phaseN.batch_size=... (harden)"
             else:
-                msg = f"internal error: {type(exc).__name__}: {exc}" + ("" if _state["debug"] else " (run with --debug for the traceback)")
+                msg = f"internal error: {type(exc).__name__}: {exc}" + (
+                    "" if _state["debug"] else " (run with --debug for the traceback)"
+                )
             err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=EXIT_RUNTIME) from None
 
@@ -176,7 +213,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_version)] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_version)
+    ] = False,
 ) -> None:
     """sodef: SODEF hardening for timm models, with adaptive evaluation."""
     _state["debug"] = debug
@@ -196,11 +235,16 @@ def pretrain(
     data_dir: DataDirOpt = None,
     download: DownloadOpt = None,
     recipe: RecipeOpt = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", min=1)] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1)] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", min=0.0)] = None,
-    adversarial: Annotated[Optional[Adversarial], typer.Option("--adversarial", help=f"{or_list(PRETRAIN_ATTACKS)} (fast adversarial training, random start).")] = None,
-    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from hub weights (needs the network).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", min=0.0)] = None,
+    adversarial: Annotated[
+        Adversarial | None,
+        typer.Option("--adversarial", help=f"{or_list(PRETRAIN_ATTACKS)} (fast adversarial training, random start)."),
+    ] = None,
+    pretrained: Annotated[
+        bool | None, typer.Option("--pretrained/--no-pretrained", help="Start from hub weights (needs the network).")
+    ] = None,
     image_size: ImageSizeOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,
@@ -212,9 +256,18 @@ def pretrain(
     from .pretrain import pretrain as run
 
     overrides: dict[str, Any] = {
-        "model": model, "data": data, "data_dir": data_dir, "download": download, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "adversarial": adversarial.value if adversarial else None,
-        "pretrained": pretrained, "image_size": image_size, "seed": seed, "device": device.value if device else None,
+        "model": model,
+        "data": data,
+        "data_dir": data_dir,
+        "download": download,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "adversarial": adversarial.value if adversarial else None,
+        "pretrained": pretrained,
+        "image_size": image_size,
+        "seed": seed,
+        "device": device.value if device else None,
     }
     overrides.update(parse_set_options(set_))
     cfg = resolve(PretrainConfig, recipe=recipe, overrides=overrides)
@@ -232,28 +285,64 @@ def pretrain(
 @app.command()
 @_handle
 def harden(
-    model: Annotated[Optional[str], typer.Argument(help="timm model name, or a file made by `sodef pretrain`.")] = None,
+    model: Annotated[str | None, typer.Argument(help="timm model name, or a file made by `sodef pretrain`.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Output safetensors file.")] = Path("hardened.safetensors"),
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = None,
     recipe: RecipeOpt = None,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Weights for a timm name: .safetensors, or .pth read with weights_only=True.")] = None,
-    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Hub weights for a timm name (needs the network).")] = None,
-    dim: Annotated[Optional[int], typer.Option("--dim", min=2, help="ODE state size n.")] = None,
-    solver: Annotated[Optional[str], typer.Option("--solver", help=_SOLVER_HELP)] = None,
-    t1: Annotated[Optional[float], typer.Option("--t1", help="Integration time T.")] = None,
-    head: Annotated[Optional[HeadKind], typer.Option("--head", help="sodef (projection -> ODE -> classifier) or linear (the model's own classifier, or a linear probe).")] = None,
-    adv_attack: Annotated[Optional[TrainAttack], typer.Option("--adv-attack", help=f"Adversarial training after the head is fitted: {or_list(TRAINING_ATTACKS)} (default {AdversarialConfig.attack}).")] = None,
-    adv_stages: Annotated[Optional[int], typer.Option("--adv-stages", min=0, help="Also train the last N backbone stages (timm's grouping; 0 = head only).")] = None,
-    adv_epochs: Annotated[Optional[int], typer.Option("--adv-epochs", min=1, help="Epochs of adversarial training.")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint", help="Weights for a timm name: .safetensors, or .pth read with weights_only=True."
+        ),
+    ] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option("--pretrained/--no-pretrained", help="Hub weights for a timm name (needs the network)."),
+    ] = None,
+    dim: Annotated[int | None, typer.Option("--dim", min=2, help="ODE state size n.")] = None,
+    solver: Annotated[str | None, typer.Option("--solver", help=_SOLVER_HELP)] = None,
+    t1: Annotated[float | None, typer.Option("--t1", help="Integration time T.")] = None,
+    head: Annotated[
+        HeadKind | None,
+        typer.Option(
+            "--head",
+            help="sodef (projection -> ODE -> classifier) or linear (the model's own classifier, or a linear probe).",
+        ),
+    ] = None,
+    adv_attack: Annotated[
+        TrainAttack | None,
+        typer.Option(
+            "--adv-attack",
+            help=f"Adversarial training after the head is fitted: {or_list(TRAINING_ATTACKS)} (default {AdversarialConfig.attack}).",
+        ),
+    ] = None,
+    adv_stages: Annotated[
+        int | None,
+        typer.Option(
+            "--adv-stages", min=0, help="Also train the last N backbone stages (timm's grouping; 0 = head only)."
+        ),
+    ] = None,
+    adv_epochs: Annotated[
+        int | None, typer.Option("--adv-epochs", min=1, help="Epochs of adversarial training.")
+    ] = None,
     image_size: ImageSizeOpt = None,
     set_: SetOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
-    no_check: Annotated[bool, typer.Option("--no-check", help="Skip the hardening guard (adaptive check on validation images).")] = False,
-    require_gain: Annotated[bool, typer.Option("--require-gain", help="Exit 1 when the guard finds the hardened model less robust than its base.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from OUT.resume (same options).")] = False,
+    no_check: Annotated[
+        bool, typer.Option("--no-check", help="Skip the hardening guard (adaptive check on validation images).")
+    ] = False,
+    require_gain: Annotated[
+        bool,
+        typer.Option(
+            "--require-gain", help="Exit 1 when the guard finds the hardened model less robust than its base."
+        ),
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from OUT.resume (same options).")
+    ] = False,
     json_: JsonOpt = False,
 ) -> None:
     """Freeze a timm model, fit a SODEF (or linear) head on its features, optionally train it and the last stages
@@ -262,11 +351,21 @@ def harden(
     from .harden import harden as run
 
     overrides: dict[str, Any] = {
-        "model": model, "data": data, "data_dir": data_dir, "download": download,
-        "checkpoint": str(checkpoint) if checkpoint else None, "pretrained": pretrained, "image_size": image_size,
-        "seed": seed, "device": device.value if device else None,
-        "head.dim": dim, "head.solver": solver, "head.t1": t1, "head.kind": head.value if head else None,
-        "adversarial.attack": adv_attack.value if adv_attack else None, "adversarial.stages": adv_stages,
+        "model": model,
+        "data": data,
+        "data_dir": data_dir,
+        "download": download,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "pretrained": pretrained,
+        "image_size": image_size,
+        "seed": seed,
+        "device": device.value if device else None,
+        "head.dim": dim,
+        "head.solver": solver,
+        "head.t1": t1,
+        "head.kind": head.value if head else None,
+        "adversarial.attack": adv_attack.value if adv_attack else None,
+        "adversarial.stages": adv_stages,
         "adversarial.epochs": adv_epochs,
     }
     if no_check:
@@ -291,37 +390,96 @@ def harden(
 
         _out_console().print(render_harden_summary(summary))
     if (summary.get("check") or {}).get("require_gain_failed"):  # decided by harden, stored in the file
-        err_console.print("[bold red]--require-gain:[/] the hardened model is less robust than its base (file written, marked in metadata)")
+        err_console.print(
+            "[bold red]--require-gain:[/] the hardened model is less robust than its base (file written, marked in metadata)"
+        )
         raise typer.Exit(code=EXIT_RUNTIME)
 
 
 @app.command()
 @_handle
 def attack(
-    models: Annotated[list[str], typer.Argument(help="Models to attack on the same samples: hardened files (`sodef harden`), base files "
-                                                     "(`sodef pretrain`), timm names with --checkpoint, or local-dir:/hf-hub: names.",
-                                                show_default=False, metavar="MODEL...")],
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            help="Models to attack on the same samples: hardened files (`sodef harden`), base files "
+            "(`sodef pretrain`), timm names with --checkpoint, or local-dir:/hf-hub: names.",
+            show_default=False,
+            metavar="MODEL...",
+        ),
+    ],
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = None,
     suite: Annotated[Suite, typer.Option("--suite", help=_SUITE_HELP)] = Suite("adaptive"),
-    attacks: Annotated[Optional[str], typer.Option("--attacks", help="Comma-separated attack names instead of a suite.")] = None,
+    attacks: Annotated[
+        str | None, typer.Option("--attacks", help="Comma-separated attack names instead of a suite.")
+    ] = None,
     norm: Annotated[Norm, typer.Option("--norm", help="Threat model.")] = Norm("Linf"),
-    eps: Annotated[str, typer.Option("--eps", help="Budget(s) in [0,1] pixel units, e.g. 8/255 or 4/255,8/255,16/255.")] = "8/255",
-    n: Annotated[int, typer.Option("--n", "--samples", min=1, help="Test samples, drawn class by class with --seed (--samples under torchrun, whose parser takes --n).")] = 1000,
+    eps: Annotated[
+        str, typer.Option("--eps", help="Budget(s) in [0,1] pixel units, e.g. 8/255 or 4/255,8/255,16/255.")
+    ] = "8/255",
+    n: Annotated[
+        int,
+        typer.Option(
+            "--n",
+            "--samples",
+            min=1,
+            help="Test samples, drawn class by class with --seed (--samples under torchrun, whose parser takes --n).",
+        ),
+    ] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Sample selection and attack seed.")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 256,
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Override the iterations of every iterative attack (recorded; lower than reference = weaker).")] = None,
-    queries: Annotated[Optional[int], typer.Option("--queries", min=1, help="Override Square's query budget (reference 5000).")] = None,
-    all_samples: Annotated[bool, typer.Option("--all-samples", help="Run every attack on every clean-correct sample (per-attack figures) instead of the cascade.")] = False,
-    no_checks: Annotated[bool, typer.Option("--no-checks", help="Skip the large-eps and batch-composition checks.")] = False,
-    checkpoint: Annotated[Optional[list[Path]], typer.Option("--checkpoint", help="Weights for a timm-name MODEL (.safetensors, or .pth read with weights_only=True); repeat it for several timm names, in order.")] = None,
-    reference: Annotated[Optional[str], typer.Option("--reference", help="The model the others are compared with (its label or argument; default: the first; a hardened file alone: its own base).")] = None,
-    transfer_from: Annotated[Optional[str], typer.Option("--transfer-from", help="Source model of every other model's transfer attacks (default: a hardened file's own base, else the first other model).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (attacks per model, samples, estimated time) and exit.")] = False,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            min=1,
+            help="Override the iterations of every iterative attack (recorded; lower than reference = weaker).",
+        ),
+    ] = None,
+    queries: Annotated[
+        int | None, typer.Option("--queries", min=1, help="Override Square's query budget (reference 5000).")
+    ] = None,
+    all_samples: Annotated[
+        bool,
+        typer.Option(
+            "--all-samples",
+            help="Run every attack on every clean-correct sample (per-attack figures) instead of the cascade.",
+        ),
+    ] = False,
+    no_checks: Annotated[
+        bool, typer.Option("--no-checks", help="Skip the large-eps and batch-composition checks.")
+    ] = False,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoint",
+            help="Weights for a timm-name MODEL (.safetensors, or .pth read with weights_only=True); repeat it for several timm names, in order.",
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference",
+            help="The model the others are compared with (its label or argument; default: the first; a hardened file alone: its own base).",
+        ),
+    ] = None,
+    transfer_from: Annotated[
+        str | None,
+        typer.Option(
+            "--transfer-from",
+            help="Source model of every other model's transfer attacks (default: a hardened file's own base, else the first other model).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (attacks per model, samples, estimated time) and exit.")
+    ] = False,
     image_size: ImageSizeOpt = None,
     device: DeviceOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Results JSON (atomic; rerun with the same file to resume).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Results JSON (atomic; rerun with the same file to resume).")
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Attack one or several models over the same samples and report the worst case of each.
@@ -335,15 +493,28 @@ def attack(
 
     names = tuple(a.strip() for a in attacks.split(",") if a.strip()) if attacks else ()
     eps_list = tuple(parse_fraction(e) for e in eps.split(",") if e.strip())
-    cfg = AttackConfig(suite=suite.value, attacks=names, norm=norm.value, eps=eps_list, n=n, seed=seed, batch_size=batch_size,
-                       all_samples=all_samples, steps=steps, queries=queries, checks=not no_checks)
+    cfg = AttackConfig(
+        suite=suite.value,
+        attacks=names,
+        norm=norm.value,
+        eps=eps_list,
+        n=n,
+        seed=seed,
+        batch_size=batch_size,
+        all_samples=all_samples,
+        steps=steps,
+        queries=queries,
+        checks=not no_checks,
+    )
     from . import distributed
 
     infos = [describe_model(m) for m in models]
     checkpoints = [str(c) for c in checkpoint or []]
     n_timm = sum(1 for i in infos if i["kind"] == "timm")
     if checkpoints and len(checkpoints) != n_timm:
-        raise UsageError(f"{len(checkpoints)} --checkpoint given for {n_timm} timm-name model(s); give one per timm name, in order")
+        raise UsageError(
+            f"{len(checkpoints)} --checkpoint given for {n_timm} timm-name model(s); give one per timm name, in order"
+        )
     single = len(models) == 1 and infos[0]["kind"] == "hardened" and reference is None and transfer_from is None
     check_comparable(models, infos)
     sized = [i for i in infos if i["input_size"]]
@@ -356,14 +527,33 @@ def attack(
     ds = load_data(data, data_dir=data_dir or "", download=bool(download), channels=chans, image_size=size)
     with _reporter() as rep:
         if single:
-            doc = run_evaluation(models[0], ds, cfg, out=out, device=distributed.device_for_rank(dev), reporter=rep, data_spec=data,
-                                 dry_run=dry_run, meta=infos[0]["meta"])  # the metadata read above, not read again
+            doc = run_evaluation(
+                models[0],
+                ds,
+                cfg,
+                out=out,
+                device=distributed.device_for_rank(dev),
+                reporter=rep,
+                data_spec=data,
+                dry_run=dry_run,
+                meta=infos[0]["meta"],
+            )  # the metadata read above, not read again
         else:
             cands = _candidates(models, infos, checkpoints, ds, distributed.device_for_rank(dev))
             ref = _model_label(reference, models, cands, "--reference") if reference else cands[0].label
             src = _model_label(transfer_from, models, cands, "--transfer-from") if transfer_from else None
-            doc = run_comparison(cands, ds, cfg, reference=ref, transfer_from=src, out=out, device=distributed.device_for_rank(dev),
-                                 reporter=rep, data_spec=data, dry_run=dry_run)
+            doc = run_comparison(
+                cands,
+                ds,
+                cfg,
+                reference=ref,
+                transfer_from=src,
+                out=out,
+                device=distributed.device_for_rank(dev),
+                reporter=rep,
+                data_spec=data,
+                dry_run=dry_run,
+            )
     if not distributed.is_main():
         return
     if dry_run:
@@ -386,13 +576,21 @@ def _candidates(models: list[str], infos: list[dict], checkpoints: list[str], ds
     from .models import load_candidate
 
     names = [Path(m).name if i["kind"] != "timm" else m for m, i in zip(models, infos)]
-    labels = [nm if names.count(nm) == 1 else (m if i["kind"] != "timm" else f"{nm} #{j + 1}")
-              for j, (nm, m, i) in enumerate(zip(names, models, infos))]
+    labels = [
+        nm if names.count(nm) == 1 else (m if i["kind"] != "timm" else f"{nm} #{j + 1}")
+        for j, (nm, m, i) in enumerate(zip(names, models, infos))
+    ]
     if len(set(labels)) != len(labels):
-        raise UsageError("the same model is given twice: " + ", ".join(sorted({lab for lab in labels if labels.count(lab) > 1})))
+        raise UsageError(
+            "the same model is given twice: " + ", ".join(sorted({lab for lab in labels if labels.count(lab) > 1}))
+        )
     ckpts = iter(checkpoints)
-    return [load_candidate(m, lab, data=ds, checkpoint=next(ckpts, "") if i["kind"] == "timm" else "", device=device, info=i)
-            for m, lab, i in zip(models, labels, infos)]
+    return [
+        load_candidate(
+            m, lab, data=ds, checkpoint=next(ckpts, "") if i["kind"] == "timm" else "", device=device, info=i
+        )
+        for m, lab, i in zip(models, labels, infos)
+    ]
 
 
 def _model_label(value: str, models: list[str], cands: list, option: str) -> str:
@@ -406,12 +604,30 @@ def _model_label(value: str, models: list[str], cands: list, option: str) -> str
 @app.command()
 @_handle
 def report(
-    files: Annotated[list[Path], typer.Argument(help="Results JSON files from `sodef attack` (shown side by side), or one .safetensors file, hardened or base (its model card).", show_default=False, metavar="FILE")],
-    format_: Annotated[Optional[ReportFormat], typer.Option("--format", help=_FORMAT_HELP)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write the report to this file (atomically) instead of stdout.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="Model card: test images for the stability diagnostics (default: the hardening data when it is here).")] = None,
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Results JSON files from `sodef attack` (shown side by side), or one .safetensors file, hardened or base (its model card).",
+            show_default=False,
+            metavar="FILE",
+        ),
+    ],
+    format_: Annotated[ReportFormat | None, typer.Option("--format", help=_FORMAT_HELP)] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write the report to this file (atomically) instead of stdout.")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Model card: test images for the stability diagnostics (default: the hardening data when it is here).",
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
-    n: Annotated[Optional[int], typer.Option("--n", min=1, help="Model card: number of test images for the diagnostics (default 512).")] = None,
+    n: Annotated[
+        int | None,
+        typer.Option("--n", min=1, help="Model card: number of test images for the diagnostics (default 512)."),
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Render attack results (several files side by side) or the model card of a hardened or base file."""
@@ -421,7 +637,9 @@ def report(
     fmt = format_.value if format_ else (FORMAT_SUFFIXES.get(out.suffix.lower(), "table") if out else "table")
     if any(f.suffix == ".safetensors" for f in files):
         if len(files) > 1:
-            raise UsageError("a model card takes exactly one .safetensors file; compare runs by passing their results JSON files")
+            raise UsageError(
+                "a model card takes exactly one .safetensors file; compare runs by passing their results JSON files"
+            )
         from .diagnostics import card_diagnostics, default_card_data
         from .io import BASE_FORMAT
         from .models import describe_model
@@ -431,29 +649,42 @@ def report(
         meta = describe_model(str(files[0]))["meta"]
         if meta["format"] == BASE_FORMAT:  # a `sodef pretrain` file: its card comes from its metadata alone
             if data or data_dir or n is not None:
-                raise UsageError("--data, --data-dir and --n apply to the card of a hardened file (stability diagnostics), not a base file")
+                raise UsageError(
+                    "--data, --data-dir and --n apply to the card of a hardened file (stability diagnostics), not a base file"
+                )
             _emit(render(base_card_data(meta, path=str(files[0])), fmt), fmt, out)
             return
         spec = data or default_card_data(meta)
         diag, notes = None, []
-        has_ode = ((meta.get("config") or {}).get("head") or {}).get("kind", "sodef") == "sodef"  # a linear head has no ODE to diagnose
+        has_ode = ((meta.get("config") or {}).get("head") or {}).get(
+            "kind", "sodef"
+        ) == "sodef"  # a linear head has no ODE to diagnose
         if has_ode and spec:
-            diag = card_diagnostics(files[0], spec, n=n or 512, data_dir=data_dir or "",
-                                    device=resolve_device(device.value if device else "auto"))
+            diag = card_diagnostics(
+                files[0],
+                spec,
+                n=n or 512,
+                data_dir=data_dir or "",
+                device=resolve_device(device.value if device else "auto"),
+            )
         elif has_ode:
-            notes.append(f"stability diagnostics not computed: the hardening data {(meta.get('config') or {}).get('data')!r} "
-                         "is not available here; pass --data with test images of the same classes")
+            notes.append(
+                f"stability diagnostics not computed: the hardening data {(meta.get('config') or {}).get('data')!r} "
+                "is not available here; pass --data with test images of the same classes"
+            )
         doc = card_data(meta, path=str(files[0]), diagnostics=diag, notes=notes)
     else:
         if data or data_dir or n is not None or device:
-            raise UsageError("--data, --data-dir, --n and --device apply to a model card (a .safetensors file), not to results files")
+            raise UsageError(
+                "--data, --data-dir, --n and --device apply to a model card (a .safetensors file), not to results files"
+            )
         names = [f.name for f in files]
         labels = names if len(set(names)) == len(names) else [str(f) for f in files]
         doc = results_data([read_json(f) for f in files], labels=labels)
     _emit(render(doc, fmt), fmt, out)
 
 
-def _emit(rendered, fmt: str, out: Optional[Path]) -> None:
+def _emit(rendered, fmt: str, out: Path | None) -> None:
     """Write a rendered report to ``out`` (atomically) or stdout (plain text when piped)."""
     from .io import atomic_write_text
     from .report import to_text

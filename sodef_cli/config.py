@@ -13,6 +13,7 @@ A recipe is TOML data whose top-level keys and tables mirror the dataclasses bel
 
 Unknown keys are rejected with the list of valid ones.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,17 @@ from typing import Any
 
 from .errors import UsageError
 from .inputs import check_count
-from .registry import (ADAPTIVE_SOLVERS, FIXED_SOLVERS, HEAD_KINDS, NORMS, ODEFUNCS, PRETRAIN_ATTACKS, SOLVERS,
-                       TRAINING_ATTACKS, or_list)
+from .registry import (
+    ADAPTIVE_SOLVERS,
+    FIXED_SOLVERS,
+    HEAD_KINDS,
+    NORMS,
+    ODEFUNCS,
+    PRETRAIN_ATTACKS,
+    SOLVERS,
+    TRAINING_ATTACKS,
+    or_list,
+)
 
 __all__ = [
     "HeadConfig",
@@ -61,7 +71,9 @@ class HeadConfig:
     atol: float = 1e-3
     step_size: float = 0.5  # fixed-step solvers, and the fixed-step attack copy
     adjoint: bool = True  # odeint_adjoint in training (O(1) memory, inexact gradients)
-    kind: str = "sodef"  # "sodef": projection -> ODE -> classifier; "linear": the model's own classifier or a linear probe
+    kind: str = (
+        "sodef"  # "sodef": projection -> ODE -> classifier; "linear": the model's own classifier or a linear probe
+    )
 
 
 @dataclass(frozen=True)
@@ -121,7 +133,9 @@ class Phase3Config:
     amsgrad: bool = True
     mixup_alpha: float = 1.0
     train_odefunc: bool = True
-    adjoint: bool = False  # f's gradients through odeint_adjoint when head.adjoint (the released code: inexact); false = exact
+    adjoint: bool = (
+        False  # f's gradients through odeint_adjoint when head.adjoint (the released code: inexact); false = exact
+    )
 
 
 @dataclass(frozen=True)
@@ -161,8 +175,12 @@ class AdversarialConfig:
     max_clean_drop: float = -1.0  # selection: epochs whose val clean accuracy is more than this many points below the start's are not kept (< 0 = off)
     ode_solver: str = "rk4"  # fixed-step solver used whenever training differentiates through the ODE
     stability_weight: float = 1.0  # SODEF head: weight of the stability regularizers during adversarial training
-    lr_ode: float = 0.01  # SODEF head: the ODE function's learning rate as a fraction of lr (phase 3 also keeps f's small)
-    grad_clip: float = 0.0  # clip the gradient norm of the trained parameters (0 = off); the SODEF head's exp terms need it
+    lr_ode: float = (
+        0.01  # SODEF head: the ODE function's learning rate as a fraction of lr (phase 3 also keeps f's small)
+    )
+    grad_clip: float = (
+        0.0  # clip the gradient norm of the trained parameters (0 = off); the SODEF head's exp terms need it
+    )
 
 
 @dataclass(frozen=True)
@@ -364,15 +382,17 @@ def resolve(cls: type, *, recipe: str | Path | None = None, overrides: dict[str,
     return cfg
 
 
-def _validate_adversarial(cfg: "HardenConfig") -> None:
+def _validate_adversarial(cfg: HardenConfig) -> None:
     a = cfg.adversarial
     if a.attack not in TRAINING_ATTACKS:
         raise UsageError(f"adversarial.attack {a.attack!r} unknown; choose one of {', '.join(TRAINING_ATTACKS)}")
     if a.attack == "none":
         trained = or_list(t for t in TRAINING_ATTACKS if t != "none")
         if cfg.head.kind == "linear":
-            raise UsageError("head.kind = linear trains a linear head adversarially; choose a training attack "
-                             f"(adversarial.attack = {trained})")
+            raise UsageError(
+                "head.kind = linear trains a linear head adversarially; choose a training attack "
+                f"(adversarial.attack = {trained})"
+            )
         if a.stages:
             raise UsageError(f"adversarial.stages needs a training attack (adversarial.attack = {trained})")
         return
@@ -380,9 +400,18 @@ def _validate_adversarial(cfg: "HardenConfig") -> None:
         raise UsageError("adversarial.eps must be in (0, 1], step >= 0, steps >= 1 and beta >= 0")
     if a.epochs < 1 or a.batch_size < 1 or a.lr <= 0 or not 0.0 <= a.warmup < 1.0 or not 0.0 <= a.ema < 1.0:
         raise UsageError("adversarial.epochs, batch_size must be >= 1, lr > 0, warmup in [0, 1) and ema in [0, 1)")
-    if a.stages < 0 or a.select_n < 1 or a.select_steps < 1 or a.stability_weight < 0 or a.lr_ode < 0 or a.grad_clip < 0:
-        raise UsageError("adversarial.stages must be >= 0, select_n and select_steps >= 1, stability_weight, lr_ode and "
-                         "grad_clip >= 0")
+    if (
+        a.stages < 0
+        or a.select_n < 1
+        or a.select_steps < 1
+        or a.stability_weight < 0
+        or a.lr_ode < 0
+        or a.grad_clip < 0
+    ):
+        raise UsageError(
+            "adversarial.stages must be >= 0, select_n and select_steps >= 1, stability_weight, lr_ode and "
+            "grad_clip >= 0"
+        )
     fixed = [name for name, solver in SOLVERS.items() if not solver.adaptive]
     if cfg.head.kind == "sodef" and a.ode_solver not in fixed:
         raise UsageError(

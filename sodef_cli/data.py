@@ -9,13 +9,14 @@ Sources (``--data``):
 Everything is decoded once and held in memory as uint8 (N, C, H, W): 50,000 CIFAR images are 150 MB.
 Validation splits are carved from train (stratified, seeded); the test split is never used for selection.
 """
+
 from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ class ImageSet:
         x = self.images if idx is None else self.images[idx]
         return x.float().div_(255.0)
 
-    def subset(self, idx: torch.Tensor) -> "ImageSet":
+    def subset(self, idx: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[idx], self.labels[idx])
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -159,7 +160,9 @@ def _load_folder(root: Path, name: str, channels: int | None, size: int, progres
         channels = 1 if mode in ("L", "1", "I;16", "I") else 3
     size = size or (size0[0] if size0[0] == size0[1] else min(size0))
     if size * size * channels * sum(len(v) for s in src.files.values() for v in s.values()) > MAX_BYTES:
-        raise DataError(f"{root} would need more than {MAX_BYTES // 1024**3} GiB in memory; use --image-size to shrink it")
+        raise DataError(
+            f"{root} would need more than {MAX_BYTES // 1024**3} GiB in memory; use --image-size to shrink it"
+        )
 
     def split(key: str) -> ImageSet:
         items = [(c, f) for ci, c in enumerate(classes) for f in src.files[key].get(c, [])]
@@ -192,7 +195,12 @@ def _load_torchvision(name: str, data_dir: str, download: bool) -> DataBundle:
             xte, yte = te.data, te.labels
             classes = [str(i) for i in range(10)]
         else:
-            cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[name]
+            cls = {
+                "cifar10": tvd.CIFAR10,
+                "cifar100": tvd.CIFAR100,
+                "mnist": tvd.MNIST,
+                "fashion-mnist": tvd.FashionMNIST,
+            }[name]
             tr = cls(str(root), train=True, download=download)
             te = cls(str(root), train=False, download=download)
             classes = list(tr.classes)
@@ -206,7 +214,9 @@ def _load_torchvision(name: str, data_dir: str, download: bool) -> DataBundle:
     except RuntimeError as exc:
         hint = "" if download else " (pass --download to fetch it)"
         raise DataError(f"cannot load {name} from {root}: {exc}{hint}") from None
-    mk = lambda x, y: ImageSet(torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)), torch.as_tensor(np.asarray(y), dtype=torch.int64))
+    mk = lambda x, y: ImageSet(
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)), torch.as_tensor(np.asarray(y), dtype=torch.int64)
+    )
     return DataBundle(name=name, classes=classes, train=mk(xtr, ytr), test=mk(xte, yte))
 
 
@@ -224,7 +234,9 @@ def _convert(bundle: DataBundle, channels: int | None, size: int) -> DataBundle:
             else:
                 raise DataError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
         if size and x.shape[-1] != size:
-            x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            x = torch.nn.functional.interpolate(
+                x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
             x = x.round().clamp(0, 255).to(torch.uint8)
         return ImageSet(x, s.labels)
 
@@ -242,7 +254,9 @@ def load_data(
 ) -> DataBundle:
     """Load a data set by ``--data`` spec (see module docstring)."""
     if not spec:
-        raise UsageError("--data is required (demo, a folder with train/ and test/, or cifar10|cifar100|mnist|fashion-mnist|svhn)")
+        raise UsageError(
+            "--data is required (demo, a folder with train/ and test/, or cifar10|cifar100|mnist|fashion-mnist|svhn)"
+        )
     if image_size < 0:
         raise UsageError("--image-size must be positive")
     key = spec.lower()
@@ -277,7 +291,9 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
         train.append(idx[k:])
     tr, va = torch.sort(torch.cat(train)).values, torch.sort(torch.cat(val)).values
     if len(va) == 0 or len(tr) == 0:
-        raise DataError("the training split is too small to carve a validation split from it (at least 2 images per class are needed)")
+        raise DataError(
+            "the training split is too small to carve a validation split from it (at least 2 images per class are needed)"
+        )
     return tr, va
 
 

@@ -3,6 +3,7 @@
 All figures are data (a dict of floats); rendering lives in the ``report`` package. ``card_diagnostics`` computes
 the model card's figures for a hardened file on a sample of test images (``sodef report FILE``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,7 +47,11 @@ def jacobian_stability(odefunc, z: torch.Tensor, *, batch_size: int = 512) -> di
         lo, hi = float(allmax.min()), float(allmax.max())
         if hi <= lo:
             lo, hi = lo - 0.5, hi + 0.5
-        hist = {"lo": lo, "hi": hi, "counts": [int(c) for c in torch.histc(allmax, bins=16, min=lo, max=hi).round().long().tolist()]}
+        hist = {
+            "lo": lo,
+            "hi": hi,
+            "counts": [int(c) for c in torch.histc(allmax, bins=16, min=lo, max=hi).round().long().tolist()],
+        }
     return {
         "points": int(z.shape[0]),
         "frac_eig_negative": n_neg / n,
@@ -87,8 +92,9 @@ def default_card_data(meta: dict) -> str | None:
     return None
 
 
-def card_diagnostics(path: str | Path, data_spec: str, *, n: int = 512, data_dir: str = "", device="cpu",
-                     seed: int = 0) -> dict:
+def card_diagnostics(
+    path: str | Path, data_spec: str, *, n: int = 512, data_dir: str = "", device="cpu", seed: int = 0
+) -> dict:
     """Stability figures of a hardened file's head on the features of up to ``n`` test images.
 
     The images are drawn class by class with ``seed`` (as ``sodef attack`` does) and pushed through the
@@ -104,10 +110,14 @@ def card_diagnostics(path: str | Path, data_spec: str, *, n: int = 512, data_dir
 
     _, hardened, meta = load_pair(path, device)
     spec = meta.get("backbone", {})
-    data = load_data(data_spec, data_dir=data_dir, channels=int(spec["in_chans"]), image_size=int(spec["input_size"][-1]))
+    data = load_data(
+        data_spec, data_dir=data_dir, channels=int(spec["in_chans"]), image_size=int(spec["input_size"][-1])
+    )
     classes = meta.get("classes", [])
     if len(classes) != len(data.classes):
-        raise ModelError(f"class-count mismatch: {path} has {len(classes)} classes, --data {data_spec} has {len(data.classes)}")
+        raise ModelError(
+            f"class-count mismatch: {path} has {len(classes)} classes, --data {data_spec} has {len(data.classes)}"
+        )
     idx = select_samples(data.test.labels, n, seed)
     x = data.test.floats(idx)
     from .inference import logits

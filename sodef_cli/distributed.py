@@ -8,16 +8,28 @@ Only rank 0 writes files and prints. Without torchrun (``WORLD_SIZE`` unset or 1
 
 No ``nn.DataParallel`` anywhere: it has returned zero gradients around ``odeint_adjoint``.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["world", "rank", "is_main", "init_from_env", "shutdown", "mine", "gather_merge", "all_gather_objects", "device_for_rank"]
+__all__ = [
+    "world",
+    "rank",
+    "is_main",
+    "init_from_env",
+    "shutdown",
+    "mine",
+    "gather_merge",
+    "all_gather_objects",
+    "device_for_rank",
+]
 
 
 _LOCAL = [False]  # inside `local()`: behave as one process even under torchrun

@@ -3,6 +3,7 @@
 Library code raises :class:`SodefError` subclasses with a message that says what went wrong and how to
 fix it. Only ``cli.py`` turns them into exit codes (``exit_code`` below) and one-line messages.
 """
+
 from __future__ import annotations
 
 __all__ = [

@@ -10,6 +10,7 @@ are correct and survive every attack, i.e. the per-sample AND of the flags with 
 The results file is rewritten atomically after every attack; rerunning with the same ``--out`` skips
 attacks already finished. What has been done lives in a typed state (``results.EvaluationState``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,9 +32,27 @@ from .registry import ADAPTIVE_KINDS, NORMS, or_list
 from .results import AttackResult, EpsRun, EvaluationState, now, worst_case_flags
 from .stats import paired_difference, wilson
 
-__all__ = ["AttackConfig", "run_evaluation", "summarize", "worst_case_flags", "SCHEMA", "SCHEMA_VERSION", "masking_checks",
-           "differences", "evaluation_strength", "reduced_budgets", "ADAPTIVE_KINDS", "estimate_plan", "plan_text", "run_comparison",
-           "comparison_differences", "summarize_comparison", "COMPARISON_VERSION", "cascade", "EvaluationState"]
+__all__ = [
+    "AttackConfig",
+    "run_evaluation",
+    "summarize",
+    "worst_case_flags",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "masking_checks",
+    "differences",
+    "evaluation_strength",
+    "reduced_budgets",
+    "ADAPTIVE_KINDS",
+    "estimate_plan",
+    "plan_text",
+    "run_comparison",
+    "comparison_differences",
+    "summarize_comparison",
+    "COMPARISON_VERSION",
+    "cascade",
+    "EvaluationState",
+]
 
 SCHEMA = "sodef_cli/attack-results"
 SCHEMA_VERSION = 1
@@ -107,18 +126,25 @@ def masking_checks(run: dict) -> list[dict]:
         evidence = f"{', '.join(later)} fooled {hit} of the {surv} samples that survived {', '.join(direct)}"
         if len(ran) < surv:  # cascade: attacks in between already fooled some of them
             evidence += f" (it ran on {len(ran)} of them; the others were fooled by attacks in between; --all-samples compares each attack on all)"
-        checks.append({
-            "name": name,
-            "flagged": hit > 0,
-            "fooled_after_direct": hit,
-            "survivors_of_direct": surv,
-            "attacked_survivors": len(ran),
-            "evidence": evidence,
-        })
+        checks.append(
+            {
+                "name": name,
+                "flagged": hit > 0,
+                "fooled_after_direct": hit,
+                "survivors_of_direct": surv,
+                "attacked_survivors": len(ran),
+                "evidence": evidence,
+            }
+        )
 
     add("black-box beats white-box", "black-box", ("white-box",), "black-box attack after a white-box one")
     add("transfer beats direct", "transfer", ("white-box",), "transfer attack after a direct one")
-    add("fixed-step gradients beat adaptive-solver gradients", "fixed-step", ("white-box",), "fixed-step attack after a direct one")
+    add(
+        "fixed-step gradients beat adaptive-solver gradients",
+        "fixed-step",
+        ("white-box",),
+        "fixed-step attack after a direct one",
+    )
     add("feature-space attack beats direct", "feature", ("white-box",), "feature attack after a direct one")
     for extra in run.get("extra_checks", []):
         checks.append(extra)
@@ -128,11 +154,19 @@ def masking_checks(run: dict) -> list[dict]:
 def _target(name: str, base, hardened, fixed_step: float | None) -> Target:
     if not has_ode(hardened):  # two plain classifiers, attacked alike: each is the other's transfer source
         other = hardened if name == "base" else base
-        return Target(name, base if name == "base" else hardened, other, features=(base if name == "base" else hardened).features)
+        return Target(
+            name, base if name == "base" else hardened, other, features=(base if name == "base" else hardened).features
+        )
     if name == "base":
         return Target("base", base, base, features=base.features)
-    return Target("hardened", hardened, base, fixed=hardened.variant("fixed", step_size=fixed_step),
-                  bpda=hardened.variant("bpda"), features=hardened.features)
+    return Target(
+        "hardened",
+        hardened,
+        base,
+        fixed=hardened.variant("fixed", step_size=fixed_step),
+        bpda=hardened.variant("bpda"),
+        features=hardened.features,
+    )
 
 
 def _large_eps_check(hardened, base, x, y, cfg: AttackConfig, device) -> dict:
@@ -143,7 +177,9 @@ def _large_eps_check(hardened, base, x, y, cfg: AttackConfig, device) -> dict:
     p = AttackParams(norm=cfg.norm, eps=eps, n_classes=n_classes, seed=cfg.seed, steps=20)
     out = {}
     for name, model in (("base", base), ("hardened", hardened)):
-        xa = ATTACKS["pgd" if cfg.norm == "Linf" else "pgd-l2"].run(Target(name, model, base), x.to(device), y.to(device), p)
+        xa = ATTACKS["pgd" if cfg.norm == "Linf" else "pgd-l2"].run(
+            Target(name, model, base), x.to(device), y.to(device), p
+        )
         out[name] = float((_predict(model, xa, cfg.batch_size, device) == y).float().mean())
     threshold = 0.5 / p.n_classes  # half of chance: a model with informative gradients ends near 0
     flagged = out["hardened"] > threshold
@@ -154,7 +190,7 @@ def _large_eps_check(hardened, base, x, y, cfg: AttackConfig, device) -> dict:
         "accuracy": out,
         "threshold": threshold,
         "evidence": f"PGD-20 at {cfg.norm} eps={eps} on {len(y)} samples leaves hardened {100 * out['hardened']:.1f}%, "
-                    f"base {100 * out['base']:.1f}% (flag above {100 * threshold:.1f}%)",
+        f"base {100 * out['base']:.1f}% (flag above {100 * threshold:.1f}%)",
     }
 
 
@@ -171,8 +207,8 @@ def _surrogate_check(hardened, x, cfg: AttackConfig, device, fixed_step) -> dict
         "max_abs_logit_diff": (real - copy).abs().max().item(),
         "step_size": fixed.head.ode.step_size,
         "evidence": f"RK4 with step {fixed.head.ode.step_size} predicts like the real model on {100 * agree:.1f}% of {len(x)} "
-                    f"clean samples (max |logit diff| {(real - copy).abs().max().item():.2e})"
-                    + ("; fixed-step attacks may be weaker than they look: lower head.step_size" if agree < 0.99 else ""),
+        f"clean samples (max |logit diff| {(real - copy).abs().max().item():.2e})"
+        + ("; fixed-step attacks may be weaker than they look: lower head.step_size" if agree < 0.99 else ""),
     }
 
 
@@ -204,7 +240,9 @@ def _batch_check(hardened, x, cfg: AttackConfig, device) -> dict:
     }
 
 
-def _new_results(model_path: Path, meta: dict, data_desc: dict, cfg: AttackConfig, indices, labels, device, plan) -> dict:
+def _new_results(
+    model_path: Path, meta: dict, data_desc: dict, cfg: AttackConfig, indices, labels, device, plan
+) -> dict:
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -236,15 +274,31 @@ def _check_resume(doc: dict, fresh: dict) -> None:
         raise ResultsError("the --out file was written by a newer sodef_cli; upgrade or choose another --out")
     for key, what in (("indices", "samples"), ("plan", "attack plan")):
         if doc.get(key) != fresh[key]:
-            raise ResultsError(f"the --out file holds results for different {what}; use another --out or the same options")
+            raise ResultsError(
+                f"the --out file holds results for different {what}; use another --out or the same options"
+            )
     if doc["model"]["sha256"] != fresh["model"]["sha256"]:
         raise ResultsError("the --out file holds results for a different model file; use another --out")
-    if {k: v for k, v in doc.get("config", {}).items() if k != "batch_size"} != {k: v for k, v in fresh["config"].items() if k != "batch_size"}:
-        raise ResultsError("the --out file was made with different attack settings; use another --out or the same options")
+    if {k: v for k, v in doc.get("config", {}).items() if k != "batch_size"} != {
+        k: v for k, v in fresh["config"].items() if k != "batch_size"
+    }:
+        raise ResultsError(
+            "the --out file was made with different attack settings; use another --out or the same options"
+        )
 
 
-def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str | Path | None = None, device=None,
-                   reporter=None, data_spec: str = "", dry_run: bool = False, meta: dict | None = None) -> dict:
+def run_evaluation(
+    model_path: str | Path,
+    data,
+    cfg: AttackConfig,
+    *,
+    out: str | Path | None = None,
+    device=None,
+    reporter=None,
+    data_spec: str = "",
+    dry_run: bool = False,
+    meta: dict | None = None,
+) -> dict:
     """Run the suite on base and hardened; returns the results document (also written to ``out``), or
     ``{"plan": ...}`` with ``dry_run`` (the plan is logged through ``reporter`` before the first attack either way).
 
@@ -258,23 +312,39 @@ def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str 
     base, hardened, meta = load_pair(model_path, device, meta=meta)
     classes = meta.get("classes", [])
     if len(classes) != len(data.classes):
-        raise ModelError(f"class-count mismatch: {model_path} has {len(classes)} classes, the data has {len(data.classes)}")
+        raise ModelError(
+            f"class-count mismatch: {model_path} has {len(classes)} classes, the data has {len(data.classes)}"
+        )
     spec_size = meta["backbone"]["input_size"]
     if list(data.test.images.shape[1:]) != list(spec_size):
-        raise UsageError(f"the data's images are {list(data.test.images.shape[1:])}, the model expects {spec_size}; pass --image-size")
+        raise UsageError(
+            f"the data's images are {list(data.test.images.shape[1:])}, the model expects {spec_size}; pass --image-size"
+        )
     from .data import select_samples
 
     indices = select_samples(data.test.labels, cfg.n, cfg.seed)
     x_all = data.test.floats(indices)
     y_all = data.test.labels[indices]
     plan = suite_attacks(cfg.suite, list(cfg.attacks), cfg.norm, n_classes=len(classes), has_ode=has_ode(hardened))
-    data_desc = {"spec": data_spec or data.name, "split": "test", "classes": list(data.classes), "test_size": len(data.test)}
+    data_desc = {
+        "spec": data_spec or data.name,
+        "split": "test",
+        "classes": list(data.classes),
+        "test_size": len(data.test),
+    }
     ode = has_ode(hardened)
     fixed_step = meta.get("config", {}).get("head", {}).get("step_size") if ode else None
-    entries = [{"label": "base", "model": base, "attacks": plan["base"], "source": None if ode else hardened},
-               {"label": "hardened", "model": hardened, "attacks": plan["hardened"], "source": base,
-                "fixed": hardened.variant("fixed", step_size=fixed_step) if ode else None,
-                "judge_alone": ode and hardened.head.block.adaptive}]
+    entries = [
+        {"label": "base", "model": base, "attacks": plan["base"], "source": None if ode else hardened},
+        {
+            "label": "hardened",
+            "model": hardened,
+            "attacks": plan["hardened"],
+            "source": base,
+            "fixed": hardened.variant("fixed", step_size=fixed_step) if ode else None,
+            "judge_alone": ode and hardened.head.block.adaptive,
+        },
+    ]
     estimate = estimate_plan(entries, x_all, y_all, cfg, n_classes=len(classes), device=device) if is_main() else {}
     reporter.log(plan_text(estimate))
     if dry_run:
@@ -283,8 +353,19 @@ def run_evaluation(model_path: str | Path, data, cfg: AttackConfig, *, out: str 
     fresh["estimate"] = {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")}
     state = EvaluationState.open(fresh, out, check=_check_resume)
     reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
-    cascade(base, hardened, x_all, y_all, cfg, plan=plan, n_classes=len(classes), fixed_step=fixed_step, state=state,
-            reporter=reporter, device=device)
+    cascade(
+        base,
+        hardened,
+        x_all,
+        y_all,
+        cfg,
+        plan=plan,
+        n_classes=len(classes),
+        fixed_step=fixed_step,
+        state=state,
+        reporter=reporter,
+        device=device,
+    )
     reporter.end("all attacks")
     return state.finish()
 
@@ -300,8 +381,20 @@ def _check_samples(n: int, cfg: AttackConfig) -> torch.Tensor:
     return torch.linspace(0, n - 1, min(cfg.check_samples, n)).round().long()
 
 
-def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: AttackConfig, *, plan: dict, n_classes: int,
-            fixed_step: float | None, state: EvaluationState, reporter, device) -> EvaluationState:
+def cascade(
+    base,
+    hardened,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    cfg: AttackConfig,
+    *,
+    plan: dict,
+    n_classes: int,
+    fixed_step: float | None,
+    state: EvaluationState,
+    reporter,
+    device,
+) -> EvaluationState:
     """Run every eps of ``cfg`` over both models into ``state`` (persisted after every attack), skipping finished
     attacks and finished budgets."""
     for eps in cfg.eps:
@@ -313,8 +406,23 @@ def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Attac
             # an adaptive solver's output depends on the rest of the batch: an example that fools the model in
             # some batch composition is not counted robust (one extra forward per attacked sample)
             judge_alone = label == "hardened" and has_ode(hardened) and hardened.head.block.adaptive
-            _attack_model(state, run, label, model, _target(label, base, hardened, fixed_step), plan[label], x_all, y_all, cfg,
-                          eps=eps, n_classes=n_classes, seed_key=label, judge_alone=judge_alone, reporter=reporter, device=device)
+            _attack_model(
+                state,
+                run,
+                label,
+                model,
+                _target(label, base, hardened, fixed_step),
+                plan[label],
+                x_all,
+                y_all,
+                cfg,
+                eps=eps,
+                n_classes=n_classes,
+                seed_key=label,
+                judge_alone=judge_alone,
+                reporter=reporter,
+                device=device,
+            )
         extra = None
         if cfg.checks and run.extra_checks is None and is_main():
             sub = _check_samples(len(y_all), cfg)
@@ -327,9 +435,24 @@ def cascade(base, hardened, x_all: torch.Tensor, y_all: torch.Tensor, cfg: Attac
     return state
 
 
-def _attack_model(state: EvaluationState, run: EpsRun, label: str, model, target: Target, names: list[str],
-                  x_all: torch.Tensor, y_all: torch.Tensor, cfg: AttackConfig, *, eps: float, n_classes: int, seed_key: str,
-                  judge_alone: bool, reporter, device) -> None:
+def _attack_model(
+    state: EvaluationState,
+    run: EpsRun,
+    label: str,
+    model,
+    target: Target,
+    names: list[str],
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    cfg: AttackConfig,
+    *,
+    eps: float,
+    n_classes: int,
+    seed_key: str,
+    judge_alone: bool,
+    reporter,
+    device,
+) -> None:
     """Run ``names`` on model ``label`` at ``run``'s eps (the cascade), each recorded in ``state`` once finished;
     finished attacks are skipped."""
     mrec = run.model(label)
@@ -345,8 +468,14 @@ def _attack_model(state: EvaluationState, run: EpsRun, label: str, model, target
         pool = clean if cfg.all_samples else torch.tensor(mrec.robust(), dtype=torch.bool)
         idx = torch.nonzero(pool).flatten()
         flags: list[bool | None] = [None] * len(y_all)
-        p = AttackParams(norm=cfg.norm, eps=eps, n_classes=n_classes, seed=_seed_for(cfg.seed, aname, eps, seed_key),
-                         steps=cfg.steps, queries=cfg.queries)
+        p = AttackParams(
+            norm=cfg.norm,
+            eps=eps,
+            n_classes=n_classes,
+            seed=_seed_for(cfg.seed, aname, eps, seed_key),
+            steps=cfg.steps,
+            queries=cfg.queries,
+        )
         task = f"{label}: {aname} (eps={eps:.4g})"
         reporter.start(task, len(idx))
         t0 = time.perf_counter()
@@ -372,8 +501,19 @@ def _attack_model(state: EvaluationState, run: EpsRun, label: str, model, target
         projected = sum(all_gather_objects(projected))
         reporter.end(task)
         reporter.advance("all attacks", 1)
-        state.record_attack(run, label, aname, AttackResult(kind=spec.kind, params={**spec.params(p), "norm": cfg.norm, "eps": eps},
-                                                            robust=flags, attacked=len(idx), seconds=seconds, projected=projected))
+        state.record_attack(
+            run,
+            label,
+            aname,
+            AttackResult(
+                kind=spec.kind,
+                params={**spec.params(p), "norm": cfg.norm, "eps": eps},
+                robust=flags,
+                attacked=len(idx),
+                seconds=seconds,
+                projected=projected,
+            ),
+        )
 
 
 def _ci(flags: list) -> list[float] | None:
@@ -470,15 +610,19 @@ def reduced_budgets(doc: dict) -> dict[str, dict]:
     for names in doc.get("plan", {}).values():
         for name in names:
             if name in ATTACKS and name not in used:
-                used[name] = ATTACKS[name].params(AttackParams(norm=norm, eps=eps0, n_classes=k, steps=cfg.get("steps"),
-                                                                queries=cfg.get("queries")))
+                used[name] = ATTACKS[name].params(
+                    AttackParams(norm=norm, eps=eps0, n_classes=k, steps=cfg.get("steps"), queries=cfg.get("queries"))
+                )
     out: dict[str, dict] = {}
     for name, u in used.items():
         if name not in ATTACKS:
             continue
         ref = ATTACKS[name].params(AttackParams(norm=norm, eps=eps0, n_classes=k))
-        low = {key: [u[key], r] for key, r in ref.items()
-               if isinstance(r, (int, float)) and isinstance(u.get(key), (int, float)) and u[key] < r}
+        low = {
+            key: [u[key], r]
+            for key, r in ref.items()
+            if isinstance(r, (int, float)) and isinstance(u.get(key), (int, float)) and u[key] < r
+        }
         if low:
             out[name] = low
     return out
@@ -488,13 +632,15 @@ def summarize(doc: dict) -> dict:
     """The ``--json`` summary: first eps at top level, every eps in ``curve``."""
     curve = []
     for run in doc.get("runs", []):
-        curve.append({
-            "eps": run["eps"],
-            "models": {m: _model_summary(r, doc["n"]) for m, r in run.get("models", {}).items()},
-            "difference": differences(run),
-            "checks": run.get("checks", []),
-            "done": run.get("done", False),
-        })
+        curve.append(
+            {
+                "eps": run["eps"],
+                "models": {m: _model_summary(r, doc["n"]) for m, r in run.get("models", {}).items()},
+                "difference": differences(run),
+                "checks": run.get("checks", []),
+                "done": run.get("done", False),
+            }
+        )
     first = curve[0] if curve else {"eps": None, "models": {}, "checks": []}
     return {
         "n": doc.get("n"),
@@ -537,7 +683,9 @@ def _time_passes(model, x: torch.Tensor, y: torch.Tensor, device) -> tuple[float
     return fwd / len(x), grad / len(x), acc
 
 
-def estimate_plan(entries: list[dict], x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, *, n_classes: int, device) -> dict:
+def estimate_plan(
+    entries: list[dict], x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, *, n_classes: int, device
+) -> dict:
     """The plan of a run with its estimated time, from timing one forward and one backward pass per model on the
     first batch of the evaluated samples (at most 32 images).
 
@@ -576,11 +724,28 @@ def estimate_plan(entries: list[dict], x: torch.Tensor, y: torch.Tensor, cfg: At
             per_eps += m_chk * (20 * grad + 3 * fwd + (cost(e["fixed"])[0] if e.get("fixed") is not None else 0.0))
         seconds = per_eps * len(cfg.eps)
         total += seconds
-        models.append({"label": e["label"], "attacks": list(e["attacks"]), "clean_first_batch": acc,
-                       "seconds_per_sample_forward": fwd, "seconds_per_sample_grad": grad, "estimated_seconds": seconds})
-    return {"n": int(len(y)), "eps": list(cfg.eps), "norm": cfg.norm, "batch_size": cfg.batch_size, "timing_batch": m,
-            "timing_seconds": time.perf_counter() - t_start, "models": models, "estimated_seconds": total,
-            "mode": "all samples" if cfg.all_samples else "cascade", "checks": cfg.checks}
+        models.append(
+            {
+                "label": e["label"],
+                "attacks": list(e["attacks"]),
+                "clean_first_batch": acc,
+                "seconds_per_sample_forward": fwd,
+                "seconds_per_sample_grad": grad,
+                "estimated_seconds": seconds,
+            }
+        )
+    return {
+        "n": int(len(y)),
+        "eps": list(cfg.eps),
+        "norm": cfg.norm,
+        "batch_size": cfg.batch_size,
+        "timing_batch": m,
+        "timing_seconds": time.perf_counter() - t_start,
+        "models": models,
+        "estimated_seconds": total,
+        "mode": "all samples" if cfg.all_samples else "cascade",
+        "checks": cfg.checks,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -615,26 +780,59 @@ def _comparison_entries(cands: list, cfg: AttackConfig, *, n_classes: int, trans
         if source is None:  # a plain model alone: no other model to transfer from
             names = [a for a in names if ATTACKS[a].kind != "transfer"]
         fixed = c.model.variant("fixed", step_size=c.fixed_step) if ode else None
-        entries.append({"label": c.label, "model": c.model, "attacks": names, "source": source, "source_name": source_name,
-                        "fixed": fixed, "judge_alone": ode and c.model.head.block.adaptive,
-                        "target": Target(c.label, c.model, source if source is not None else c.model, fixed=fixed,
-                                         bpda=c.model.variant("bpda") if ode else None, features=c.model.features)})
+        entries.append(
+            {
+                "label": c.label,
+                "model": c.model,
+                "attacks": names,
+                "source": source,
+                "source_name": source_name,
+                "fixed": fixed,
+                "judge_alone": ode and c.model.head.block.adaptive,
+                "target": Target(
+                    c.label,
+                    c.model,
+                    source if source is not None else c.model,
+                    fixed=fixed,
+                    bpda=c.model.variant("bpda") if ode else None,
+                    features=c.model.features,
+                ),
+            }
+        )
     return entries
 
 
 def _large_eps_one(model, x, y, cfg: AttackConfig, device, n_classes: int) -> dict:
     eps = LARGE_EPS[cfg.norm]
     p = AttackParams(norm=cfg.norm, eps=eps, n_classes=n_classes, seed=cfg.seed, steps=20)
-    xa = ATTACKS["pgd" if cfg.norm == "Linf" else "pgd-l2"].run(Target("m", model, model), x.to(device), y.to(device), p)
+    xa = ATTACKS["pgd" if cfg.norm == "Linf" else "pgd-l2"].run(
+        Target("m", model, model), x.to(device), y.to(device), p
+    )
     acc = float((_predict(model, xa, cfg.batch_size, device) == y).float().mean())
     threshold = 0.5 / n_classes
-    return {"name": "accuracy near zero at a very large eps", "flagged": acc > threshold, "eps": eps, "accuracy": acc,
-            "threshold": threshold,
-            "evidence": f"PGD-20 at {cfg.norm} eps={eps} on {len(y)} samples leaves {100 * acc:.1f}% (flag above {100 * threshold:.1f}%)"}
+    return {
+        "name": "accuracy near zero at a very large eps",
+        "flagged": acc > threshold,
+        "eps": eps,
+        "accuracy": acc,
+        "threshold": threshold,
+        "evidence": f"PGD-20 at {cfg.norm} eps={eps} on {len(y)} samples leaves {100 * acc:.1f}% (flag above {100 * threshold:.1f}%)",
+    }
 
 
-def run_comparison(cands: list, data, cfg: AttackConfig, *, reference: str, transfer_from: str | None = None,
-                   out: str | Path | None = None, device=None, reporter=None, data_spec: str = "", dry_run: bool = False) -> dict:
+def run_comparison(
+    cands: list,
+    data,
+    cfg: AttackConfig,
+    *,
+    reference: str,
+    transfer_from: str | None = None,
+    out: str | Path | None = None,
+    device=None,
+    reporter=None,
+    data_spec: str = "",
+    dry_run: bool = False,
+) -> dict:
     """Attack several models (``models.Candidate``) on the same samples with the same seeds.
 
     Every model gets the suite's attacks (ODE-aware ones where it has an ODE); a model's transfer attacks take
@@ -657,7 +855,9 @@ def run_comparison(cands: list, data, cfg: AttackConfig, *, reference: str, tran
             raise ModelError(f"class-count mismatch: {c.label} has {len(c.classes)} classes, the data has {k}")
         size = list(c.desc.get("input_size") or [])
         if size and list(data.test.images.shape[1:]) != size:
-            raise UsageError(f"the data's images are {list(data.test.images.shape[1:])}, {c.label} expects {size}; pass --image-size")
+            raise UsageError(
+                f"the data's images are {list(data.test.images.shape[1:])}, {c.label} expects {size}; pass --image-size"
+            )
     indices = select_samples(data.test.labels, cfg.n, cfg.seed)
     x_all = data.test.floats(indices)
     y_all = data.test.labels[indices]
@@ -673,15 +873,32 @@ def run_comparison(cands: list, data, cfg: AttackConfig, *, reference: str, tran
     for c, e in zip(cands, entries):
         models.append({**c.desc, "transfer_source": e["source_name"]})
     doc = {
-        "schema": SCHEMA, "schema_version": COMPARISON_VERSION, "kind": "comparison", "complete": False,
-        "models": models, "reference": reference,
-        "data": {"spec": data_spec or data.name, "split": "test", "classes": list(data.classes), "test_size": len(data.test)},
+        "schema": SCHEMA,
+        "schema_version": COMPARISON_VERSION,
+        "kind": "comparison",
+        "complete": False,
+        "models": models,
+        "reference": reference,
+        "data": {
+            "spec": data_spec or data.name,
+            "split": "test",
+            "classes": list(data.classes),
+            "test_size": len(data.test),
+        },
         "config": {k_: (list(v) if isinstance(v, tuple) else v) for k_, v in asdict(cfg).items()},
-        "plan": plan, "estimate": {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")},
-        "n": len(indices), "indices": [int(i) for i in indices], "labels": [int(v) for v in y_all], "device": str(device),
-        "versions": versions(), "started": now(), "runs": [],
+        "plan": plan,
+        "estimate": {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")},
+        "n": len(indices),
+        "indices": [int(i) for i in indices],
+        "labels": [int(v) for v in y_all],
+        "device": str(device),
+        "versions": versions(),
+        "started": now(),
+        "runs": [],
     }
-    summary = lambda d: {k_: v for k_, v in summarize_comparison(d).items() if k_ != "indices"}  # figures beside the flags
+    summary = lambda d: {
+        k_: v for k_, v in summarize_comparison(d).items() if k_ != "indices"
+    }  # figures beside the flags
     state = EvaluationState.open(doc, out, check=_check_comparison_resume, summary=summary)
     reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
     t_run = time.perf_counter()
@@ -693,18 +910,37 @@ def run_comparison(cands: list, data, cfg: AttackConfig, *, reference: str, tran
             lab, model = e["label"], e["model"]
             state.clean(run, lab, lambda: _clean_flags(model, x_all, y_all, cfg, device))
             # the same seed for every model: attack randomness depends on the attack and eps only
-            _attack_model(state, run, lab, model, e["target"], e["attacks"], x_all, y_all, cfg, eps=eps, n_classes=k, seed_key="",
-                          judge_alone=e["judge_alone"], reporter=reporter, device=device)
+            _attack_model(
+                state,
+                run,
+                lab,
+                model,
+                e["target"],
+                e["attacks"],
+                x_all,
+                y_all,
+                cfg,
+                eps=eps,
+                n_classes=k,
+                seed_key="",
+                judge_alone=e["judge_alone"],
+                reporter=reporter,
+                device=device,
+            )
             mrec = run.model(lab)
             if cfg.checks and mrec.checks is None and is_main():
                 sub = _check_samples(len(y_all), cfg)
                 extra = []
                 if has_ode(model):
-                    extra += [_batch_check(model, x_all[sub], cfg, device),
-                              _surrogate_check(model, x_all[sub], cfg, device, e["fixed"].head.ode.step_size)]
+                    extra += [
+                        _batch_check(model, x_all[sub], cfg, device),
+                        _surrogate_check(model, x_all[sub], cfg, device, e["fixed"].head.ode.step_size),
+                    ]
                 if mrec.attacks:
                     extra.append(_large_eps_one(model, x_all[sub], y_all[sub], cfg, device, k))
-                state.record_model_checks(run, lab, masking_checks({"models": {"hardened": mrec.to_dict()}, "extra_checks": extra}))
+                state.record_model_checks(
+                    run, lab, masking_checks({"models": {"hardened": mrec.to_dict()}, "extra_checks": extra})
+                )
         state.finish_eps(run)
     reporter.end("all attacks")
     # seconds_run: attacks and checks of this session, to compare with the estimate
@@ -717,11 +953,17 @@ def _check_comparison_resume(old: dict, doc: dict) -> None:
         raise ResultsError("the --out file is not a results file of several models; choose another --out")
     for key, what in (("indices", "samples"), ("plan", "attack plan"), ("reference", "reference model")):
         if old.get(key) != doc[key]:
-            raise ResultsError(f"the --out file holds results for a different {what}; use another --out or the same options")
+            raise ResultsError(
+                f"the --out file holds results for a different {what}; use another --out or the same options"
+            )
     if [m.get("sha256") for m in old.get("models", [])] != [m.get("sha256") for m in doc["models"]]:
         raise ResultsError("the --out file holds results for different models; use another --out")
-    if {k_: v for k_, v in old.get("config", {}).items() if k_ != "batch_size"} != {k_: v for k_, v in doc["config"].items() if k_ != "batch_size"}:
-        raise ResultsError("the --out file was made with different attack settings; use another --out or the same options")
+    if {k_: v for k_, v in old.get("config", {}).items() if k_ != "batch_size"} != {
+        k_: v for k_, v in doc["config"].items() if k_ != "batch_size"
+    }:
+        raise ResultsError(
+            "the --out file was made with different attack settings; use another --out or the same options"
+        )
 
 
 def comparison_differences(run: dict, reference: str) -> dict[str, dict]:
@@ -744,19 +986,30 @@ def summarize_comparison(doc: dict) -> dict:
     paired difference against the reference."""
     curve = []
     for run in doc.get("runs", []):
-        curve.append({
-            "eps": run["eps"],
-            "models": {m: {**_model_summary(r, doc["n"]), "checks": r.get("checks", [])} for m, r in run.get("models", {}).items()},
-            "difference": comparison_differences(run, doc["reference"]),
-            "done": run.get("done", False),
-        })
+        curve.append(
+            {
+                "eps": run["eps"],
+                "models": {
+                    m: {**_model_summary(r, doc["n"]), "checks": r.get("checks", [])}
+                    for m, r in run.get("models", {}).items()
+                },
+                "difference": comparison_differences(run, doc["reference"]),
+                "done": run.get("done", False),
+            }
+        )
     first = curve[0] if curve else {"eps": None, "models": {}, "difference": {}}
     return {
-        "n": doc.get("n"), "norm": doc.get("config", {}).get("norm"), "eps": first["eps"], "suite": doc.get("config", {}).get("suite"),
-        "complete": doc.get("complete", False), "reference": doc.get("reference"),
+        "n": doc.get("n"),
+        "norm": doc.get("config", {}).get("norm"),
+        "eps": first["eps"],
+        "suite": doc.get("config", {}).get("suite"),
+        "complete": doc.get("complete", False),
+        "reference": doc.get("reference"),
         "models_attacked": [m["label"] for m in doc.get("models", [])],
         "indices": doc.get("indices"),
-        "models": first["models"], "difference": first["difference"], "curve": curve,
+        "models": first["models"],
+        "difference": first["difference"],
+        "curve": curve,
     }
 
 
@@ -764,15 +1017,22 @@ def plan_text(plan: dict) -> str:
     """The plan as the lines printed before a run (stderr)."""
     if not plan:
         return ""
-    lines = [f"plan: {len(plan['models'])} model(s), {plan['n']} samples, {plan['norm']} eps "
-             + ", ".join(_eps_text(e, plan["norm"]) for e in plan["eps"]) + f", {plan['mode']}"]
+    lines = [
+        f"plan: {len(plan['models'])} model(s), {plan['n']} samples, {plan['norm']} eps "
+        + ", ".join(_eps_text(e, plan["norm"]) for e in plan["eps"])
+        + f", {plan['mode']}"
+    ]
     for m in plan["models"]:
         src = f"; transfer from {m['transfer_source']}" if m.get("transfer_source") else ""
-        lines.append(f"  {m['label']}: {', '.join(m['attacks']) or 'no attacks'}{src} "
-                     f"(clean {100 * m['clean_first_batch']:.0f}% on the timing batch; about {_duration(m['estimated_seconds'])})")
-    lines.append(f"estimated time: about {_duration(plan['estimated_seconds'])} (timed on the first batch of "
-                 f"{plan['timing_batch']} images; assumes every attack runs on every clean-correct sample, so a cascade "
-                 "usually ends sooner" + ("; masking checks included" if plan.get("checks") else "") + ")")
+        lines.append(
+            f"  {m['label']}: {', '.join(m['attacks']) or 'no attacks'}{src} "
+            f"(clean {100 * m['clean_first_batch']:.0f}% on the timing batch; about {_duration(m['estimated_seconds'])})"
+        )
+    lines.append(
+        f"estimated time: about {_duration(plan['estimated_seconds'])} (timed on the first batch of "
+        f"{plan['timing_batch']} images; assumes every attack runs on every clean-correct sample, so a cascade "
+        "usually ends sooner" + ("; masking checks included" if plan.get("checks") else "") + ")"
+    )
     return "\n".join(lines)
 
 
@@ -823,11 +1083,19 @@ def analyze(doc: dict) -> dict:
     runs = []
     for run in doc.get("runs", []):
         recs = run.get("models", {})
-        models = {lab: _model_summary(recs[lab], len(recs[lab]["clean"])) if "clean" in (recs.get(lab) or {}) else None
-                  for lab in labels}
+        models = {
+            lab: _model_summary(recs[lab], len(recs[lab]["clean"])) if "clean" in (recs.get(lab) or {}) else None
+            for lab in labels
+        }
         if comparison:
-            runs.append({"models": models, "difference": comparison_differences(run, doc["reference"]),
-                         "checks": {lab: (recs.get(lab) or {}).get("checks", []) for lab in labels}, "checks_provisional": False})
+            runs.append(
+                {
+                    "models": models,
+                    "difference": comparison_differences(run, doc["reference"]),
+                    "checks": {lab: (recs.get(lab) or {}).get("checks", []) for lab in labels},
+                    "checks_provisional": False,
+                }
+            )
             continue
         checks, provisional = run.get("checks"), False
         if checks is None:
@@ -835,7 +1103,9 @@ def analyze(doc: dict) -> dict:
             known = {**hard, "attacks": {a: rec for a, rec in hard.get("attacks", {}).items() if a in ATTACKS}}
             checks = masking_checks({**run, "models": {**recs, "hardened": known}}) if models["hardened"] else []
             provisional = bool(checks)
-        runs.append({"models": models, "difference": differences(run), "checks": checks, "checks_provisional": provisional})
+        runs.append(
+            {"models": models, "difference": differences(run), "checks": checks, "checks_provisional": provisional}
+        )
     names = [a for run in doc.get("runs", []) for rec in run.get("models", {}).values() for a in rec.get("attacks", {})]
     names += [a for planned in doc.get("plan", {}).values() for a in planned]
     return {

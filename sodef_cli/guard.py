@@ -10,6 +10,7 @@ The decision is paired (both models on the same images): the worst-case differen
 "no significant difference at n=..." with the number of images that would resolve a difference of the size
 measured (``stats.n_to_resolve``).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,7 +19,16 @@ import torch
 
 from .attacks import ATTACKS, AttackParams
 from .data import ImageSet, select_samples
-from .evaluate import AttackConfig, EvaluationState, _model_summary, _surrogate_check, cascade, differences, suite_attacks, worst_case_flags
+from .evaluate import (
+    AttackConfig,
+    EvaluationState,
+    _model_summary,
+    _surrogate_check,
+    cascade,
+    differences,
+    suite_attacks,
+    worst_case_flags,
+)
 from .head import has_ode
 from .stats import ALPHA, n_to_resolve, paired_difference
 
@@ -36,12 +46,23 @@ def _fig(points: float, ci: list[float] | None, p: float | None, n: int) -> str:
     return s + f", n={n}"
 
 
-ROBUST_RECIPE = "recipes/adversarial.toml"  # the ablation's winner (benchmarks/hardening.py), pointed to after a SODEF loss
+ROBUST_RECIPE = (
+    "recipes/adversarial.toml"  # the ablation's winner (benchmarks/hardening.py), pointed to after a SODEF loss
+)
 
 
-def recommendation(outcome: str, gain_points: float, clean_delta_points: float, *, ci_points: list[float] | None = None,
-                   p: float | None = None, n: int = 0, n_needed: int | None = None, reduced: str = "",
-                   sodef_head: bool = False) -> str:
+def recommendation(
+    outcome: str,
+    gain_points: float,
+    clean_delta_points: float,
+    *,
+    ci_points: list[float] | None = None,
+    p: float | None = None,
+    n: int = 0,
+    n_needed: int | None = None,
+    reduced: str = "",
+    sodef_head: bool = False,
+) -> str:
     """The sentence printed after hardening, one per outcome; ``reduced`` names budgets below the reference.
 
     A SODEF head found LESS robust is pointed to adversarial fine-tuning, the mode that measurably hardens."""
@@ -49,11 +70,15 @@ def recommendation(outcome: str, gain_points: float, clean_delta_points: float, 
     if outcome == "more robust":
         text = f"hardened model is more robust under adaptive attack ({fig}; clean {clean_delta_points:+.1f})"
     elif outcome == "LESS robust":
-        text = (f"hardened model is LESS robust than its base under adaptive attack ({fig}): "
-                "keep the base, or evaluate with `sodef attack --suite adaptive` before deploying")
+        text = (
+            f"hardened model is LESS robust than its base under adaptive attack ({fig}): "
+            "keep the base, or evaluate with `sodef attack --suite adaptive` before deploying"
+        )
         if sodef_head:
-            text += (f"; to harden it instead, fine-tune the base adversarially: `sodef harden BASE --recipe {ROBUST_RECIPE}` "
-                     "(see the README's ablation)")
+            text += (
+                f"; to harden it instead, fine-tune the base adversarially: `sodef harden BASE --recipe {ROBUST_RECIPE}` "
+                "(see the README's ablation)"
+            )
     else:
         text = f"no significant difference at n={n} between the hardened model and its base under adaptive attack ({fig}); "
         if n_needed is None:
@@ -86,16 +111,35 @@ def run_check(base, hardened, check: ImageSet, cfg, *, device, reporter) -> dict
         p.requires_grad_(False)
     order = select_samples(check.labels, c.n, cfg.seed)
     x, y = check.floats(order), check.labels[order]
-    acfg = AttackConfig(suite="quick", norm=c.norm, eps=(c.eps,), n=len(order), seed=cfg.seed, batch_size=c.batch_size,
-                        steps=c.steps, checks=False)
+    acfg = AttackConfig(
+        suite="quick",
+        norm=c.norm,
+        eps=(c.eps,),
+        n=len(order),
+        seed=cfg.seed,
+        batch_size=c.batch_size,
+        steps=c.steps,
+        checks=False,
+    )
     ode = has_ode(hardened)
     with torch.no_grad():
         n_classes = int(hardened(x[:1].to(device)).shape[1])
     plan = suite_attacks("quick", [], c.norm, has_ode=ode)
     state = EvaluationState.from_dict({"runs": []})  # kept in memory: the figures go into the hardened file
     fixed_step = hardened.head.block.step_size if ode else None
-    cascade(base, hardened, x, y, acfg, plan=plan, n_classes=n_classes,
-            fixed_step=fixed_step, state=state, reporter=reporter, device=device)
+    cascade(
+        base,
+        hardened,
+        x,
+        y,
+        acfg,
+        plan=plan,
+        n_classes=n_classes,
+        fixed_step=fixed_step,
+        state=state,
+        reporter=reporter,
+        device=device,
+    )
     agreement = [_surrogate_check(hardened, x, acfg, device, fixed_step)] if ode else []
     for p, flag in zip(params, was):
         p.requires_grad_(flag)
@@ -133,7 +177,16 @@ def run_check(base, hardened, check: ImageSet, cfg, *, device, reporter) -> dict
         "outcome": outcome,
         "n_to_resolve": n_needed,
         "more_robust": outcome == "more robust",
-        "recommendation": recommendation(outcome, gain, clean_delta, ci_points=ci_points, p=pd["p_mcnemar"], n=len(order),
-                                         n_needed=n_needed, reduced=reduced_text, sodef_head=ode),
+        "recommendation": recommendation(
+            outcome,
+            gain,
+            clean_delta,
+            ci_points=ci_points,
+            p=pd["p_mcnemar"],
+            n=len(order),
+            n_needed=n_needed,
+            reduced=reduced_text,
+            sodef_head=ode,
+        ),
         "checks": run.get("checks", []) + agreement,
     }

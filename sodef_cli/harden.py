@@ -8,15 +8,17 @@ The stages up to phase 2 are cached for ``--resume`` by :meth:`resume.Checkpoint
 The backbone is frozen and kept in eval mode throughout; its parameters and BatchNorm buffers are checked
 bitwise-unchanged before the file is written.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +33,17 @@ from .head import HardenedClassifier, SODEFHead, simplex_classifier
 from .inputs import check_head_dim
 from .io import sha256_file, versions
 from .models import is_file_arg, load_base_file, save_hardened
-from .phases import Reporter, accuracy_from_logits, batched_logits, extract_features, fit_probe, phase1, phase2, phase3, stability_warning
+from .phases import (
+    Reporter,
+    accuracy_from_logits,
+    batched_logits,
+    extract_features,
+    fit_probe,
+    phase1,
+    phase2,
+    phase3,
+    stability_warning,
+)
 from .regularizers import stability_loss
 from .resume import Checkpoint
 from .runtime import resolve_device, seed_everything
@@ -41,7 +53,9 @@ __all__ = ["harden", "state_digest", "training_view", "training_line"]
 STABILITY_POINTS = 1000  # features sampled for the eigenvalue diagnostics
 
 
-def harden(cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = None, resume: bool = False) -> dict[str, Any]:
+def harden(
+    cfg: HardenConfig, out: str | Path, *, reporter: Reporter | None = None, resume: bool = False
+) -> dict[str, Any]:
     """Run hardening end to end and write ``out``. Returns the summary (also stored in the file).
 
     The config, the output path and the model argument (a timm name, or a base file's metadata) are checked
@@ -65,8 +79,14 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -
     with run.timed("load"):
         src = _load(run)
     split = _split(cfg, src.data)
-    ckpt = Checkpoint(out, config={k: v for k, v in to_dict(cfg).items() if k not in ("check", "device")},
-                      inputs=_inputs_text(src, split), generator=run.gen, resume=resume, log=reporter.log)
+    ckpt = Checkpoint(
+        out,
+        config={k: v for k, v in to_dict(cfg).items() if k not in ("check", "device")},
+        inputs=_inputs_text(src, split),
+        generator=run.gen,
+        resume=resume,
+        log=reporter.log,
+    )
     with run.timed("features"):
         h_train, h_test = _features(run, src, ckpt)
     if not is_main():  # torchrun: the other ranks only helped extract features; the head trains on rank 0
@@ -78,8 +98,19 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -
     tuned, linear, adv = src.backbone, None, None
     if cfg.adversarial.attack != "none":
         with run.timed("adversarial"):
-            tuned, head, linear, adv = _adversarial_stage(cfg, src.backbone, src.spec, head, base.probe, src.data, split.train,
-                                                          split.val, device=run.device, generator=run.gen, reporter=reporter)
+            tuned, head, linear, adv = _adversarial_stage(
+                cfg,
+                src.backbone,
+                src.spec,
+                head,
+                base.probe,
+                src.data,
+                split.train,
+                split.val,
+                device=run.device,
+                generator=run.gen,
+                reporter=reporter,
+            )
     hardened = _hardened_model(tuned, src.spec, head, linear).to(run.device).eval()
     hard_val, hard_test = _hardened_accuracy(run, hardened, head, adv, f, src.data, split, sodef)
     if state_digest(src.backbone) != src.digest:  # pragma: no cover - a bug, never a user error
@@ -90,7 +121,11 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -
         "split": {"train": len(split.train), "val": len(split.val), "check": len(split.check), "seed": cfg.seed},
         "base": {"classifier": base.kind, "val_acc": base.val_acc, "test_clean_acc": base.test_acc},
         "hardened": {"head": cfg.head.kind, "val_acc": hard_val, "test_clean_acc": hard_test},
-        **sodef, "adversarial": adv, "backbone_digest": src.digest, "device": str(run.device), "check": None,
+        **sodef,
+        "adversarial": adv,
+        "backbone_digest": src.digest,
+        "device": str(run.device),
+        "check": None,
     }
     if cfg.check.enabled:
         with run.timed("check"):
@@ -156,12 +191,19 @@ class _Features:
     k: int
 
     @classmethod
-    def of(cls, h_train: torch.Tensor, h_test: torch.Tensor, data: DataBundle, split: _Split) -> "_Features":
+    def of(cls, h_train: torch.Tensor, h_test: torch.Tensor, data: DataBundle, split: _Split) -> _Features:
         if not torch.isfinite(h_train).all():
             raise ModelError("the backbone produced NaN/inf features; check the model weights and input size")
         y = data.train.labels
-        return cls(h_train[split.train], y[split.train], h_train[split.val], y[split.val], h_test, data.test.labels,
-                   len(data.classes))
+        return cls(
+            h_train[split.train],
+            y[split.train],
+            h_train[split.val],
+            y[split.val],
+            h_test,
+            data.test.labels,
+            len(data.classes),
+        )
 
 
 @dataclass
@@ -212,18 +254,30 @@ def _load(run: _Run) -> _Source:
     if is_file_arg(cfg.model):
         src = Path(cfg.model)
         model, spec, _ = load_base_file(src)  # the whole file is checked before the data is decoded
-        data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, channels=spec.in_chans,
-                         image_size=cfg.image_size or spec.input_size[-1])
+        data = load_data(
+            cfg.data,
+            data_dir=cfg.data_dir,
+            download=cfg.download,
+            channels=spec.in_chans,
+            image_size=cfg.image_size or spec.input_size[-1],
+        )
         if spec.classes and len(spec.classes) != len(data.classes):
-            raise ModelError(f"class-count mismatch: {src} was trained for {len(spec.classes)} classes, the data {cfg.data!r} "
-                             f"has {len(data.classes)}")
+            raise ModelError(
+                f"class-count mismatch: {src} was trained for {len(spec.classes)} classes, the data {cfg.data!r} "
+                f"has {len(data.classes)}"
+            )
         if spec.classes and spec.classes != data.classes:
             run.reporter.log(f"warning: class names of {src.name} differ from the data's; matching by index")
         source = {"kind": "sodef_base_file", "path": str(src), "sha256": sha256_file(src)}
     else:
         data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
-        model, spec = build_backbone(cfg.model, in_chans=data.channels, image_size=data.image_size, pretrained=cfg.pretrained,
-                                     checkpoint=cfg.checkpoint)
+        model, spec = build_backbone(
+            cfg.model,
+            in_chans=data.channels,
+            image_size=data.image_size,
+            pretrained=cfg.pretrained,
+            checkpoint=cfg.checkpoint,
+        )
         source = {"kind": "timm", "name": cfg.model, "pretrained": cfg.pretrained}
         if cfg.checkpoint:
             source.update(checkpoint=str(cfg.checkpoint), checkpoint_sha256=sha256_file(cfg.checkpoint))
@@ -248,8 +302,12 @@ def _split(cfg: HardenConfig, data: DataBundle) -> _Split:
 def _inputs_text(src: _Source, split: _Split) -> str:
     """What a resumed run must share with the interrupted one besides the config: the backbone's weights, the data."""
     d = src.data
-    data_digest = hashlib.sha256(d.train.labels.numpy().tobytes() + d.test.labels.numpy().tobytes()
-                                 + d.train.images.numpy().tobytes() + d.test.images.numpy().tobytes()).hexdigest()
+    data_digest = hashlib.sha256(
+        d.train.labels.numpy().tobytes()
+        + d.test.labels.numpy().tobytes()
+        + d.train.images.numpy().tobytes()
+        + d.test.images.numpy().tobytes()
+    ).hexdigest()
     return src.digest + data_digest + f"|check {len(split.check)}"
 
 
@@ -275,16 +333,27 @@ def _baseline(run: _Run, src: _Source, f: _Features, ckpt: Checkpoint) -> _Basel
     def fit():
         if own:
             return {}, {}
-        probe, _ = fit_probe(f.h_tr, f.y_tr, f.h_val, f.y_val, f.k, run.cfg.probe, device=run.device, generator=run.gen,
-                             reporter=run.reporter)
+        probe, _ = fit_probe(
+            f.h_tr,
+            f.y_tr,
+            f.h_val,
+            f.y_val,
+            f.k,
+            run.cfg.probe,
+            device=run.device,
+            generator=run.gen,
+            reporter=run.reporter,
+        )
         return {f"probe.{n}": v for n, v in probe.state_dict().items()}, {}
 
     tensors, _ = ckpt.stage("base", fit)
     if own:
         probe, clf = None, src.backbone.get_classifier()
         if src.spec.classes != src.data.classes:
-            run.reporter.log(f"note: the baseline is the model's own {f.k}-class head; its class order is assumed to be the "
-                             f"data's ({', '.join(src.data.classes[:3])}, ...)")
+            run.reporter.log(
+                f"note: the baseline is the model's own {f.k}-class head; its class order is assumed to be the "
+                f"data's ({', '.join(src.data.classes[:3])}, ...)"
+            )
     else:  # built from the stage's tensors without touching the random streams
         probe = clf = torch.nn.utils.skip_init(nn.Linear, f.h_tr.shape[1], f.k)
         probe.load_state_dict(split_state(tensors, "probe."))
@@ -308,12 +377,28 @@ def _sodef_head(run: _Run, f: _Features, ckpt: Checkpoint) -> tuple[SODEFHead, d
         m2, stab_before = _phase2(run, head, z_tr, sample, ckpt)
     stab_after, warning = _stability_after_phase2(run, head, sample)
     with run.timed("phase3"):
-        m3 = phase3(head, z_tr, f.y_tr, z_val, f.y_val, run.cfg.phase3, device=run.device, generator=run.gen,
-                    reporter=run.reporter)
+        m3 = phase3(
+            head,
+            z_tr,
+            f.y_tr,
+            z_val,
+            f.y_val,
+            run.cfg.phase3,
+            device=run.device,
+            generator=run.gen,
+            reporter=run.reporter,
+        )
     stab_final = jacobian_stability(head.odefunc, sample)
     head.eval()
-    return head, {"phases": {"phase1": m1, "phase2": m2, "phase3": m3},
-                  "stability": {"before_phase2": stab_before, "after_phase2": stab_after, "final": stab_final, "warning": warning}}
+    return head, {
+        "phases": {"phase1": m1, "phase2": m2, "phase3": m3},
+        "stability": {
+            "before_phase2": stab_before,
+            "after_phase2": stab_after,
+            "final": stab_final,
+            "warning": warning,
+        },
+    }
 
 
 def _phase1(run: _Run, head: SODEFHead, f: _Features, ckpt: Checkpoint) -> dict:
@@ -322,8 +407,18 @@ def _phase1(run: _Run, head: SODEFHead, f: _Features, ckpt: Checkpoint) -> dict:
 
     def fit():
         V = simplex_classifier(f.k, cfg.head.dim)
-        m1 = phase1(head, f.h_tr, f.y_tr, f.h_val, f.y_val, V, cfg.phase1, device=run.device, generator=run.gen,
-                    reporter=run.reporter)
+        m1 = phase1(
+            head,
+            f.h_tr,
+            f.y_tr,
+            f.h_val,
+            f.y_val,
+            V,
+            cfg.phase1,
+            device=run.device,
+            generator=run.gen,
+            reporter=run.reporter,
+        )
         head.materialize()  # projection is final: a plain orthonormal weight from here on
         return {f"head.{n}": v for n, v in head.state_dict().items()}, {"phase1": m1}
 
@@ -335,13 +430,17 @@ def _phase1(run: _Run, head: SODEFHead, f: _Features, ckpt: Checkpoint) -> dict:
     return records["phase1"]
 
 
-def _phase2(run: _Run, head: SODEFHead, z_tr: torch.Tensor, sample: torch.Tensor, ckpt: Checkpoint) -> tuple[dict, dict]:
+def _phase2(
+    run: _Run, head: SODEFHead, z_tr: torch.Tensor, sample: torch.Tensor, ckpt: Checkpoint
+) -> tuple[dict, dict]:
     """f with the stability regularizers alone on z(0). Returns (phase 2 figures, stability before phase 2)."""
     cfg = run.cfg
 
     def fit():
         before = jacobian_stability(head.odefunc, sample)
-        m2 = phase2(head.odefunc, z_tr, cfg.phase2, cfg.regularizer, device=run.device, generator=run.gen, reporter=run.reporter)
+        m2 = phase2(
+            head.odefunc, z_tr, cfg.phase2, cfg.regularizer, device=run.device, generator=run.gen, reporter=run.reporter
+        )
         return {f"head.{n}": v for n, v in head.state_dict().items()}, {"phase2": m2, "stab_before": before}
 
     tensors, records = ckpt.stage("phase2", fit)
@@ -358,8 +457,16 @@ def _stability_after_phase2(run: _Run, head: SODEFHead, sample: torch.Tensor) ->
     return stab, warning
 
 
-def _hardened_accuracy(run: _Run, hardened: nn.Module, head: SODEFHead | None, adv: dict | None, f: _Features,
-                       data: DataBundle, split: _Split, sodef: dict) -> tuple[float, float]:
+def _hardened_accuracy(
+    run: _Run,
+    hardened: nn.Module,
+    head: SODEFHead | None,
+    adv: dict | None,
+    f: _Features,
+    data: DataBundle,
+    split: _Split,
+    sodef: dict,
+) -> tuple[float, float]:
     """(validation, test) clean accuracy of the model as shipped."""
     if adv is None and head is not None:  # clean phases only: the cached test features give the same logits
         with torch.no_grad():
@@ -373,23 +480,36 @@ def _hardened_accuracy(run: _Run, hardened: nn.Module, head: SODEFHead | None, a
     return robust_accuracy(hardened, data.train, split.val, **clean), test
 
 
-def _guard(run: _Run, src: _Source, probe: nn.Linear | None, hardened: nn.Module, check_idx: torch.Tensor) -> dict[str, Any]:
+def _guard(
+    run: _Run, src: _Source, probe: nn.Linear | None, hardened: nn.Module, check_idx: torch.Tensor
+) -> dict[str, Any]:
     """The hardening guard on the held-out check images; with ``check.require_gain`` a loss is marked in its record
     (the file is still written)."""
     from .guard import run_check
 
     base_model = BaseClassifier(src.backbone, src.spec, probe).to(run.device).eval()
     with local():  # torchrun: the other ranks have finished; rank 0 checks alone
-        check = run_check(base_model, hardened, src.data.train.subset(check_idx), run.cfg, device=run.device,
-                          reporter=run.reporter)
+        check = run_check(
+            base_model, hardened, src.data.train.subset(check_idx), run.cfg, device=run.device, reporter=run.reporter
+        )
     check["train_indices"] = [int(check_idx[i]) for i in check.pop("positions")]  # indices into the train split
     if run.cfg.check.require_gain and check["gain_points"] < 0:
         check["require_gain_failed"] = True
     return check
 
 
-def _save(out: Path, cfg: HardenConfig, src: _Source, f: _Features, base: _Baseline, summary: dict[str, Any], *,
-          head: SODEFHead | None, tuned: nn.Module, linear: nn.Linear | None) -> None:
+def _save(
+    out: Path,
+    cfg: HardenConfig,
+    src: _Source,
+    f: _Features,
+    base: _Baseline,
+    summary: dict[str, Any],
+    *,
+    head: SODEFHead | None,
+    tuned: nn.Module,
+    linear: nn.Linear | None,
+) -> None:
     """The hardened file: the tensors (``models.save_hardened``) and the metadata, with no timings or timestamps:
     the same inputs and seed give a bitwise-identical file."""
     adv = summary["adversarial"]
@@ -413,15 +533,29 @@ def _save(out: Path, cfg: HardenConfig, src: _Source, f: _Features, base: _Basel
     save_hardened(out, backbone=src.backbone, meta=meta, head=head, probe=base.probe, tuned=tuned_state, linear=linear)
 
 
-def _hardened_model(backbone, spec: ModelSpec, head: SODEFHead | None, linear: torch.nn.Linear | None) -> torch.nn.Module:
+def _hardened_model(
+    backbone, spec: ModelSpec, head: SODEFHead | None, linear: torch.nn.Linear | None
+) -> torch.nn.Module:
     """The model as shipped: SODEF head on the (possibly tuned) backbone, or a linear head (own classifier or ``linear``)."""
     if head is not None:
         return HardenedClassifier(backbone, spec, head)
     return BaseClassifier(backbone, spec, linear)
 
 
-def _adversarial_stage(cfg: HardenConfig, backbone, spec: ModelSpec, head: SODEFHead | None, probe, data, tr_idx, val_idx, *,
-                       device, generator, reporter):
+def _adversarial_stage(
+    cfg: HardenConfig,
+    backbone,
+    spec: ModelSpec,
+    head: SODEFHead | None,
+    probe,
+    data,
+    tr_idx,
+    val_idx,
+    *,
+    device,
+    generator,
+    reporter,
+):
     """Adversarial training in image space (``cfg.adversarial``). Returns (tuned backbone, head, linear head, record).
 
     The original backbone is never touched: the last ``stages`` stages are trained on a copy, and the file stores
@@ -437,7 +571,9 @@ def _adversarial_stage(cfg: HardenConfig, backbone, spec: ModelSpec, head: SODEF
     trained = [f"backbone.{n}" for n in stage_names]
     linear = None
     extra_loss = None
-    if head is None:  # linear head: the model's own classifier, or an adversarial linear probe started from the clean probe
+    if (
+        head is None
+    ):  # linear head: the model's own classifier, or an adversarial linear probe started from the clean probe
         if probe is None:
             clf = tuned.get_classifier()
             trained += [f"backbone.{n}" for n, p in tuned.named_parameters() if any(p is q for q in clf.parameters())]
@@ -453,23 +589,39 @@ def _adversarial_stage(cfg: HardenConfig, backbone, spec: ModelSpec, head: SODEF
         trained += [f"head.{n}" for n, _ in train_head.named_parameters() if not n.startswith("proj.")]
         what = "the SODEF head (f and the classifier)"
         if a.stability_weight > 0:
+
             def extra_loss(m, x):
                 with torch.no_grad():
                     z0 = train_head.proj(m.features(x))
                 return a.stability_weight * stability_loss(head.odefunc, z0, cfg.regularizer)["loss"]
+
     model = model.to(device)
     if a.stages:
         what += f" + the last {a.stages} backbone stage(s) ({len(stage_names)} tensors)"
     reporter.log(f"adversarial training of {what}: {a.attack}, eps {a.eps:.4g}, {a.epochs} epoch(s)")
     lr_scale = {n: a.lr_ode for n in trained if n.startswith("head.ode.odefunc.")}
-    rec = adversarial_train(model, trained, data.train, tr_idx, data.train, val_idx, a, device=device, generator=generator,
-                            reporter=reporter, extra_loss=extra_loss, lr_scale=lr_scale)
-    tuned_state = [n[len("backbone."):] for n in trained_state_names(model, set(trained)) if n.startswith("backbone.")]
+    rec = adversarial_train(
+        model,
+        trained,
+        data.train,
+        tr_idx,
+        data.train,
+        val_idx,
+        a,
+        device=device,
+        generator=generator,
+        reporter=reporter,
+        extra_loss=extra_loss,
+        lr_scale=lr_scale,
+    )
+    tuned_state = [n[len("backbone.") :] for n in trained_state_names(model, set(trained)) if n.startswith("backbone.")]
     # bitwise check: everything outside the trained stages is the original
     orig, new = backbone.state_dict(), tuned.state_dict()
     changed = [n for n in orig if n not in tuned_state and not torch.equal(orig[n], new[n])]
     if changed:  # pragma: no cover - a bug, never a user error
-        raise SodefError(f"internal error: frozen tensors changed during adversarial training ({changed[:3]}); no file written")
+        raise SodefError(
+            f"internal error: frozen tensors changed during adversarial training ({changed[:3]}); no file written"
+        )
     freeze(tuned)
     if linear is not None:
         freeze(linear)
@@ -489,15 +641,22 @@ def _adversarial_stage(cfg: HardenConfig, backbone, spec: ModelSpec, head: SODEF
 def training_view(head: SODEFHead, cfg: HardenConfig):
     """The head as adversarial training and its attack see it: the same weights, the ODE solved with the fixed-step
     ``adversarial.ode_solver`` at ``head.step_size`` and differentiated by plain backprop (never the adjoint)."""
-    return head.with_ode(head.block.with_solver(cfg.adversarial.ode_solver, step_size=cfg.head.step_size, adjoint=False))
+    return head.with_ode(
+        head.block.with_solver(cfg.adversarial.ode_solver, step_size=cfg.head.step_size, adjoint=False)
+    )
 
 
 def training_line(rec: dict) -> str:
     """One line for the model card: what was trained, with which attack, for how long."""
-    attack = {"fgsm": "FGSM (random start)", "pgd": f"PGD-{rec['steps']}", "trades": f"TRADES-{rec['steps']} (beta {rec['beta']})"}.get(
-        rec["attack"], rec["attack"])
+    attack = {
+        "fgsm": "FGSM (random start)",
+        "pgd": f"PGD-{rec['steps']}",
+        "trades": f"TRADES-{rec['steps']} (beta {rec['beta']})",
+    }.get(rec["attack"], rec["attack"])
     what = "SODEF head" if rec["head"] == "sodef" else "linear head"
     if rec["stages"]:
         what += f" + last {rec['stages']} backbone stage(s)"
-    return (f"{what} trained adversarially with {attack} at Linf {rec['eps'] * 255:.1f}/255 for {rec['epochs']} epoch(s), "
-            f"kept epoch {rec['best_epoch']} ({len(rec['trained_parameters'])} parameter tensors)")
+    return (
+        f"{what} trained adversarially with {attack} at Linf {rec['eps'] * 255:.1f}/255 for {rec['epochs']} epoch(s), "
+        f"kept epoch {rec['best_epoch']} ({len(rec['trained_parameters'])} parameter tensors)"
+    )

@@ -8,6 +8,7 @@ ODE function families, each autonomous and with an exact batched Jacobian, regis
 - ``sin``: f(z) = sin(-(W z + b)), the authors' code; J = -diag(cos u) W, u = -(Wz+b).
 - ``sin3``: three such layers n -> hidden -> hidden -> n (the authors' TRADES variant).
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,7 +50,7 @@ class _CountingFunc(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_config(cls, cfg: HeadConfig) -> "_CountingFunc":
+    def from_config(cls, cfg: HeadConfig) -> _CountingFunc:
         """The function of state size ``cfg.dim`` (families with more settings read them from ``cfg`` too)."""
         return cls(cfg.dim)
 
@@ -99,7 +100,7 @@ class DeepSinODEFunc(_CountingFunc):
         self.l3 = nn.Linear(hidden, dim)
 
     @classmethod
-    def from_config(cls, cfg: HeadConfig) -> "DeepSinODEFunc":
+    def from_config(cls, cfg: HeadConfig) -> DeepSinODEFunc:
         return cls(cfg.dim, cfg.hidden)
 
     def f(self, z: torch.Tensor) -> torch.Tensor:
@@ -147,7 +148,17 @@ def make_odefunc(cfg: HeadConfig) -> _CountingFunc:
 class ODEBlock(nn.Module):
     """z(0) -> z(T) with torchdiffeq. Adaptive solvers use rtol/atol; fixed-step ones use step_size."""
 
-    def __init__(self, odefunc: _CountingFunc, *, t1: float, solver: str, rtol: float, atol: float, step_size: float, adjoint: bool):
+    def __init__(
+        self,
+        odefunc: _CountingFunc,
+        *,
+        t1: float,
+        solver: str,
+        rtol: float,
+        atol: float,
+        step_size: float,
+        adjoint: bool,
+    ):
         super().__init__()
         self.odefunc = odefunc
         self.t1 = float(t1)
@@ -175,11 +186,16 @@ class ODEBlock(nn.Module):
         solve = torchdiffeq.odeint_adjoint if use_adjoint else torchdiffeq.odeint
         return solve(self.odefunc, z0, t, **kwargs)[-1]
 
-    def with_solver(self, solver: str, *, step_size: float | None = None, adjoint: bool = False) -> "ODEBlock":
+    def with_solver(self, solver: str, *, step_size: float | None = None, adjoint: bool = False) -> ODEBlock:
         """A copy sharing the same f, solved differently (e.g. the fixed-step RK4 attack surrogate)."""
         return ODEBlock(
-            self.odefunc, t1=self.t1, solver=solver, rtol=self.rtol, atol=self.atol,
-            step_size=self.step_size if step_size is None else step_size, adjoint=adjoint,
+            self.odefunc,
+            t1=self.t1,
+            solver=solver,
+            rtol=self.rtol,
+            atol=self.atol,
+            step_size=self.step_size if step_size is None else step_size,
+            adjoint=adjoint,
         )
 
 
@@ -232,8 +248,13 @@ class SODEFHead(nn.Module):
         if orthogonal:
             parametrizations.orthogonal(self.proj)
         self.block = ODEBlock(
-            make_odefunc(cfg), t1=cfg.t1, solver=cfg.solver, rtol=cfg.rtol, atol=cfg.atol,
-            step_size=cfg.step_size, adjoint=cfg.adjoint,
+            make_odefunc(cfg),
+            t1=cfg.t1,
+            solver=cfg.solver,
+            rtol=cfg.rtol,
+            atol=cfg.atol,
+            step_size=cfg.step_size,
+            adjoint=cfg.adjoint,
         )
         self.classifier = nn.Linear(cfg.dim, num_classes)
 
@@ -247,7 +268,7 @@ class SODEFHead(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.block(self.proj(h)))
 
-    def with_ode(self, ode: nn.Module) -> "_HeadView":
+    def with_ode(self, ode: nn.Module) -> _HeadView:
         """The same projection and classifier around another ODE module (weights shared)."""
         return _HeadView(self.proj, ode, self.classifier, self.block)
 
@@ -278,7 +299,7 @@ class HardenedClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
-    def variant(self, kind: str, *, step_size: float | None = None) -> "HardenedClassifier":
+    def variant(self, kind: str, *, step_size: float | None = None) -> HardenedClassifier:
         """A model sharing all weights whose ODE is solved differently.
 
         ``fixed``: RK4 with a fixed step, plain backprop (honest gradients); ``bpda``: true forward,
@@ -304,20 +325,20 @@ def has_ode(model: nn.Module) -> bool:
 class _HeadView(nn.Module):
     """proj -> ode -> classifier with modules borrowed from a SODEFHead."""
 
-    def __init__(self, proj: nn.Module, ode: nn.Module, classifier: nn.Module, block: "ODEBlock"):
+    def __init__(self, proj: nn.Module, ode: nn.Module, classifier: nn.Module, block: ODEBlock):
         super().__init__()
         self.proj, self.ode, self.classifier = proj, ode, classifier
         object.__setattr__(self, "_block", block)  # not registered: no duplicate parameters
 
     @property
-    def block(self) -> "ODEBlock":
+    def block(self) -> ODEBlock:
         return self._block
 
     @property
     def odefunc(self):
         return self._block.odefunc
 
-    def with_ode(self, ode: nn.Module) -> "_HeadView":
+    def with_ode(self, ode: nn.Module) -> _HeadView:
         return _HeadView(self.proj, ode, self.classifier, self._block)
 
     def z0(self, h: torch.Tensor) -> torch.Tensor:

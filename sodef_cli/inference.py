@@ -6,11 +6,13 @@
   batch in order, on CPU; the model runs in eval mode and gets its train/eval flags back afterwards.
 - :func:`fit_epochs`: run training epochs, score each on validation, keep the best epoch's weights.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -57,7 +59,9 @@ def batched(fn: Callable[[int, int], torch.Tensor], n: int, batch_size: int) -> 
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
-def logits(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, device, batch_size: int = 1024) -> torch.Tensor:
+def logits(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, device, batch_size: int = 1024
+) -> torch.Tensor:
     """``fn`` (a model, a bound method of one, or any function of a batch) over ``x`` in batches: float32 outputs on CPU.
 
     A module (or the module of a bound method) runs in eval mode and gets its train/eval flags back afterwards;

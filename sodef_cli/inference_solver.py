@@ -8,6 +8,7 @@ and keeps the first whose predictions on held-out features agree with the traine
 batch-independent and gives exact gradients by plain backprop, so what is attacked is what is shipped. When no
 candidate qualifies the trained solver stays, and the record says so.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -55,8 +56,15 @@ def _predict(head, feats: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, 
     return preds, int((func.nfe - before) // max(1, -(-len(feats) // batch_size)))
 
 
-def select_solver(head, feats: torch.Tensor, labels: torch.Tensor, *, agreement: float = 0.995,
-                  accuracy_tolerance: float = 0.2, batch_size: int = 256) -> dict[str, Any]:
+def select_solver(
+    head,
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    agreement: float = 0.995,
+    accuracy_tolerance: float = 0.2,
+    batch_size: int = 256,
+) -> dict[str, Any]:
     """Pick the cheapest fixed-step solver for ``head`` (a :class:`~sodef_cli.head.SODEFHead`) on held-out features.
 
     ``agreement``: the least share of predictions equal to the trained solver's; ``accuracy_tolerance``: the most
@@ -65,14 +73,25 @@ def select_solver(head, feats: torch.Tensor, labels: torch.Tensor, *, agreement:
     Does not change ``head``; :func:`apply` does.
     """
     if not 0.0 < agreement <= 1.0 or accuracy_tolerance < 0:
-        raise UsageError(f"inference.agreement must be in (0, 1] and accuracy_tolerance >= 0, got {agreement}, {accuracy_tolerance}")
+        raise UsageError(
+            f"inference.agreement must be in (0, 1] and accuracy_tolerance >= 0, got {agreement}, {accuracy_tolerance}"
+        )
     if len(feats) == 0 or len(feats) != len(labels):
-        raise UsageError(f"choosing a solver needs held-out features with one label each, got {len(feats)} and {len(labels)}")
+        raise UsageError(
+            f"choosing a solver needs held-out features with one label each, got {len(feats)} and {len(labels)}"
+        )
     block = head.block
     ref, ref_nfe = _predict(head, feats, batch_size)
     ref_acc = (ref == labels).float().mean().item()
-    trained = {"solver": block.solver, "rtol": block.rtol, "atol": block.atol, "step_size": block.step_size,
-               "adjoint": block.adjoint, "nfe": ref_nfe, "accuracy": ref_acc}
+    trained = {
+        "solver": block.solver,
+        "rtol": block.rtol,
+        "atol": block.atol,
+        "step_size": block.step_size,
+        "adjoint": block.adjoint,
+        "nfe": ref_nfe,
+        "accuracy": ref_acc,
+    }
     tried: list[dict[str, Any]] = []
     chosen = None
     # a candidate costing as many evaluations as the trained solver saves nothing
@@ -82,13 +101,28 @@ def select_solver(head, feats: torch.Tensor, labels: torch.Tensor, *, agreement:
         agree = (pred == ref).float().mean().item()
         acc = (pred == labels).float().mean().item()
         ok = agree >= agreement and abs(acc - ref_acc) * 100 <= accuracy_tolerance + 1e-9
-        tried.append({"solver": cand.solver, "step_size": cand.step_size, "steps": cand.steps, "nfe": cand.nfe,
-                      "agreement": agree, "accuracy": acc, "qualifies": ok})
+        tried.append(
+            {
+                "solver": cand.solver,
+                "step_size": cand.step_size,
+                "steps": cand.steps,
+                "nfe": cand.nfe,
+                "agreement": agree,
+                "accuracy": acc,
+                "qualifies": ok,
+            }
+        )
         if ok:
             chosen = tried[-1]
             break
-    return {"n": len(feats), "agreement_required": agreement, "accuracy_tolerance_points": accuracy_tolerance,
-            "trained": trained, "tried": tried, "chosen": chosen}
+    return {
+        "n": len(feats),
+        "agreement_required": agreement,
+        "accuracy_tolerance_points": accuracy_tolerance,
+        "trained": trained,
+        "tried": tried,
+        "chosen": chosen,
+    }
 
 
 def apply(head, record: dict[str, Any]) -> None:
@@ -104,8 +138,12 @@ def summary_line(record: dict[str, Any] | None) -> str:
         return "the trained solver (no selection)"
     t, c = record["trained"], record.get("chosen")
     if c is None:
-        return (f"{t['solver']} as trained: no fixed-step solver cheaper than its {t['nfe']} evaluations agreed on "
-                f">= {100 * record['agreement_required']:.1f}% of {record['n']} held-out images")
-    return (f"{c['solver']} with {c['steps']} step(s) of {c['step_size']:g} ({c['nfe']} evaluations per forward, "
-            f"{t['solver']} took {t['nfe']}): agrees with {t['solver']} on {100 * c['agreement']:.2f}% of {record['n']} "
-            f"held-out images, accuracy {100 * c['accuracy']:.2f}% vs {100 * t['accuracy']:.2f}%")
+        return (
+            f"{t['solver']} as trained: no fixed-step solver cheaper than its {t['nfe']} evaluations agreed on "
+            f">= {100 * record['agreement_required']:.1f}% of {record['n']} held-out images"
+        )
+    return (
+        f"{c['solver']} with {c['steps']} step(s) of {c['step_size']:g} ({c['nfe']} evaluations per forward, "
+        f"{t['solver']} took {t['nfe']}): agrees with {t['solver']} on {100 * c['agreement']:.2f}% of {record['n']} "
+        f"held-out images, accuracy {100 * c['accuracy']:.2f}% vs {100 * t['accuracy']:.2f}%"
+    )

@@ -11,6 +11,7 @@ Anything else (another size, channel count or dtype, or pixel values outside [0,
 normalized images) would still give plausible logits, so it is refused with a ValueError that says what was
 expected and what came. Cost: one min/max over the batch.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -52,13 +53,17 @@ def check_input(x, input_size: tuple[int, int, int] | list[int]) -> None:
     if x.shape[1] != c:
         raise ValueError(f"expected {expected}, got {x.shape[1]} channel(s) (shape {tuple(x.shape)})")
     if tuple(x.shape[2:]) != (h, w):
-        raise ValueError(f"expected {expected}, got {x.shape[2]}x{x.shape[3]} images (shape {tuple(x.shape)}); resize them to {h}x{w}")
+        raise ValueError(
+            f"expected {expected}, got {x.shape[2]}x{x.shape[3]} images (shape {tuple(x.shape)}); resize them to {h}x{w}"
+        )
     if x.numel():
         lo, hi = torch.aminmax(x.detach())
         lo, hi = float(lo), float(hi)
         if not (lo >= -RANGE_TOL and hi <= 1 + RANGE_TOL):  # also catches NaN
-            raise ValueError(f"expected {expected}, got values in [{lo:.4g}, {hi:.4g}] (scale 0-255 images by 1/255; "
-                             "do not normalize: the model normalizes inside)")
+            raise ValueError(
+                f"expected {expected}, got values in [{lo:.4g}, {hi:.4g}] (scale 0-255 images by 1/255; "
+                "do not normalize: the model normalizes inside)"
+            )
 
 
 def guard_inputs(model: nn.Module, input_size) -> nn.Module:

@@ -6,6 +6,7 @@ versions are defined here and nowhere else; ``models.py`` writes and reads the t
 header is parsed as data with size limits before any tensor is read. ``.pth`` files are only ever read with
 ``torch.load(weights_only=True)``; there is no unsafe fallback.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,9 @@ import stat
 import struct
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -44,7 +46,9 @@ __all__ = [
 BASE_FORMAT = "sodef_cli/base"  # `sodef pretrain`: a timm model with its own classifier
 HARDENED_FORMAT = "sodef_cli/hardened"  # `sodef harden`: the base, its baseline and the hardened head
 FORMATS = (BASE_FORMAT, HARDENED_FORMAT)
-FORMAT_VERSION = 2  # the newest version read and written; 2: hardened files may hold tuned backbone stages and a linear head
+FORMAT_VERSION = (
+    2  # the newest version read and written; 2: hardened files may hold tuned backbone stages and a linear head
+)
 FIRST_FORMAT_VERSION = 1  # written wherever version 2 is not needed, so that older readers keep reading the file
 META_KEY = "sodef_cli"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
@@ -137,7 +141,9 @@ def _read_header(path: Path) -> tuple[dict, int]:
                 raise ModelFileError(f"{path} is not a safetensors file (only {len(head)} bytes)")
             (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER_BYTES or n + 8 > size:
-                raise ModelFileError(f"{path} is not a valid safetensors file (header length {n} for a {size}-byte file)")
+                raise ModelFileError(
+                    f"{path} is not a valid safetensors file (header length {n} for a {size}-byte file)"
+                )
             raw = fh.read(n)
     except OSError as exc:
         raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -256,7 +262,9 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
                 if key in obj and isinstance(obj[key], dict):
                     obj = obj[key]
                     break
-        if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        if not isinstance(obj, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+        ):
             raise ModelFileError(f"{p} does not hold a state dict of tensors")
         sd = obj
     return _clean_keys(sd)

@@ -11,6 +11,7 @@ The format names and versions come from ``io.py``; the tensors of each format ar
 The loaders return an ``nn.Module`` in eval mode, every parameter frozen, mapping [0,1] images (N,C,H,W) to
 logits (N, classes); normalization is inside the model.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,21 +27,50 @@ from .config import HeadConfig, from_dict
 from .errors import ModelError, ModelFileError, UsageError
 from .head import HardenedClassifier, SODEFHead
 from .inputs import guard_inputs
-from .io import BASE_FORMAT, FIRST_FORMAT_VERSION, FORMAT_VERSION, HARDENED_FORMAT, load_tensors, read_metadata, save_model_file
+from .io import (
+    BASE_FORMAT,
+    FIRST_FORMAT_VERSION,
+    FORMAT_VERSION,
+    HARDENED_FORMAT,
+    load_tensors,
+    read_metadata,
+    save_model_file,
+)
 
-__all__ = ["load_hardened", "load_base", "load_pair", "load_base_file", "hardened_meta", "save_base", "save_hardened", "Candidate",
-           "describe_model", "check_comparable", "load_candidate"]
+__all__ = [
+    "load_hardened",
+    "load_base",
+    "load_pair",
+    "load_base_file",
+    "hardened_meta",
+    "save_base",
+    "save_hardened",
+    "Candidate",
+    "describe_model",
+    "check_comparable",
+    "load_candidate",
+]
 
 
 def save_base(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """Write a base file: the timm ``model`` (``backbone.*``) with ``meta`` stamped as this version's base format."""
-    save_model_file(path, {f"backbone.{k}": v for k, v in model.state_dict().items()},
-                    {**meta, "format": BASE_FORMAT, "format_version": FIRST_FORMAT_VERSION})
+    save_model_file(
+        path,
+        {f"backbone.{k}": v for k, v in model.state_dict().items()},
+        {**meta, "format": BASE_FORMAT, "format_version": FIRST_FORMAT_VERSION},
+    )
 
 
-def save_hardened(path: str | Path, *, backbone: nn.Module, meta: dict[str, Any], head: SODEFHead | None = None,
-                  probe: nn.Linear | None = None, tuned: dict[str, torch.Tensor] | None = None,
-                  linear: nn.Linear | None = None) -> None:
+def save_hardened(
+    path: str | Path,
+    *,
+    backbone: nn.Module,
+    meta: dict[str, Any],
+    head: SODEFHead | None = None,
+    probe: nn.Linear | None = None,
+    tuned: dict[str, torch.Tensor] | None = None,
+    linear: nn.Linear | None = None,
+) -> None:
     """Write a hardened file: the original ``backbone``, the SODEF ``head`` (its projection stored as a plain
     weight), the baseline ``probe``, the backbone tensors adversarial training changed (``tuned``, by state-dict
     name) and a trained ``linear`` head; ``meta`` is stamped with the format.
@@ -83,7 +113,9 @@ def _checked(meta: dict, path: str | Path) -> dict:
     if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
         raise ModelFileError(f"{path}: hardened metadata has no list of class names")
     if not (isinstance(k, int) and k == len(classes) >= 2 and isinstance(d, int) and d >= 1):
-        raise ModelFileError(f"{path}: hardened metadata has impossible sizes (num_classes {k!r}, {len(classes)} classes, feature_dim {d!r})")
+        raise ModelFileError(
+            f"{path}: hardened metadata has impossible sizes (num_classes {k!r}, {len(classes)} classes, feature_dim {d!r})"
+        )
     return meta
 
 
@@ -96,7 +128,9 @@ def _head_config(meta: dict) -> HeadConfig:
         raise ModelFileError(f"hardened metadata has an invalid head config ({exc})") from None
 
 
-def _build(path: str | Path, device: str | torch.device, meta: dict | None = None) -> tuple[BaseClassifier, HardenedClassifier | None, dict]:
+def _build(
+    path: str | Path, device: str | torch.device, meta: dict | None = None
+) -> tuple[BaseClassifier, HardenedClassifier | None, dict]:
     """(base, hardened or None, metadata); ``meta``: the file's metadata already read and checked (else read here)."""
     meta = meta if meta is not None else _checked(read_metadata(path), path)
     tensors = load_tensors(path)
@@ -130,7 +164,11 @@ def _hardened(path, meta: dict, tensors: dict[str, torch.Tensor], backbone: nn.M
     tuned = split_state(tensors, "tuned.")
     if tuned:
         own = backbone.state_dict()
-        check_shapes({k: own[k].shape for k in tuned if k in own}, tuned, f"{path}: tuned backbone tensors do not fit the backbone")
+        check_shapes(
+            {k: own[k].shape for k in tuned if k in own},
+            tuned,
+            f"{path}: tuned backbone tensors do not fit the backbone",
+        )
         backbone = copy.deepcopy(backbone)  # the base keeps the original weights, bit for bit
         state = backbone.state_dict()  # tensors shared with the copy's parameters and buffers
         with torch.no_grad():
@@ -151,7 +189,9 @@ def _hardened(path, meta: dict, tensors: dict[str, torch.Tensor], backbone: nn.M
     return HardenedClassifier(backbone, spec, head)
 
 
-def load_pair(path: str | Path, device: str | torch.device = "cpu", *, meta: dict | None = None) -> tuple[BaseClassifier, HardenedClassifier, dict]:
+def load_pair(
+    path: str | Path, device: str | torch.device = "cpu", *, meta: dict | None = None
+) -> tuple[BaseClassifier, HardenedClassifier, dict]:
     """(base, hardened, metadata) from one hardened file; the two share the backbone unless adversarial training
     tuned some of its stages (then the base keeps the original weights). ``meta``: the file's metadata as
     :func:`describe_model` read and checked it (not read again); None reads it."""
@@ -205,14 +245,22 @@ def describe_model(arg: str) -> dict[str, Any]:
     input size and classes where a file records them. ``ModelFileError``/``ModelError`` for what is no model."""
     if is_file_arg(arg):
         if Path(arg).suffix in (".pth", ".pt", ".bin"):
-            raise ModelFileError(f"{arg}: a model file must be a safetensors file made by `sodef pretrain` or `sodef harden`; "
-                                 "for other weights pass the timm name and --checkpoint FILE")
+            raise ModelFileError(
+                f"{arg}: a model file must be a safetensors file made by `sodef pretrain` or `sodef harden`; "
+                "for other weights pass the timm name and --checkpoint FILE"
+            )
         meta = _checked(read_metadata(arg), arg)
         spec = meta["backbone"]
         kind = "hardened" if meta["format"] == HARDENED_FORMAT else "base"
         classes = meta.get("classes") if kind == "hardened" else spec.get("classes")
-        return {"kind": kind, "input_size": [int(v) for v in spec["input_size"]], "in_chans": int(spec["in_chans"]),
-                "classes": list(classes or []), "num_classes": len(classes) if classes else int(spec.get("num_classes", 0)), "meta": meta}
+        return {
+            "kind": kind,
+            "input_size": [int(v) for v in spec["input_size"]],
+            "in_chans": int(spec["in_chans"]),
+            "classes": list(classes or []),
+            "num_classes": len(classes) if classes else int(spec.get("num_classes", 0)),
+            "meta": meta,
+        }
     from .backbone import check_timm_name
 
     check_timm_name(arg)  # ModelError with close names for a typo
@@ -227,15 +275,23 @@ def check_comparable(args: list[str], infos: list[dict]) -> None:
     """
     sized = [(a, i) for a, i in zip(args, infos) if i["input_size"]]
     if len({tuple(i["input_size"]) for _, i in sized}) > 1:
-        raise UsageError("the models expect different input sizes (" + ", ".join(f"{a}: {i['input_size']}" for a, i in sized)
-                         + "); compare models made for the same images")
+        raise UsageError(
+            "the models expect different input sizes ("
+            + ", ".join(f"{a}: {i['input_size']}" for a, i in sized)
+            + "); compare models made for the same images"
+        )
     counted = [(a, i) for a, i in zip(args, infos) if i["num_classes"]]
     if len({i["num_classes"] for _, i in counted}) > 1:
-        raise ModelError("class-count mismatch between models (" + ", ".join(f"{a}: {i['num_classes']} classes" for a, i in counted) + ")")
+        raise ModelError(
+            "class-count mismatch between models ("
+            + ", ".join(f"{a}: {i['num_classes']} classes" for a, i in counted)
+            + ")"
+        )
 
 
-def load_candidate(arg: str, label: str, *, data, checkpoint: str = "", device: str | torch.device = "cpu",
-                   info: dict | None = None) -> Candidate:
+def load_candidate(
+    arg: str, label: str, *, data, checkpoint: str = "", device: str | torch.device = "cpu", info: dict | None = None
+) -> Candidate:
     """A model to attack from a hardened file, a ``sodef pretrain`` file, or a timm name with ``checkpoint``
     (``.safetensors``/``.pth`` weights) or a ``local-dir:``/``hf-hub:`` name (timm loads its weights).
     ``info``: what :func:`describe_model` already said about ``arg`` (its metadata is not read again).
@@ -250,33 +306,62 @@ def load_candidate(arg: str, label: str, *, data, checkpoint: str = "", device: 
         from .io import sha256_file
 
         head = (meta.get("config") or {}).get("head") or {}
-        desc = {"label": label, "arg": arg, "kind": info["kind"], "path": str(arg), "sha256": sha256_file(arg),
-                "backbone": meta["backbone"].get("timm_name"), "input_size": meta["backbone"]["input_size"]}
+        desc = {
+            "label": label,
+            "arg": arg,
+            "kind": info["kind"],
+            "path": str(arg),
+            "sha256": sha256_file(arg),
+            "backbone": meta["backbone"].get("timm_name"),
+            "input_size": meta["backbone"]["input_size"],
+        }
         if hardened is not None:
             desc.update(head=head, base_classifier=meta.get("base_classifier"), has_ode=has_ode(hardened))
             step = head.get("step_size") if has_ode(hardened) else None
-            return Candidate(label, hardened, desc, own_base=base, fixed_step=step, classes=list(meta.get("classes") or []))
+            return Candidate(
+                label, hardened, desc, own_base=base, fixed_step=step, classes=list(meta.get("classes") or [])
+            )
         if base.probe is None and int(base.spec.num_classes) < 2:
             raise ModelFileError(f"{arg}: the base file has no classifier head to attack")
-        desc.update(head=None, base_classifier="own", has_ode=False,
-                    adversarial=(meta.get("config") or {}).get("adversarial"))
+        desc.update(
+            head=None, base_classifier="own", has_ode=False, adversarial=(meta.get("config") or {}).get("adversarial")
+        )
         return Candidate(label, base, desc, classes=list(base.spec.classes))
     name = arg
     hub = name.startswith(("hf-hub:", "hf_hub:", "local-dir:"))
     if not checkpoint and not hub:
-        raise ModelError(f"{name}: a timm name needs its weights to be attacked: pass --checkpoint FILE "
-                         "(or a local-dir:/hf-hub: name); random weights are no model")
+        raise ModelError(
+            f"{name}: a timm name needs its weights to be attacked: pass --checkpoint FILE "
+            "(or a local-dir:/hf-hub: name); random weights are no model"
+        )
     from .backbone import build_backbone
 
-    model, spec = build_backbone(name, in_chans=data.channels, image_size=data.image_size, pretrained=hub and not checkpoint,
-                                 checkpoint=checkpoint)
+    model, spec = build_backbone(
+        name,
+        in_chans=data.channels,
+        image_size=data.image_size,
+        pretrained=hub and not checkpoint,
+        checkpoint=checkpoint,
+    )
     k = int(getattr(model, "num_classes", 0))
     if k != len(data.classes):
-        raise ModelError(f"class-count mismatch: {name}" + (f" with {checkpoint}" if checkpoint else "")
-                         + f" classifies {k} classes, the data has {len(data.classes)}")
+        raise ModelError(
+            f"class-count mismatch: {name}"
+            + (f" with {checkpoint}" if checkpoint else "")
+            + f" classifies {k} classes, the data has {len(data.classes)}"
+        )
     base = freeze(BaseClassifier(freeze(model), spec)).to(device)
-    desc = {"label": label, "arg": arg, "kind": "timm", "path": str(checkpoint) if checkpoint else name, "backbone": name,
-            "input_size": spec.input_size, "head": None, "base_classifier": "own", "has_ode": False}
+    desc = {
+        "label": label,
+        "arg": arg,
+        "kind": "timm",
+        "path": str(checkpoint) if checkpoint else name,
+        "backbone": name,
+        "input_size": spec.input_size,
+        "head": None,
+        "base_classifier": "own",
+        "has_ode": False,
+    }
     if checkpoint:
         from .io import sha256_file
 

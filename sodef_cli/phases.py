@@ -7,6 +7,7 @@
 - :func:`phase3`: new linear classifier + f through the integrated ODE, with mixup.
 Model selection uses the validation split carved from train, never the test split.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,8 +23,17 @@ from .errors import TrainingDivergedError
 from .inference import fit_epochs, logits
 from .regularizers import stability_loss
 
-__all__ = ["Reporter", "extract_features", "fit_probe", "phase1", "phase2", "phase3", "accuracy_from_logits", "batched_logits",
-           "stability_warning"]
+__all__ = [
+    "Reporter",
+    "extract_features",
+    "fit_probe",
+    "phase1",
+    "phase2",
+    "phase3",
+    "accuracy_from_logits",
+    "batched_logits",
+    "stability_warning",
+]
 
 
 class Reporter:
@@ -103,7 +113,9 @@ def accuracy_from_logits(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean().item()) if len(y) else 0.0
 
 
-def fit_probe(h_tr, y_tr, h_val, y_val, num_classes: int, cfg: ProbeConfig, *, device, generator, reporter: Reporter) -> tuple[nn.Linear, dict]:
+def fit_probe(
+    h_tr, y_tr, h_val, y_val, num_classes: int, cfg: ProbeConfig, *, device, generator, reporter: Reporter
+) -> tuple[nn.Linear, dict]:
     """Linear probe on frozen features (Adam, cross-entropy), selected on validation accuracy."""
     probe = nn.Linear(h_tr.shape[1], num_classes).to(device)
     opt = torch.optim.Adam(probe.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -121,13 +133,17 @@ def fit_probe(h_tr, y_tr, h_val, y_val, num_classes: int, cfg: ProbeConfig, *, d
             reporter.advance("probe", loss=value)
         return evaluate()
 
-    fit = fit_epochs(epoch, cfg.epochs, snapshot=lambda: copy.deepcopy(probe.state_dict()), restore=probe.load_state_dict)
+    fit = fit_epochs(
+        epoch, cfg.epochs, snapshot=lambda: copy.deepcopy(probe.state_dict()), restore=probe.load_state_dict
+    )
     val_acc = fit.best_score if fit.best_epoch is not None else evaluate()  # skipped: the untrained probe, as it is
     reporter.end("probe", val_acc=val_acc)
     return probe.eval(), {"val_acc": val_acc, "epochs": cfg.epochs, "skipped": cfg.epochs == 0}
 
 
-def phase1(head, h_tr, y_tr, h_val, y_val, V: torch.Tensor, cfg: Phase1Config, *, device, generator, reporter: Reporter) -> dict:
+def phase1(
+    head, h_tr, y_tr, h_val, y_val, V: torch.Tensor, cfg: Phase1Config, *, device, generator, reporter: Reporter
+) -> dict:
     """Fit the orthogonal projection so that V z(0) classifies (V fixed); keep the best on validation."""
     V = V.to(device)
     opt = torch.optim.Adam(head.proj.parameters(), lr=cfg.lr, eps=cfg.eps, amsgrad=cfg.amsgrad)
@@ -146,13 +162,20 @@ def phase1(head, h_tr, y_tr, h_val, y_val, V: torch.Tensor, cfg: Phase1Config, *
         return evaluate()
 
     # the starting projection is a candidate too: training must beat it on validation to be kept
-    fit = fit_epochs(epoch, cfg.epochs, start=evaluate(), snapshot=lambda: copy.deepcopy(head.proj.state_dict()),
-                     restore=head.proj.load_state_dict)
+    fit = fit_epochs(
+        epoch,
+        cfg.epochs,
+        start=evaluate(),
+        snapshot=lambda: copy.deepcopy(head.proj.state_dict()),
+        restore=head.proj.load_state_dict,
+    )
     reporter.end("phase 1", val_acc=fit.best_score)
     return {"val_acc_V": fit.best_score, "final_loss": last, "steps": step, "skipped": cfg.epochs == 0}
 
 
-def phase2(odefunc, z_tr: torch.Tensor, cfg: Phase2Config, reg: RegularizerConfig, *, device, generator, reporter: Reporter) -> dict:
+def phase2(
+    odefunc, z_tr: torch.Tensor, cfg: Phase2Config, reg: RegularizerConfig, *, device, generator, reporter: Reporter
+) -> dict:
     """Fit f with the stability regularizers alone. Returns last-epoch mean terms."""
     opt = torch.optim.Adam(odefunc.parameters(), lr=cfg.lr, eps=cfg.eps, amsgrad=cfg.amsgrad)
     steps = max(1, math.ceil(len(z_tr) / cfg.batch_size))
@@ -160,7 +183,7 @@ def phase2(odefunc, z_tr: torch.Tensor, cfg: Phase2Config, reg: RegularizerConfi
     step = 0
     sums = {"loss": 0.0, "f": 0.0, "diag": 0.0, "offdiag": 0.0}
     count = 0
-    for epoch in range(cfg.epochs):
+    for _ in range(cfg.epochs):
         sums = dict.fromkeys(sums, 0.0)
         count = 0
         for idx in _batches(len(z_tr), cfg.batch_size, generator):
@@ -193,7 +216,9 @@ def phase3(head, z_tr, y_tr, z_val, y_val, cfg: Phase3Config, *, device, generat
     steps = max(1, math.ceil(len(y_tr) / cfg.batch_size))
     reporter.start("phase 3", cfg.epochs * steps)
 
-    evaluate = lambda: accuracy_from_logits(batched_logits(forward, z_val, device=device, batch_size=cfg.batch_size), y_val)
+    evaluate = lambda: accuracy_from_logits(
+        batched_logits(forward, z_val, device=device, batch_size=cfg.batch_size), y_val
+    )
     beta = torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha) if cfg.mixup_alpha > 0 else None
     step, last = 0, None  # None (JSON null) when no step ran: epochs = 0 skips the phase
 
@@ -213,13 +238,16 @@ def phase3(head, z_tr, y_tr, z_val, y_val, cfg: Phase3Config, *, device, generat
             reporter.advance("phase 3", loss=last)
         return evaluate()
 
-    fit = fit_epochs(epoch, cfg.epochs, snapshot=lambda: {k: v.detach().clone() for k, v in head.state_dict().items()},
-                     restore=head.load_state_dict)
+    fit = fit_epochs(
+        epoch,
+        cfg.epochs,
+        snapshot=lambda: {k: v.detach().clone() for k, v in head.state_dict().items()},
+        restore=head.load_state_dict,
+    )
     best_acc = fit.best_score if fit.best_epoch is not None else evaluate()  # skipped: the head as it is
     head.odefunc.requires_grad_(True)
     reporter.end("phase 3", val_acc=best_acc)
     return {"val_acc": best_acc, "final_loss": last, "steps": step, "skipped": cfg.epochs == 0}
-
 
 
 STABLE_SHARE = 0.9  # below this share of stable Jacobians after phase 2, harden says so
@@ -230,8 +258,14 @@ def stability_warning(stab: dict, phase2: Phase2Config, reg: RegularizerConfig) 
     frac = stab.get("frac_eig_negative")
     if frac is None or frac >= STABLE_SHARE:
         return None
-    weight = ("regularizer.weight_diag", reg.weight_diag) if reg.form == "code" else ("regularizer.alpha_diag", reg.alpha_diag)
-    return (f"phase 2 left only {100 * frac:.1f}% of the Jacobians stable (all Re(eig) < 0; mean largest "
-            f"{stab.get('mean_max_real_eig', float('nan')):+.4f}), below {100 * STABLE_SHARE:.0f}%: this head has no "
-            f"Lyapunov-stable equilibria to speak of; train phase 2 longer (phase2.epochs, now {phase2.epochs}) or raise "
-            f"{weight[0]} (now {weight[1]:g})")
+    weight = (
+        ("regularizer.weight_diag", reg.weight_diag)
+        if reg.form == "code"
+        else ("regularizer.alpha_diag", reg.alpha_diag)
+    )
+    return (
+        f"phase 2 left only {100 * frac:.1f}% of the Jacobians stable (all Re(eig) < 0; mean largest "
+        f"{stab.get('mean_max_real_eig', float('nan')):+.4f}), below {100 * STABLE_SHARE:.0f}%: this head has no "
+        f"Lyapunov-stable equilibria to speak of; train phase 2 longer (phase2.epochs, now {phase2.epochs}) or raise "
+        f"{weight[0]} (now {weight[1]:g})"
+    )

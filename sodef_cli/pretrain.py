@@ -4,6 +4,7 @@ adversarial training (random start, Wong et al. 2020), and save it as a self-des
 Selection uses a validation split carved from train: clean accuracy, or for ``fgsm`` the accuracy under
 a 5-step PGD on up to 1,000 validation images (which also catches catastrophic overfitting).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,9 @@ from .runtime import resolve_device, seed_everything
 __all__ = ["pretrain", "random_crop_flip", "pgd_linf"]
 
 
-def pgd_linf(model, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int, random_start: bool = True) -> torch.Tensor:
+def pgd_linf(
+    model, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int, random_start: bool = True
+) -> torch.Tensor:
     """Plain Linf PGD used by training and selection (evaluation uses ``sodef attack``)."""
     delta = torch.empty_like(x).uniform_(-eps, eps) if random_start else torch.zeros_like(x)
     delta = (x + delta).clamp(0, 1) - x
@@ -72,18 +75,33 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, reporter: Reporter | None 
     t_all = time.perf_counter()
     data = load_data(cfg.data, data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
     k = len(data.classes)
-    model = create_timm(cfg.model, num_classes=None if cfg.pretrained else k, in_chans=data.channels,
-                        pretrained=cfg.pretrained, kwargs=cfg.model_kwargs)
+    model = create_timm(
+        cfg.model,
+        num_classes=None if cfg.pretrained else k,
+        in_chans=data.channels,
+        pretrained=cfg.pretrained,
+        kwargs=cfg.model_kwargs,
+    )
     if cfg.pretrained:
         model.reset_classifier(k)
     mean, std = normalization(hub_config(cfg.model) if cfg.pretrained else {}, data.channels)
-    spec = ModelSpec(cfg.model, k, data.channels, [data.channels, data.image_size, data.image_size],
-                     mean, std, list(data.classes), dict(cfg.model_kwargs))
+    spec = ModelSpec(
+        cfg.model,
+        k,
+        data.channels,
+        [data.channels, data.image_size, data.image_size],
+        mean,
+        std,
+        list(data.classes),
+        dict(cfg.model_kwargs),
+    )
     net = BaseClassifier(model, spec).to(device)
 
     tr_idx, val_idx = stratified_split(data.train.labels, cfg.val_fraction, cfg.seed)
     steps_per_epoch = math.ceil(len(tr_idx) / cfg.batch_size)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(
+        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+    )
     total_steps = cfg.epochs * steps_per_epoch
     if total_steps >= 8:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.25)
@@ -114,7 +132,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, reporter: Reporter | None 
                 x = (x + delta).clamp(0, 1)
             loss = F.cross_entropy(net(x), y, label_smoothing=cfg.label_smoothing)
             if not torch.isfinite(loss):
-                raise TrainingDivergedError(f"pretrain: loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower --lr. No output was written")
+                raise TrainingDivergedError(
+                    f"pretrain: loss became {loss.item()} at epoch {epoch + 1}, step {step}; lower --lr. No output was written"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -129,12 +149,14 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, reporter: Reporter | None 
         return rec
 
     fit = fit_epochs(
-        run_epoch, cfg.epochs,
+        run_epoch,
+        cfg.epochs,
         score=lambda r: r.get("val_pgd5_acc", r["val_acc"]),  # robust accuracy when training adversarially
         snapshot=lambda: {k_: v.detach().clone() for k_, v in model.state_dict().items()},
         restore=model.load_state_dict,
-        on_epoch=lambda r: reporter.log(f"epoch {r['epoch']}/{cfg.epochs}: "
-                                        + ", ".join(f"{k_}={v:.4f}" for k_, v in r.items() if k_ != "epoch")),
+        on_epoch=lambda r: reporter.log(
+            f"epoch {r['epoch']}/{cfg.epochs}: " + ", ".join(f"{k_}={v:.4f}" for k_, v in r.items() if k_ != "epoch")
+        ),
     )
     history = fit.history
     reporter.end("pretrain")
@@ -156,7 +178,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, reporter: Reporter | None 
         "training": {
             "best_epoch": summary["best_epoch"],
             "test_clean_acc": test_acc,
-            "history": [{k_: v for k_, v in r.items() if k_ != "seconds"} for r in history],  # no timings: reproducible files
+            "history": [
+                {k_: v for k_, v in r.items() if k_ != "seconds"} for r in history
+            ],  # no timings: reproducible files
         },
         "versions": versions(),
     }

@@ -19,6 +19,7 @@ read it when it starts.
 A registry filled by a module that imports torch (``ODEFUNCS``, ``ATTACKS``) names that module and
 imports it the first time it is read, so its names are complete whoever asks first.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -129,7 +130,13 @@ def or_list(names: Iterable[str], quote: bool = False) -> str:
 
 NORMS: tuple[str, ...] = ("Linf", "L2")  # threat models: the eps-ball of an attack
 FORMATS: tuple[str, ...] = ("table", "markdown", "json", "html")  # `sodef report --format`; table is the terminal's
-FORMAT_SUFFIXES: dict[str, str] = {".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html", ".json": "json"}
+FORMAT_SUFFIXES: dict[str, str] = {
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".html": "html",
+    ".htm": "html",
+    ".json": "json",
+}
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 HEAD_KINDS: tuple[str, ...] = ("sodef", "linear")  # projection -> ODE -> classifier, or a linear classifier alone
 TRAINING_ATTACKS: tuple[str, ...] = ("none", "fgsm", "pgd", "trades")  # adversarial training of `sodef harden`
@@ -203,14 +210,32 @@ ATTACK_KINDS: dict[str, AttackKind] = {
     k.name: k
     for k in (
         AttackKind("white-box", "model", True, False, False, False, "gradients of the model as shipped"),
-        AttackKind("transfer", "base", True, True, False, True, "made on another model (the base classifier), judged on this one"),
+        AttackKind(
+            "transfer",
+            "base",
+            True,
+            True,
+            False,
+            True,
+            "made on another model (the base classifier), judged on this one",
+        ),
         AttackKind("fixed-step", "fixed", True, True, True, True, "gradients through a fixed-step RK4 copy of the ODE"),
         AttackKind("bpda", "bpda", True, True, True, True, "the ODE's true forward, an identity backward"),
-        AttackKind("feature", "model", True, True, False, True, "pulls backbone features towards another class's; never through the ODE"),
+        AttackKind(
+            "feature",
+            "model",
+            True,
+            True,
+            False,
+            True,
+            "pulls backbone features towards another class's; never through the ODE",
+        ),
         AttackKind("black-box", "model", False, True, False, False, "scores only, no gradients"),
     )
 }
-ADAPTIVE_KINDS: tuple[str, ...] = tuple(k for k, v in ATTACK_KINDS.items() if v.adaptive)  # gradients not from the model as shipped
+ADAPTIVE_KINDS: tuple[str, ...] = tuple(
+    k for k, v in ATTACK_KINDS.items() if v.adaptive
+)  # gradients not from the model as shipped
 ODE_KINDS: tuple[str, ...] = tuple(k for k, v in ATTACK_KINDS.items() if v.needs_ode)
 
 REFERENCE_TARGETS = 9  # AutoAttack's target classes of APGD-T and FAB-T
@@ -255,7 +280,7 @@ class AttackSpec:
     def hardened_only(self) -> bool:
         return self.kind_info.hardened_only
 
-    def resolve(self, p: "AttackParams") -> "AttackParams":
+    def resolve(self, p: AttackParams) -> AttackParams:
         """``p`` with this attack's default budget where ``p`` overrides none."""
         changes: dict[str, int] = {}
         if self.default_steps is not None and p.steps is None:
@@ -264,7 +289,7 @@ class AttackSpec:
             changes["queries"] = self.default_queries
         return dataclasses.replace(p, **changes) if changes else p
 
-    def params(self, p: "AttackParams") -> dict:
+    def params(self, p: AttackParams) -> dict:
         """The settings this attack runs at under ``p``, as the results record them."""
         r = self.resolve(p)
         out: dict[str, int] = {}
@@ -277,14 +302,14 @@ class AttackSpec:
         out.update(self.settings)
         return out
 
-    def cost(self, p: "AttackParams") -> tuple[float, str]:
+    def cost(self, p: AttackParams) -> tuple[float, str]:
         """(passes per attacked sample, "grad" or "forward") at ``p``: a rough cost model for the plan."""
         r = self.resolve(p)
         budget = r.steps if self.default_steps is not None else (r.queries if self.default_queries is not None else 1)
         targets = n_targets(r.n_classes) if self.targeted else 1
         return float(self.passes * budget * targets), ("grad" if self.kind_info.gradients else "forward")
 
-    def run(self, t: "Target", x: Any, y: Any, p: "AttackParams") -> Any:
+    def run(self, t: Target, x: Any, y: Any, p: AttackParams) -> Any:
         """Adversarial images for clean ``x`` (labels ``y``) against target ``t``."""
         return self.fn(getattr(t, self.kind_info.through), x, y, self.resolve(p), t)
 
@@ -293,9 +318,18 @@ ATTACKS: Registry[AttackSpec] = Registry("attack", source="sodef_cli.attacks")
 
 
 def register_attack(
-    name: str, *, kind: str, description: str, norms: tuple[str, ...] = NORMS, default_steps: int | None = None,
-    default_queries: int | None = None, steps_key: str = "steps", targeted: bool = False,
-    settings: Mapping[str, int] | None = None, min_classes: int = 2, passes: int = 1,
+    name: str,
+    *,
+    kind: str,
+    description: str,
+    norms: tuple[str, ...] = NORMS,
+    default_steps: int | None = None,
+    default_queries: int | None = None,
+    steps_key: str = "steps",
+    targeted: bool = False,
+    settings: Mapping[str, int] | None = None,
+    min_classes: int = 2,
+    passes: int = 1,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Function decorator: declare an evaluation attack (see :class:`AttackSpec`). Stack it to declare
     several attacks made by one function (their kinds pick the network it attacks)."""
@@ -305,11 +339,23 @@ def register_attack(
         raise ValueError(f"attack {name!r}: norms {norms!r} must be among {', '.join(NORMS)}")
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        ATTACKS.add(name, AttackSpec(
-            name=name, kind=kind, norms=tuple(norms), fn=fn, description=description, default_steps=default_steps,
-            default_queries=default_queries, steps_key=steps_key, targeted=targeted,
-            settings=tuple((settings or {}).items()), min_classes=min_classes, passes=passes,
-        ))
+        ATTACKS.add(
+            name,
+            AttackSpec(
+                name=name,
+                kind=kind,
+                norms=tuple(norms),
+                fn=fn,
+                description=description,
+                default_steps=default_steps,
+                default_queries=default_queries,
+                steps_key=steps_key,
+                targeted=targeted,
+                settings=tuple((settings or {}).items()),
+                min_classes=min_classes,
+                passes=passes,
+            ),
+        )
         return fn
 
     return deco
@@ -342,11 +388,30 @@ class Suite(Mapping[str, list]):
 _AA = ("apgd-ce", "apgd-t", "fab-t", "square")  # AutoAttack, standard version
 SUITES: Registry[Suite] = Registry("suite")
 for _suite in (
-    Suite("quick", "APGD-CE, plus fixed-step and transfer APGD-CE on a hardened model", ("apgd-ce",),
-          ("apgd-ce", "fixed-step-apgd-ce", "transfer-apgd-ce")),
+    Suite(
+        "quick",
+        "APGD-CE, plus fixed-step and transfer APGD-CE on a hardened model",
+        ("apgd-ce",),
+        ("apgd-ce", "fixed-step-apgd-ce", "transfer-apgd-ce"),
+    ),
     Suite("standard", "AutoAttack at reference settings", _AA, _AA),
-    Suite("adaptive", "AutoAttack and SPSA, plus the attacks made for ODE defenses", _AA + ("spsa",),
-          ("apgd-ce", "apgd-t", "fab-t", "fixed-step-apgd-ce", "fixed-step-pgd", "bpda-apgd-ce", "transfer-apgd-ce",
-           "transfer-pgd", "feature", "square", "spsa")),
+    Suite(
+        "adaptive",
+        "AutoAttack and SPSA, plus the attacks made for ODE defenses",
+        _AA + ("spsa",),
+        (
+            "apgd-ce",
+            "apgd-t",
+            "fab-t",
+            "fixed-step-apgd-ce",
+            "fixed-step-pgd",
+            "bpda-apgd-ce",
+            "transfer-apgd-ce",
+            "transfer-pgd",
+            "feature",
+            "square",
+            "spsa",
+        ),
+    ),
 ):
     SUITES.add(_suite.name, _suite)

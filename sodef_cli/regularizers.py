@@ -4,6 +4,7 @@ Every constant is an argument (a :class:`~sodef_cli.config.RegularizerConfig` fi
 statistics are exact and batched: closed form for the built-in ``sin`` family (no n x n matrix per
 sample), a batched chain product for ``sin3``, and ``torch.func.vmap(jacrev(f))`` for any other f.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,9 @@ def stability_stats(odefunc: nn.Module, z: torch.Tensor, convention: str = "colu
     return generic_stability_stats(odefunc, z, convention)
 
 
-def _combine(fz: torch.Tensor, fz_all: torch.Tensor, diag: torch.Tensor, dom: torch.Tensor, cfg: RegularizerConfig) -> dict[str, torch.Tensor]:
+def _combine(
+    fz: torch.Tensor, fz_all: torch.Tensor, diag: torch.Tensor, dom: torch.Tensor, cfg: RegularizerConfig
+) -> dict[str, torch.Tensor]:
     if cfg.form == "code":
         weights = (cfg.weight_f, cfg.weight_diag, cfg.weight_offdiag)
         r_f = (cfg.exponent_f * fz_all).pow(2).mean()

@@ -15,19 +15,21 @@ state and rewrites the file atomically, so an interrupted run leaves the last fi
 rerun with the same file continues after it. ``to_dict`` gives back the document with its keys in the order
 they are written (fields this version does not know are kept as read, after the known ones).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["AttackResult", "ModelRun", "EpsRun", "EvaluationState", "now", "worst_case_flags"]
 
 
 def now() -> str:
     """The current UTC time as the results files write it (ISO 8601, seconds)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def worst_case_flags(clean: list[bool], attacks: dict[str, dict]) -> list[bool]:
@@ -57,13 +59,27 @@ class AttackResult:
     KEYS = ("kind", "params", "robust", "attacked", "seconds", "projected")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "params": self.params, "robust": list(self.robust), "attacked": self.attacked,
-                "seconds": self.seconds, "projected": self.projected, **self.extra}
+        return {
+            "kind": self.kind,
+            "params": self.params,
+            "robust": list(self.robust),
+            "attacked": self.attacked,
+            "seconds": self.seconds,
+            "projected": self.projected,
+            **self.extra,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AttackResult":
-        return cls(d.get("kind"), d.get("params", {}), list(d.get("robust", [])), d.get("attacked", 0), d.get("seconds", 0.0),
-                   d.get("projected", 0), _rest(d, cls.KEYS))
+    def from_dict(cls, d: dict[str, Any]) -> AttackResult:
+        return cls(
+            d.get("kind"),
+            d.get("params", {}),
+            list(d.get("robust", [])),
+            d.get("attacked", 0),
+            d.get("seconds", 0.0),
+            d.get("projected", 0),
+            _rest(d, cls.KEYS),
+        )
 
 
 @dataclass
@@ -92,10 +108,14 @@ class ModelRun:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelRun":
+    def from_dict(cls, d: dict[str, Any]) -> ModelRun:
         clean = d.get("clean")
-        return cls({n: AttackResult.from_dict(a) for n, a in d.get("attacks", {}).items()},
-                   list(clean) if clean is not None else None, d.get("checks"), _rest(d, cls.KEYS))
+        return cls(
+            {n: AttackResult.from_dict(a) for n, a in d.get("attacks", {}).items()},
+            list(clean) if clean is not None else None,
+            d.get("checks"),
+            _rest(d, cls.KEYS),
+        )
 
 
 @dataclass
@@ -116,7 +136,11 @@ class EpsRun:
         return self.models.setdefault(label, ModelRun())
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"eps": self.eps, "models": {m: r.to_dict() for m, r in self.models.items()}, "done": self.done}
+        d: dict[str, Any] = {
+            "eps": self.eps,
+            "models": {m: r.to_dict() for m, r in self.models.items()},
+            "done": self.done,
+        }
         if self.extra_checks is not None:
             d["extra_checks"] = self.extra_checks
         if self.checks is not None:
@@ -125,9 +149,15 @@ class EpsRun:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EpsRun":
-        return cls(d["eps"], {m: ModelRun.from_dict(r) for m, r in d.get("models", {}).items()}, bool(d.get("done", False)),
-                   d.get("extra_checks"), d.get("checks"), _rest(d, cls.KEYS))
+    def from_dict(cls, d: dict[str, Any]) -> EpsRun:
+        return cls(
+            d["eps"],
+            {m: ModelRun.from_dict(r) for m, r in d.get("models", {}).items()},
+            bool(d.get("done", False)),
+            d.get("extra_checks"),
+            d.get("checks"),
+            _rest(d, cls.KEYS),
+        )
 
 
 @dataclass
@@ -145,16 +175,23 @@ class EvaluationState:
     summary: Callable[[dict], dict] | None = None
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any], *, path: str | Path | None = None,
-                  summary: Callable[[dict], dict] | None = None) -> "EvaluationState":
+    def from_dict(
+        cls, doc: dict[str, Any], *, path: str | Path | None = None, summary: Callable[[dict], dict] | None = None
+    ) -> EvaluationState:
         header = dict(doc)
         header.setdefault("runs", [])  # the place of the runs among the keys
         runs = [EpsRun.from_dict(r) for r in header["runs"]]
         return cls(header, runs, Path(path) if path is not None else None, summary)
 
     @classmethod
-    def open(cls, fresh: dict[str, Any], path: str | Path | None, *, check: Callable[[dict, dict], None],
-             summary: Callable[[dict], dict] | None = None) -> "EvaluationState":
+    def open(
+        cls,
+        fresh: dict[str, Any],
+        path: str | Path | None,
+        *,
+        check: Callable[[dict, dict], None],
+        summary: Callable[[dict], dict] | None = None,
+    ) -> EvaluationState:
         """The state of a new run described by ``fresh``, or, when ``path`` exists, of the run stored there once
         ``check(stored, fresh)`` accepts it as the same evaluation (it raises otherwise); a resumed document is
         stamped ``resumed``. Under torchrun only rank 0 reads and writes the file; every rank continues from
@@ -202,8 +239,14 @@ class EvaluationState:
         eps), else ``measure()``, recorded and persisted."""
         mrec = run.model(label)
         if mrec.clean is None:
-            mrec.clean = next((list(r.models[label].clean) for r in self.runs
-                               if label in r.models and r.models[label].clean is not None), None)
+            mrec.clean = next(
+                (
+                    list(r.models[label].clean)
+                    for r in self.runs
+                    if label in r.models and r.models[label].clean is not None
+                ),
+                None,
+            )
         if mrec.clean is None:
             mrec.clean = [bool(v) for v in measure()]
             self.save()
@@ -217,8 +260,9 @@ class EvaluationState:
         run.model(label).checks = checks
         self.save()
 
-    def finish_eps(self, run: EpsRun, *, extra_checks: list[dict] | None = None,
-                   checks: Callable[[dict], list[dict]] | None = None) -> None:
+    def finish_eps(
+        self, run: EpsRun, *, extra_checks: list[dict] | None = None, checks: Callable[[dict], list[dict]] | None = None
+    ) -> None:
         """Mark ``run`` done and persist. ``extra_checks``: the checks that ran extra passes, recorded first;
         ``checks(run as a dict)``: the masking checks of the whole run, computed from what it now holds."""
         if extra_checks is not None:

@@ -5,12 +5,14 @@ weights), the random states at the end of the last of them, and a JSON record: t
 figures and a digest of the config and inputs. It is written atomically after each stage and removed once the
 hardened file exists. A resume with another config or other inputs is refused; a damaged file is never trusted.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -33,8 +35,16 @@ class Checkpoint:
 
     KEY = "sodef_cli_resume"
 
-    def __init__(self, out: str | Path, *, config: dict[str, Any], inputs: str, generator: torch.Generator, resume: bool,
-                 log: Callable[[str], None]):
+    def __init__(
+        self,
+        out: str | Path,
+        *,
+        config: dict[str, Any],
+        inputs: str,
+        generator: torch.Generator,
+        resume: bool,
+        log: Callable[[str], None],
+    ):
         self.path = self.path_for(out)
         self.digest = hashlib.sha256((json.dumps(config, sort_keys=True) + inputs).encode()).hexdigest()
         self.generator = generator
@@ -62,7 +72,9 @@ class Checkpoint:
         except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is reported, never trusted
             raise ModelFileError(f"cannot read the resume file {self.path} ({exc}); delete it to start over") from None
         if meta.get("digest") != self.digest:
-            raise ModelFileError(f"{self.path} was made with a different configuration; delete it or rerun with the same options")
+            raise ModelFileError(
+                f"{self.path} was made with a different configuration; delete it or rerun with the same options"
+            )
         return tensors, meta
 
     def done(self, stage: str) -> bool:

@@ -10,10 +10,11 @@
 
 Flags are per-sample booleans (``None`` counts as not robust, as in the worst case of ``evaluate.py``).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 __all__ = ["Z95", "wilson", "mcnemar_exact", "paired_table", "newcombe_paired", "paired_difference", "n_to_resolve"]
 

@@ -5,6 +5,7 @@ epoch counts. The model hardened by name sees the demo images shrunk to 16 px (`
 pretrained base keeps their own 32 px, so both size paths are exercised. Each expensive artifact is
 built once per session.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,8 +79,13 @@ def base_run(tmp_path_factory):
     cfg = resolve(
         PretrainConfig,
         overrides={
-            "model": "test_resnet", "data": "demo", "epochs": 1, "val_fraction": 0.8,
-            "augment": False, "batch_size": 64, "device": TORCH_DEVICE,
+            "model": "test_resnet",
+            "data": "demo",
+            "epochs": 1,
+            "val_fraction": 0.8,
+            "augment": False,
+            "batch_size": 64,
+            "device": TORCH_DEVICE,
         },
     )
     summary = pretrain(cfg, out)

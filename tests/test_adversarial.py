@@ -5,6 +5,7 @@ checkpoint, so the base has its own 10-class head and ``load_base`` can be compa
 bit); frozen tensors stay bitwise unchanged; the training attack's input gradient through a SODEF head is the
 autograd gradient through a hand-written fixed-step RK4; bad settings exit 2 with one line.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_HARDEN
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -27,11 +29,9 @@ from sodef_cli.cli import app
 from sodef_cli.config import HardenConfig, HeadConfig, resolve
 from sodef_cli.errors import UsageError
 from sodef_cli.harden import harden, training_view
-from sodef_cli.head import HardenedClassifier, SODEFHead, has_ode
+from sodef_cli.head import SODEFHead, has_ode
 from sodef_cli.io import read_metadata
 from sodef_cli.models import load_base, load_hardened
-
-from conftest import TINY_HARDEN, TORCH_DEVICE
 
 # small and quick: 400 training images (val_fraction 0.8), 2-step attacks, selection on 32 images
 ADV = {
@@ -78,8 +78,12 @@ MODES = [  # (head, attack, stages)
 @pytest.mark.parametrize("name", ["test_resnet", "test_convnext", "test_vit"])
 @pytest.mark.parametrize("head,attack,stages", MODES)
 def test_mode_end_to_end(tmp_path, checkpoints, name, head, attack, stages):
-    out, summary = _harden(tmp_path, name, checkpoints[name], **{"head.kind": head, "adversarial.attack": attack,
-                                                                 "adversarial.stages": stages})
+    out, summary = _harden(
+        tmp_path,
+        name,
+        checkpoints[name],
+        **{"head.kind": head, "adversarial.attack": attack, "adversarial.stages": stages},
+    )
     adv = summary["adversarial"]
     import timm
 
@@ -89,7 +93,7 @@ def test_mode_end_to_end(tmp_path, checkpoints, name, head, attack, stages):
     original.eval()
     expected_stage_params = set(stage_parameters(original, stages))
     # the file records exactly what was trained: the last `stages` stages (+ the head), nothing else
-    backbone_trained = {n[len("backbone."):] for n in adv["trained_parameters"] if n.startswith("backbone.")}
+    backbone_trained = {n[len("backbone.") :] for n in adv["trained_parameters"] if n.startswith("backbone.")}
     clf = {n for n in backbone_trained if n not in expected_stage_params}
     assert expected_stage_params <= backbone_trained
     if head == "linear":
@@ -97,7 +101,7 @@ def test_mode_end_to_end(tmp_path, checkpoints, name, head, attack, stages):
     else:
         assert not clf and any(n.startswith("head.block.odefunc.") for n in adv["trained_parameters"])
     tensors = load_file(str(out))
-    tuned = {k[len("tuned."):] for k in tensors if k.startswith("tuned.")}
+    tuned = {k[len("tuned.") :] for k in tensors if k.startswith("tuned.")}
     assert tuned == set(adv["tuned_backbone_state"])
     assert expected_stage_params <= tuned
     # load_base gives the original model bit for bit; the hardened model's frozen tensors are the original's too
@@ -121,9 +125,19 @@ def test_mode_end_to_end(tmp_path, checkpoints, name, head, attack, stages):
 
 
 def test_guard_runs_after_adversarial_training(tmp_path, checkpoints):
-    _, summary = _harden(tmp_path, "test_resnet", checkpoints["test_resnet"],
-                         **{"head.kind": "linear", "adversarial.attack": "pgd", "adversarial.stages": 1,
-                            "check.enabled": True, "check.n": 16, "check.steps": 2})
+    _, summary = _harden(
+        tmp_path,
+        "test_resnet",
+        checkpoints["test_resnet"],
+        **{
+            "head.kind": "linear",
+            "adversarial.attack": "pgd",
+            "adversarial.stages": 1,
+            "check.enabled": True,
+            "check.n": 16,
+            "check.steps": 2,
+        },
+    )
     check = summary["check"]
     # two plain classifiers are attacked alike: each is the other's transfer source
     assert set(check["base"]["attacks"]) == set(check["hardened"]["attacks"]) == {"apgd-ce", "transfer-apgd-ce"}
@@ -131,8 +145,16 @@ def test_guard_runs_after_adversarial_training(tmp_path, checkpoints):
 
 
 def test_file_with_trained_stage_stays_within_twice_the_base(tmp_path, base_run):
-    cfg = resolve(HardenConfig, overrides={"model": str(base_run[0]), **ADV, "head.kind": "linear",
-                                           "adversarial.attack": "fgsm", "adversarial.stages": 1})
+    cfg = resolve(
+        HardenConfig,
+        overrides={
+            "model": str(base_run[0]),
+            **ADV,
+            "head.kind": "linear",
+            "adversarial.attack": "fgsm",
+            "adversarial.stages": 1,
+        },
+    )
     out = tmp_path / "h.safetensors"
     harden(cfg, out)
     assert out.stat().st_size <= 2 * base_run[0].stat().st_size
@@ -158,8 +180,17 @@ def test_training_gradient_through_the_ode_is_fixed_step_autograd():
     torch.manual_seed(0)
     # the head as shipped solves with dopri5 and the adjoint; training must not use either
     hcfg = HeadConfig(dim=12, solver="dopri5", adjoint=True, t1=1.0, step_size=0.25)
-    cfg = resolve(HardenConfig, overrides={"head.dim": 12, "head.solver": "dopri5", "head.adjoint": True, "head.t1": 1.0,
-                                           "head.step_size": 0.25, "adversarial.attack": "pgd"})
+    cfg = resolve(
+        HardenConfig,
+        overrides={
+            "head.dim": 12,
+            "head.solver": "dopri5",
+            "head.adjoint": True,
+            "head.t1": 1.0,
+            "head.step_size": 0.25,
+            "adversarial.attack": "pgd",
+        },
+    )
     head = SODEFHead(20, 5, hcfg)
     head.materialize()
     with torch.no_grad():
@@ -184,7 +215,9 @@ def test_training_attack_uses_the_model_it_is_given_and_stays_in_the_ball():
     x, y = torch.rand(5, 3, 8, 8), torch.randint(0, 4, (5,))
     eps = 8 / 255
     for kind in ("fgsm", "pgd", "trades"):
-        xa = attack_batch(model, x, y, kind=kind, eps=eps, step=eps / 2, steps=3, generator=torch.Generator().manual_seed(1))
+        xa = attack_batch(
+            model, x, y, kind=kind, eps=eps, step=eps / 2, steps=3, generator=torch.Generator().manual_seed(1)
+        )
         assert (xa - x).abs().max() <= eps + 1e-6 and xa.min() >= 0 and xa.max() <= 1
         with torch.no_grad():
             assert F.cross_entropy(model(xa), y) > F.cross_entropy(model(x), y)  # the attack raises the loss
@@ -220,13 +253,16 @@ def _cli(args):
     return r.exit_code, r.output
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--adv-attack", "pgd", "--adv-stages", "9"], "has 5 stages"),
-    (["--set", "adversarial.attack=pgdx"], "adversarial.attack 'pgdx' unknown"),
-    (["--adv-attack", "pgd", "--set", "adversarial.ode_solver=dopri5"], "fixed-step solver"),
-    (["--head", "linear"], "choose a training attack"),
-    (["--adv-stages", "1"], "needs a training attack"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--adv-attack", "pgd", "--adv-stages", "9"], "has 5 stages"),
+        (["--set", "adversarial.attack=pgdx"], "adversarial.attack 'pgdx' unknown"),
+        (["--adv-attack", "pgd", "--set", "adversarial.ode_solver=dopri5"], "fixed-step solver"),
+        (["--head", "linear"], "choose a training attack"),
+        (["--adv-stages", "1"], "needs a training attack"),
+    ],
+)
 def test_bad_adversarial_settings_exit_2_with_one_line(tmp_path, extra, message):
     code, out = _cli(["harden", "test_resnet", "--data", "demo", "--out", str(tmp_path / "x.safetensors"), *extra])
     assert code == 2, out
@@ -242,13 +278,38 @@ def test_unknown_training_attack_flag_exits_2():
 
 
 def test_linear_head_file_attacks_alike_and_reports(tmp_path, checkpoints):
-    out, _ = _harden(tmp_path, "test_resnet", checkpoints["test_resnet"],
-                     **{"head.kind": "linear", "adversarial.attack": "fgsm", "adversarial.stages": 1})
-    r = runner.invoke(app, ["attack", str(out), "--data", "demo", "--n", "8", "--attacks", "apgd-ce,transfer-pgd,square",
-                            "--steps", "2", "--queries", "10", "--no-checks", "--json"])
+    out, _ = _harden(
+        tmp_path,
+        "test_resnet",
+        checkpoints["test_resnet"],
+        **{"head.kind": "linear", "adversarial.attack": "fgsm", "adversarial.stages": 1},
+    )
+    r = runner.invoke(
+        app,
+        [
+            "attack",
+            str(out),
+            "--data",
+            "demo",
+            "--n",
+            "8",
+            "--attacks",
+            "apgd-ce,transfer-pgd,square",
+            "--steps",
+            "2",
+            "--queries",
+            "10",
+            "--no-checks",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)  # the plan goes to stderr
-    assert set(doc["models"]["base"]["attacks"]) == set(doc["models"]["hardened"]["attacks"]) == {"apgd-ce", "transfer-pgd", "square"}
+    assert (
+        set(doc["models"]["base"]["attacks"])
+        == set(doc["models"]["hardened"]["attacks"])
+        == {"apgd-ce", "transfer-pgd", "square"}
+    )
     code, text = _cli(["attack", str(out), "--data", "demo", "--n", "8", "--attacks", "fixed-step-pgd"])
     assert code == 2 and "need an ODE" in text
     code, text = _cli(["report", str(out)])
@@ -277,12 +338,21 @@ class _Images:
 
 def _tiny_net():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
 
 
-_QUIET = type("R", (), {"start": lambda *a: None, "advance": lambda *a, **k: None, "end": lambda *a, **k: None,
-                        "log": lambda *a: None})()
+_QUIET = type(
+    "R",
+    (),
+    {"start": lambda *a: None, "advance": lambda *a, **k: None, "end": lambda *a, **k: None, "log": lambda *a: None},
+)()
 
 
 def test_adversarial_train_never_touches_frozen_tensors():
@@ -292,8 +362,18 @@ def test_adversarial_train_never_touches_frozen_tensors():
     frozen_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("0.", "1."))}
     data = _Images(96, 0)
     cfg = AdversarialConfig(attack="trades", steps=2, epochs=2, batch_size=32, lr=0.2, select_n=48, select_steps=2)
-    adversarial_train(model, ["5.weight", "5.bias"], data, torch.arange(64), data, torch.arange(64, 96), cfg,
-                      device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), reporter=_QUIET)
+    adversarial_train(
+        model,
+        ["5.weight", "5.bias"],
+        data,
+        torch.arange(64),
+        data,
+        torch.arange(64, 96),
+        cfg,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        reporter=_QUIET,
+    )
     for k, v in frozen_before.items():  # BatchNorm of a frozen layer stays in eval mode: statistics untouched
         assert torch.equal(model.state_dict()[k], v), k
     assert not model.training and not any(p.requires_grad for p in model.parameters())
@@ -321,8 +401,18 @@ def test_adversarial_train_keeps_the_best_pgd_epoch_and_rejects_overfitting(monk
     monkeypatch.setattr(adv, "robust_accuracy", scripted)
     data = _Images(64, 0)
     cfg = AdversarialConfig(attack="pgd", steps=1, epochs=4, batch_size=32, lr=0.5, select_n=8, augment=False, ema=ema)
-    rec = adv.adversarial_train(model, ["5.weight", "5.bias"], data, torch.arange(32), data, torch.arange(32, 64), cfg,
-                                device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), reporter=_QUIET)
+    rec = adv.adversarial_train(
+        model,
+        ["5.weight", "5.bias"],
+        data,
+        torch.arange(32),
+        data,
+        torch.arange(32, 64),
+        cfg,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        reporter=_QUIET,
+    )
     assert [r["rejected"] for r in rec["history"][1:]] == [False, False, True]  # and training stopped there
     assert rec["stopped_early"] and rec["epochs_run"] == 3
     assert rec["best_epoch"] == 2 and rec["val_pgd_acc"] == 0.50
@@ -340,11 +430,22 @@ def test_lr_scale_and_gradient_clipping_reach_the_optimizer(monkeypatch):
     model = _tiny_net()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = _Images(64, 0)
-    cfg = AdversarialConfig(attack="fgsm", epochs=1, batch_size=32, lr=0.5, select_n=8, augment=False, grad_clip=1e-3,
-                            weight_decay=0.0)
-    adversarial_train(model, ["5.weight", "5.bias"], data,
-                      torch.arange(32), data, torch.arange(32, 64), cfg, device=torch.device("cpu"),
-                      generator=torch.Generator().manual_seed(0), reporter=_QUIET, lr_scale={"5.weight": 0.0})
+    cfg = AdversarialConfig(
+        attack="fgsm", epochs=1, batch_size=32, lr=0.5, select_n=8, augment=False, grad_clip=1e-3, weight_decay=0.0
+    )
+    adversarial_train(
+        model,
+        ["5.weight", "5.bias"],
+        data,
+        torch.arange(32),
+        data,
+        torch.arange(32, 64),
+        cfg,
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        reporter=_QUIET,
+        lr_scale={"5.weight": 0.0},
+    )
     after = model.state_dict()
     assert torch.equal(after["5.weight"], before["5.weight"])  # lr x 0: never moves
     moved = (after["5.bias"] - before["5.bias"]).abs().max().item()
@@ -362,18 +463,33 @@ def test_max_clean_drop_keeps_only_epochs_within_the_clean_budget(monkeypatch):
         clean = iter([0.600, 0.580, 0.592, 0.610])  # epoch 1 is 2.0 points below the start, epoch 2 only 0.8
         pgd = iter([0.30, 0.40, 0.35, 0.20])
         fgsm = iter([0.40, 0.45, 0.42, 0.30])
-        monkeypatch.setattr(adv, "robust_accuracy",
-                            lambda m, i, idx, *, kind, **kw: next(clean) if kind == "none" else next(pgd if kind == "pgd" else fgsm))
+        monkeypatch.setattr(
+            adv,
+            "robust_accuracy",
+            lambda m, i, idx, *, kind, **kw: next(clean) if kind == "none" else next(pgd if kind == "pgd" else fgsm),
+        )
         data = _Images(64, 0)
-        cfg = AdversarialConfig(attack="fgsm", epochs=3, batch_size=32, lr=0.1, select_n=8, augment=False,
-                                max_clean_drop=max_clean_drop)
-        return adv.adversarial_train(_tiny_net(), ["5.weight", "5.bias"], data, torch.arange(32), data, torch.arange(32, 64),
-                                     cfg, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
-                                     reporter=_QUIET)
+        cfg = AdversarialConfig(
+            attack="fgsm", epochs=3, batch_size=32, lr=0.1, select_n=8, augment=False, max_clean_drop=max_clean_drop
+        )
+        return adv.adversarial_train(
+            _tiny_net(),
+            ["5.weight", "5.bias"],
+            data,
+            torch.arange(32),
+            data,
+            torch.arange(32, 64),
+            cfg,
+            device=torch.device("cpu"),
+            generator=torch.Generator().manual_seed(0),
+            reporter=_QUIET,
+        )
 
     assert run(-1.0)["best_epoch"] == 1  # off: the most robust epoch
     rec = run(1.0)
     assert rec["best_epoch"] == 2 and rec["val_pgd_acc"] == 0.35
     assert [r["eligible"] for r in rec["history"][1:]] == [False, True, True]
     assert rec["select"]["max_clean_drop_points"] == 1.0
-    assert run(0.0)["best_epoch"] == 0  # nothing may cost clean accuracy: epoch 3 (cleaner, less robust) loses to the start
+    assert (
+        run(0.0)["best_epoch"] == 0
+    )  # nothing may cost clean accuracy: epoch 3 (cleaner, less robust) loses to the start

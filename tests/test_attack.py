@@ -1,4 +1,5 @@
 """`sodef attack`: cascade semantics, resumable results, JSON summary, attack registry, distributed equality."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,10 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sodef_cli.attacks import ATTACKS, SUITES, AttackParams, Target, project, suite_attacks
+from sodef_cli.attacks import ATTACKS, SUITES, AttackParams, Target, suite_attacks
 from sodef_cli.cli import app
-from sodef_cli.errors import ResultsError, UsageError
-from sodef_cli.evaluate import AttackConfig, masking_checks, run_evaluation, summarize, worst_case_flags
+from sodef_cli.errors import UsageError
+from sodef_cli.evaluate import AttackConfig, masking_checks, summarize, worst_case_flags
 
 runner = CliRunner()
 FAST = ["--steps", "2", "--queries", "10", "--batch-size", "8"]
@@ -63,7 +64,11 @@ def test_cascade_results_and_summary_schema(adaptive_file, tmp_path):
     assert set(summary["models"]["hardened"]["attacks"]) == set(SUITES["quick"]["hardened"])
     assert set(summary["models"]["base"]["attacks"]) == set(SUITES["quick"]["base"])
     # intervals beside their figures, the paired difference, and the evaluation's strength (reduced: --steps 2)
-    assert summary["evaluation"] == {"adaptive": True, "reduced": True, "kinds": ["white-box", "fixed-step", "transfer"]}
+    assert summary["evaluation"] == {
+        "adaptive": True,
+        "reduced": True,
+        "kinds": ["white-box", "fixed-step", "transfer"],
+    }
     for m in ("base", "hardened"):
         ms = summary["models"][m]
         for key in ("clean", "worst_case"):
@@ -74,7 +79,9 @@ def test_cascade_results_and_summary_schema(adaptive_file, tmp_path):
     assert diff["worst_case"] == pytest.approx(hard["worst_case"] - base["worst_case"])
     b_only, h_only = diff["worst_case_discordant"]
     assert (h_only - b_only) / 24 == pytest.approx(diff["worst_case"])
-    assert diff["worst_case_ci95"][0] <= diff["worst_case"] <= diff["worst_case_ci95"][1] and 0 < diff["worst_case_p"] <= 1
+    assert (
+        diff["worst_case_ci95"][0] <= diff["worst_case"] <= diff["worst_case_ci95"][1] and 0 < diff["worst_case_p"] <= 1
+    )
     doc = json.loads(out.read_text())
     assert doc["schema"] == "sodef_cli/attack-results" and doc["schema_version"] == 1 and doc["complete"]
     assert len(doc["indices"]) == 24 and len(set(doc["indices"])) == 24
@@ -89,13 +96,26 @@ def test_cascade_results_and_summary_schema(adaptive_file, tmp_path):
                 alive = [a and f is True for a, f in zip(alive, flags)]
             assert wc == alive
         names = {c["name"] for c in run["checks"]}
-        assert {"transfer beats direct", "predictions independent of batch composition",
-                "accuracy near zero at a very large eps"} <= names
+        assert {
+            "transfer beats direct",
+            "predictions independent of batch composition",
+            "accuracy near zero at a very large eps",
+        } <= names
 
 
 def test_all_samples_runs_every_attack_on_every_correct_sample(adaptive_file, tmp_path):
     out = tmp_path / "r.json"
-    res = _attack(adaptive_file, "--attacks", "fgsm,pgd,transfer-pgd", "--n", "16", "--all-samples", "--no-checks", "--out", str(out))
+    res = _attack(
+        adaptive_file,
+        "--attacks",
+        "fgsm,pgd,transfer-pgd",
+        "--n",
+        "16",
+        "--all-samples",
+        "--no-checks",
+        "--out",
+        str(out),
+    )
     assert res.exit_code == 0, res.output
     rec = json.loads(out.read_text())["runs"][0]["models"]["hardened"]
     for a in rec["attacks"].values():
@@ -135,7 +155,9 @@ def test_results_resume_skips_finished_attacks(adaptive_file, tmp_path, monkeypa
     assert done["complete"]
     # fgsm on base was finished before the interruption and is not rerun
     assert len(calls) - n_first <= 1
-    assert done["runs"][0]["models"]["base"]["attacks"]["fgsm"] == partial["runs"][0]["models"]["base"]["attacks"]["fgsm"]
+    assert (
+        done["runs"][0]["models"]["base"]["attacks"]["fgsm"] == partial["runs"][0]["models"]["base"]["attacks"]["fgsm"]
+    )
 
 
 def test_resume_with_other_settings_is_refused(adaptive_file, tmp_path):
@@ -151,7 +173,10 @@ def test_same_seed_same_results(adaptive_file, tmp_path):
         res = _attack(adaptive_file, "--suite", "quick", "--n", "16", "--no-checks", "--out", str(tmp_path / name))
         assert res.exit_code == 0, res.output
         docs.append(json.loads((tmp_path / name).read_text()))
-    strip = lambda d: [{m: (r["clean"], {k: v["robust"] for k, v in r["attacks"].items()}) for m, r in run["models"].items()} for run in d["runs"]]
+    strip = lambda d: [
+        {m: (r["clean"], {k: v["robust"] for k, v in r["attacks"].items()}) for m, r in run["models"].items()}
+        for run in d["runs"]
+    ]
     assert strip(docs[0]) == strip(docs[1]) and docs[0]["indices"] == docs[1]["indices"]
 
 
@@ -175,7 +200,9 @@ def _recording(monkeypatch, names):
         real = getattr(torchattacks, name)
 
         def snapshot(self, x, *a, _name=name, **kw):
-            seen.setdefault(_name, []).append({k: v for k, v in vars(self).items() if not k.startswith("_") and k != "model"})
+            seen.setdefault(_name, []).append(
+                {k: v for k, v in vars(self).items() if not k.startswith("_") and k != "model"}
+            )
             return (x.clone(), x.clone()) if kw.get("best_loss") else x.clone()
 
         monkeypatch.setattr(torchattacks, name, type(name, (real,), {"forward": snapshot, "perturb": snapshot}))
@@ -191,7 +218,16 @@ def test_autoattack_components_are_built_at_reference_settings(monkeypatch, norm
     eps = 8 / 255 if norm == "Linf" else 0.5
     p = AttackParams(norm=norm, eps=eps, n_classes=100, seed=7)
     t = Target("hardened", model, model, fixed=model, bpda=model)
-    for name in ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "transfer-apgd-ce", "fixed-step-apgd-ce", "bpda-apgd-ce"):
+    for name in (
+        "apgd-ce",
+        "apgd-dlr",
+        "apgd-t",
+        "fab-t",
+        "square",
+        "transfer-apgd-ce",
+        "fixed-step-apgd-ce",
+        "bpda-apgd-ce",
+    ):
         ATTACKS[name].run(t, x, y, p)
     common = {"norm": norm, "eps": eps, "n_restarts": 1, "seed": 7}
     apgd = seen["APGD"]
@@ -199,13 +235,25 @@ def test_autoattack_components_are_built_at_reference_settings(monkeypatch, norm
     for rec, loss in zip(apgd, ["ce", "dlr", "ce", "ce", "ce"]):
         assert {k: rec[k] for k in (*common, "steps", "loss")} == {**common, "steps": 100, "loss": loss}
     (apgdt,) = seen["APGDT"]
-    assert {k: apgdt[k] for k in (*common, "steps", "n_target_classes")} == {**common, "steps": 100, "n_target_classes": 9}
+    assert {k: apgdt[k] for k in (*common, "steps", "n_target_classes")} == {
+        **common,
+        "steps": 100,
+        "n_target_classes": 9,
+    }
     (fab,) = seen["FAB"]
     assert {k: fab[k] for k in (*common, "steps", "n_target_classes", "multi_targeted")} == {
-        **common, "steps": 100, "n_target_classes": 9, "multi_targeted": True}
+        **common,
+        "steps": 100,
+        "n_target_classes": 9,
+        "multi_targeted": True,
+    }
     (square,) = seen["Square"]
     assert {k: square[k] for k in (*common, "n_queries", "loss", "p_init")} == {
-        **common, "n_queries": 5000, "loss": "margin", "p_init": 0.8}
+        **common,
+        "n_queries": 5000,
+        "loss": "margin",
+        "p_init": 0.8,
+    }
     # --steps / --queries reach the objects too
     seen.clear()
     ATTACKS["apgd-t"].run(t, x, y, AttackParams(norm=norm, eps=eps, n_classes=100, steps=3))
@@ -226,7 +274,14 @@ def test_every_attack_stays_in_the_threat_model(hardened_file, demo_data, norm, 
     idx = select_samples(data.test.labels, 6, 0)  # six classes: the feature attack needs other-class targets
     x, y = data.test.floats(idx), data.test.labels[idx]
     p = AttackParams(norm=norm, eps=eps, n_classes=10, steps=2, queries=5)
-    target = Target("hardened", hardened, base, fixed=hardened.variant("fixed"), bpda=hardened.variant("bpda"), features=hardened.features)
+    target = Target(
+        "hardened",
+        hardened,
+        base,
+        fixed=hardened.variant("fixed"),
+        bpda=hardened.variant("bpda"),
+        features=hardened.features,
+    )
     for name, spec in ATTACKS.items():
         if norm not in spec.norms:
             continue
@@ -268,12 +323,25 @@ def test_an_attack_that_overshoots_the_ball_is_projected_and_counted(hardened_fi
             log.append(("judge", x.clone()))
         return real_predict(model, x, batch_size, device)
 
-    monkeypatch.setitem(ATTACKS, "overshoot", dataclasses.replace(ATTACKS["apgd-ce"], name="overshoot", kind="black-box", fn=overshoot))
+    monkeypatch.setitem(
+        ATTACKS, "overshoot", dataclasses.replace(ATTACKS["apgd-ce"], name="overshoot", kind="black-box", fn=overshoot)
+    )
     monkeypatch.setattr(ev, "_predict", predict)
     cfg = AttackConfig(attacks=("overshoot",), eps=(eps,), n=12, batch_size=5, checks=False, all_samples=True)
     state = ev.EvaluationState.from_dict({"runs": []})
-    ev.cascade(base, hardened, x_all, y_all, cfg, plan={"base": [], "hardened": ["overshoot"]}, n_classes=10, fixed_step=0.5,
-               state=state, reporter=Reporter(), device="cpu")
+    ev.cascade(
+        base,
+        hardened,
+        x_all,
+        y_all,
+        cfg,
+        plan={"base": [], "hardened": ["overshoot"]},
+        n_classes=10,
+        fixed_step=0.5,
+        state=state,
+        reporter=Reporter(),
+        device="cpu",
+    )
     rec = state.to_dict()["runs"][0]["models"]["hardened"]["attacks"]["overshoot"]
     assert rec["attacked"] > 0 and rec["projected"] == rec["attacked"]  # every attacked point overshot
     judged = 0
@@ -337,7 +405,9 @@ def test_fixed_step_copy_matches_a_dopri5_model(adaptive_file):
     blk = hardened.head.block
     assert meta["config"]["head"]["solver"] == "dopri5" and blk.adaptive
     # the reference: the same ODE through dopri5 at tight tolerances, plain backprop (the model's true gradients)
-    exact = ODEBlock(blk.odefunc, t1=blk.t1, solver="dopri5", rtol=1e-7, atol=1e-7, step_size=blk.step_size, adjoint=False)
+    exact = ODEBlock(
+        blk.odefunc, t1=blk.t1, solver="dopri5", rtol=1e-7, atol=1e-7, step_size=blk.step_size, adjoint=False
+    )
     ref = HardenedClassifier(hardened.backbone, hardened.spec, hardened.head.with_ode(exact)).eval()
     fixed = hardened.variant("fixed", step_size=meta["config"]["head"]["step_size"])
     assert fixed.head.ode.solver == "rk4" and not fixed.head.ode.adjoint
@@ -367,11 +437,18 @@ def test_fixed_step_copy_matches_a_dopri5_model(adaptive_file):
 
 
 def test_masking_checks_name_their_evidence():
-    run = {"models": {"hardened": {"clean": [True, True, True, True], "attacks": {
-        "apgd-ce": {"kind": "white-box", "robust": [True, True, True, False]},
-        "transfer-apgd-ce": {"kind": "transfer", "robust": [False, True, True, None]},
-        "square": {"kind": "black-box", "robust": [None, True, True, None]},
-    }}}}
+    run = {
+        "models": {
+            "hardened": {
+                "clean": [True, True, True, True],
+                "attacks": {
+                    "apgd-ce": {"kind": "white-box", "robust": [True, True, True, False]},
+                    "transfer-apgd-ce": {"kind": "transfer", "robust": [False, True, True, None]},
+                    "square": {"kind": "black-box", "robust": [None, True, True, None]},
+                },
+            }
+        }
+    }
     checks = {c["name"]: c for c in masking_checks(run)}
     assert checks["transfer beats direct"]["flagged"] is True
     assert "fooled 1 of the 3" in checks["transfer beats direct"]["evidence"]
@@ -382,16 +459,54 @@ def test_masking_checks_name_their_evidence():
 def test_torchrun_two_processes_equal_single_process(adaptive_file, tmp_path):
     """gloo, 2 CPU processes: merged results identical to one process with the same seed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    common = ["attack", str(adaptive_file), "--data", "demo", "--image-size", "16", "--suite", "quick", "--samples", "24",
-              "--steps", "2", "--batch-size", "8"]
-    single = subprocess.run([sys.executable, "-m", "sodef_cli", *common, "--out", str(tmp_path / "one.json")],
-                            env=env, capture_output=True, text=True, timeout=600)
+    common = [
+        "attack",
+        str(adaptive_file),
+        "--data",
+        "demo",
+        "--image-size",
+        "16",
+        "--suite",
+        "quick",
+        "--samples",
+        "24",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+    ]
+    single = subprocess.run(
+        [sys.executable, "-m", "sodef_cli", *common, "--out", str(tmp_path / "one.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr
-    dist = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "sodef_cli", *common,
-                           "--out", str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=600)
+    dist = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "sodef_cli",
+            *common,
+            "--out",
+            str(tmp_path / "two.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert dist.returncode == 0, dist.stderr
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
-    flags = lambda d: [(r["eps"], {m: (v["clean"], {k: x["robust"] for k, x in v["attacks"].items()}) for m, v in r["models"].items()}) for r in d["runs"]]
+    flags = lambda d: [
+        (r["eps"], {m: (v["clean"], {k: x["robust"] for k, x in v["attacks"].items()}) for m, v in r["models"].items()})
+        for r in d["runs"]
+    ]
     assert a["indices"] == b["indices"]
     assert flags(a) == flags(b)
     no_time = lambda d: {m: {k: v for k, v in s.items() if k != "seconds"} for m, s in summarize(d)["models"].items()}
@@ -412,6 +527,15 @@ def test_adaptive_solver_examples_are_also_judged_alone(request, monkeypatch, tm
         return real(model, x, batch_size, device)
 
     monkeypatch.setattr(E, "_predict", spy)
-    res = _attack(request.getfixturevalue(fixture), "--attacks", "fgsm", "--n", "8", "--no-checks", "--out", str(tmp_path / "r.json"))
+    res = _attack(
+        request.getfixturevalue(fixture),
+        "--attacks",
+        "fgsm",
+        "--n",
+        "8",
+        "--no-checks",
+        "--out",
+        str(tmp_path / "r.json"),
+    )
     assert res.exit_code == 0, res.output
     assert (1 in sizes) is alone

@@ -1,10 +1,12 @@
 """The ``sodef`` command line through Typer's CliRunner: exit codes, messages, and the configs it builds."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from conftest import TORCH_DEVICE
 from typer.testing import CliRunner
 
 import sodef_cli.harden
@@ -12,14 +14,26 @@ import sodef_cli.pretrain
 from sodef_cli.cli import app
 from sodef_cli.config import HardenConfig
 
-from conftest import TORCH_DEVICE
-
 runner = CliRunner()
 
 # the CLI spelling of conftest.TINY_HARDEN (minus data/device/image size/check, given as options)
 TINY_SET = [
-    "--set", "phase1.epochs=1", "--set", "phase2.epochs=1", "--set", "phase3.epochs=1", "--set", "probe.epochs=1",
-    "--set", "head.solver=rk4", "--set", "head.t1=1.0", "--set", "head.step_size=0.5", "--set", "head.dim=16",
+    "--set",
+    "phase1.epochs=1",
+    "--set",
+    "phase2.epochs=1",
+    "--set",
+    "phase3.epochs=1",
+    "--set",
+    "probe.epochs=1",
+    "--set",
+    "head.solver=rk4",
+    "--set",
+    "head.t1=1.0",
+    "--set",
+    "head.step_size=0.5",
+    "--set",
+    "head.dim=16",
 ]
 
 
@@ -50,8 +64,21 @@ def captured_harden(monkeypatch):
 
 def test_harden_end_to_end_writes_the_file_and_json(tmp_path, hardened_file):
     out = tmp_path / "h.safetensors"
-    args = ["harden", "test_resnet", "--data", "demo", "--out", str(out), "--no-check", "--image-size", "16",
-            "--device", TORCH_DEVICE, "--json", *TINY_SET]
+    args = [
+        "harden",
+        "test_resnet",
+        "--data",
+        "demo",
+        "--out",
+        str(out),
+        "--no-check",
+        "--image-size",
+        "16",
+        "--device",
+        TORCH_DEVICE,
+        "--json",
+        *TINY_SET,
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert out.is_file()
@@ -72,8 +99,27 @@ def test_harden_flags_beat_recipe_beats_defaults(tmp_path, captured_harden):
     recipe = tmp_path / "r.toml"
     recipe.write_text('model = "resnet18"\nseed = 3\n[head]\nsolver = "euler"\nt1 = 2.0\n[phase2]\nepochs = 7\n')
     result = runner.invoke(
-        app, ["harden", "test_resnet", "--recipe", str(recipe), "--out", str(tmp_path / "o.safetensors"), "--seed", "5",
-              "--solver", "rk4", "--dim", "32", "--no-check", "--set", "phase3.epochs=2", "--set", "check.eps=4/255", "--json"],
+        app,
+        [
+            "harden",
+            "test_resnet",
+            "--recipe",
+            str(recipe),
+            "--out",
+            str(tmp_path / "o.safetensors"),
+            "--seed",
+            "5",
+            "--solver",
+            "rk4",
+            "--dim",
+            "32",
+            "--no-check",
+            "--set",
+            "phase3.epochs=2",
+            "--set",
+            "check.eps=4/255",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     cfg: HardenConfig = captured_harden["cfg"]
@@ -104,8 +150,23 @@ def test_pretrain_builds_its_config(tmp_path, monkeypatch):
         return {"out": str(out), "data": {"name": "demo"}, "test_clean_acc": 0.5, "best_epoch": 1, "seconds": 0.0}
 
     monkeypatch.setattr(sodef_cli.pretrain, "pretrain", fake)
-    result = runner.invoke(app, ["pretrain", "test_resnet", "--data", "demo", "--epochs", "2", "--adversarial", "fgsm",
-                                 "--set", "adv_eps=4/255", "--out", str(tmp_path / "b.safetensors")])
+    result = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "test_resnet",
+            "--data",
+            "demo",
+            "--epochs",
+            "2",
+            "--adversarial",
+            "fgsm",
+            "--set",
+            "adv_eps=4/255",
+            "--out",
+            str(tmp_path / "b.safetensors"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     cfg = seen["cfg"]
     assert (cfg.model, cfg.epochs, cfg.adversarial) == ("test_resnet", 2, "fgsm")
@@ -156,7 +217,9 @@ def test_no_model_is_a_usage_error(tmp_path):
 
 def test_unknown_timm_model_suggests_names(tmp_path):
     out = tmp_path / "o.safetensors"
-    result = runner.invoke(app, ["harden", "test_resnett", "--data", "demo", "--out", str(out), "--device", "cpu", "--no-check"])
+    result = runner.invoke(
+        app, ["harden", "test_resnett", "--data", "demo", "--out", str(out), "--device", "cpu", "--no-check"]
+    )
     assert result.exit_code == 1, result.output
     err = _flat(result.stderr)
     assert "did you mean" in err and "test_resnet" in err
@@ -167,7 +230,9 @@ def test_unknown_timm_model_suggests_names(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_gpu_is_a_clear_error(tmp_path):
     out = tmp_path / "o.safetensors"
-    result = runner.invoke(app, ["harden", "test_resnet", "--data", "demo", "--out", str(out), "--device", "cuda", "--no-check"])
+    result = runner.invoke(
+        app, ["harden", "test_resnet", "--data", "demo", "--out", str(out), "--device", "cuda", "--no-check"]
+    )
     assert result.exit_code == 1, result.output
     err = _flat(result.stderr)
     assert "CUDA is not available" in err and "--device cpu" in err
@@ -178,7 +243,9 @@ def test_cuda_without_gpu_is_a_clear_error(tmp_path):
 def test_missing_data_folder(tmp_path):
     out = tmp_path / "o.safetensors"
     missing = tmp_path / "no_such_data"
-    result = runner.invoke(app, ["harden", "test_resnet", "--data", str(missing), "--out", str(out), "--device", "cpu", "--no-check"])
+    result = runner.invoke(
+        app, ["harden", "test_resnet", "--data", str(missing), "--out", str(out), "--device", "cpu", "--no-check"]
+    )
     assert result.exit_code == 1, result.output
     assert "no_such_data" in _flat(result.stderr) and "neither a folder" in _flat(result.stderr)
     assert not out.exists()
@@ -186,8 +253,20 @@ def test_missing_data_folder(tmp_path):
 
 
 def test_missing_model_file(tmp_path):
-    result = runner.invoke(app, ["harden", str(tmp_path / "base.safetensors"), "--data", "demo", "--out", str(tmp_path / "o.safetensors"),
-                                 "--device", "cpu", "--no-check"])
+    result = runner.invoke(
+        app,
+        [
+            "harden",
+            str(tmp_path / "base.safetensors"),
+            "--data",
+            "demo",
+            "--out",
+            str(tmp_path / "o.safetensors"),
+            "--device",
+            "cpu",
+            "--no-check",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "does not exist" in _flat(result.stderr)
     _no_traceback(result)
@@ -196,7 +275,20 @@ def test_missing_model_file(tmp_path):
 def test_pth_model_file_points_to_checkpoint_option(tmp_path):
     pth = tmp_path / "weights.pth"
     torch.save({"w": torch.zeros(1)}, pth)
-    result = runner.invoke(app, ["harden", str(pth), "--data", "demo", "--out", str(tmp_path / "o.safetensors"), "--device", "cpu", "--no-check"])
+    result = runner.invoke(
+        app,
+        [
+            "harden",
+            str(pth),
+            "--data",
+            "demo",
+            "--out",
+            str(tmp_path / "o.safetensors"),
+            "--device",
+            "cpu",
+            "--no-check",
+        ],
+    )
     assert result.exit_code == 1, result.output
     assert "--checkpoint" in _flat(result.stderr)
     _no_traceback(result)

@@ -1,5 +1,6 @@
 """`sodef attack MODEL [MODEL ...]`: any model, several side by side; the plan; the base card; verdict first;
 pictures in every format, and the html in a real browser (headless Chromium, skipped where it is not installed)."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ def other_recipe(base_run, tmp_path_factory, tiny_harden_overrides):
 def three(base_run, hardened_from_base, other_recipe, tmp_path_factory):
     """(results path, --json summary) of the base and two hardened files attacked side by side."""
     out = tmp_path_factory.mktemp("three") / "three.json"
-    res = runner.invoke(app, ["attack", str(base_run[0]), str(hardened_from_base[0]), str(other_recipe), *FAST,
-                              "--out", str(out), "--json"])
+    res = runner.invoke(
+        app,
+        ["attack", str(base_run[0]), str(hardened_from_base[0]), str(other_recipe), *FAST, "--out", str(out), "--json"],
+    )
     assert res.exit_code == 0, res.output
     return out, json.loads(res.stdout)
 
@@ -78,9 +81,16 @@ def test_base_and_two_hardened_side_by_side(three, base_run, hardened_from_base,
         assert doc["summary"]["models"][lab]["worst_case_ci95"] == s["models"][lab]["worst_case_ci95"]
     assert doc["summary"]["difference"] == s["difference"] and doc["summary"]["reference"] == labels[0]
     # ODE-aware attacks only where there is an ODE; transfer sources named
-    assert "fixed-step-apgd-ce" in doc["plan"]["hardened.safetensors"] and "fixed-step-apgd-ce" not in doc["plan"]["base.safetensors"]
+    assert (
+        "fixed-step-apgd-ce" in doc["plan"]["hardened.safetensors"]
+        and "fixed-step-apgd-ce" not in doc["plan"]["base.safetensors"]
+    )
     src = {m["label"]: m["transfer_source"] for m in doc["models"]}
-    assert src == {"base.safetensors": "hardened.safetensors", "hardened.safetensors": "own base", "other.safetensors": "own base"}
+    assert src == {
+        "base.safetensors": "hardened.safetensors",
+        "hardened.safetensors": "own base",
+        "other.safetensors": "own base",
+    }
     # paired differences against the reference, with intervals and McNemar p
     for lab in labels[1:]:
         d = s["difference"][lab]
@@ -88,8 +98,22 @@ def test_base_and_two_hardened_side_by_side(three, base_run, hardened_from_base,
         assert d["worst_case"] == pytest.approx(w) and d["worst_case_ci95"][0] <= w <= d["worst_case_ci95"][1]
         assert 0 < d["worst_case_p"] <= 1
     # another reference: the report is recomputed from the same flags
-    res = runner.invoke(app, ["attack", str(base_run[0]), str(hardened_from_base[0]), str(other_recipe), *FAST,
-                              "--reference", "other.safetensors", "--transfer-from", "base.safetensors", "--json", "--no-checks"])
+    res = runner.invoke(
+        app,
+        [
+            "attack",
+            str(base_run[0]),
+            str(hardened_from_base[0]),
+            str(other_recipe),
+            *FAST,
+            "--reference",
+            "other.safetensors",
+            "--transfer-from",
+            "base.safetensors",
+            "--json",
+            "--no-checks",
+        ],
+    )
     assert res.exit_code == 0, res.output
     s2 = json.loads(res.stdout)
     assert set(s2["difference"]) == {"base.safetensors", "hardened.safetensors"}
@@ -107,8 +131,17 @@ def test_timm_name_with_a_checkpoint(base_run, tmp_path):
     from sodef_cli.io import load_tensors
 
     ckpt = tmp_path / "weights.safetensors"
-    save_file({k[len("backbone."):]: v.contiguous() for k, v in load_tensors(base_run[0]).items() if k.startswith("backbone.")}, str(ckpt))
-    res = runner.invoke(app, ["attack", "test_resnet", "--checkpoint", str(ckpt), str(base_run[0]), *FAST, "--no-checks", "--json"])
+    save_file(
+        {
+            k[len("backbone.") :]: v.contiguous()
+            for k, v in load_tensors(base_run[0]).items()
+            if k.startswith("backbone.")
+        },
+        str(ckpt),
+    )
+    res = runner.invoke(
+        app, ["attack", "test_resnet", "--checkpoint", str(ckpt), str(base_run[0]), *FAST, "--no-checks", "--json"]
+    )
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)
     assert s["models_attacked"] == ["test_resnet", "base.safetensors"]
@@ -172,9 +205,12 @@ def test_the_plan_and_its_estimate_come_before_the_first_attack(hardened_from_ba
     from sodef_cli.models import load_candidate
 
     cfg = AttackConfig(suite="quick", n=8, steps=1, batch_size=8, checks=False)
-    for run in (lambda rep: run_evaluation(hardened_from_base[0], demo_data, cfg, reporter=rep),
-                lambda rep: run_comparison([load_candidate(str(base_run[0]), "b", data=demo_data)], demo_data, cfg,
-                                           reference="b", reporter=rep)):
+    for run in (
+        lambda rep: run_evaluation(hardened_from_base[0], demo_data, cfg, reporter=rep),
+        lambda rep: run_comparison(
+            [load_candidate(str(base_run[0]), "b", data=demo_data)], demo_data, cfg, reference="b", reporter=rep
+        ),
+    ):
         rep = _Recorder()
         run(rep)
         first_attack = next(i for i, (kind, task) in enumerate(rep.events) if kind == "start" and "eps=" in task)
@@ -185,7 +221,9 @@ def test_the_plan_and_its_estimate_come_before_the_first_attack(hardened_from_ba
 
 def test_dry_run_prints_the_plan_only(base_run, hardened_from_base, tmp_path):
     out = tmp_path / "r.json"
-    res = runner.invoke(app, ["attack", str(base_run[0]), str(hardened_from_base[0]), *FAST, "--dry-run", "--out", str(out)])
+    res = runner.invoke(
+        app, ["attack", str(base_run[0]), str(hardened_from_base[0]), *FAST, "--dry-run", "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert "plan: 2 model(s), 16 samples" in res.stderr and "estimated time: about" in res.stderr
     assert not out.exists() and res.stdout == ""
@@ -199,8 +237,16 @@ def test_card_for_a_base_file(base_run):
     res = runner.invoke(app, ["report", str(base_run[0])])
     assert res.exit_code == 0, res.output
     lines = [line for line in res.stdout.splitlines() if line.strip()]
-    assert lines[0] == "Model card: base.safetensors" and lines[1].startswith("Verdict: Base model, not hardened: test_resnet")
-    for needle in ("Training history", "Architecture", "Data and training", "Adversarial training", "clean test accuracy"):
+    assert lines[0] == "Model card: base.safetensors" and lines[1].startswith(
+        "Verdict: Base model, not hardened: test_resnet"
+    )
+    for needle in (
+        "Training history",
+        "Architecture",
+        "Data and training",
+        "Adversarial training",
+        "clean test accuracy",
+    ):
         assert needle in res.stdout
     res = runner.invoke(app, ["report", str(base_run[0]), "--format", "json"])
     data = json.loads(res.stdout)
@@ -235,7 +281,12 @@ def test_the_verdict_is_the_first_block_of_every_format(three, base_run, hardene
         out = render(data, fmt)
         text = out if isinstance(out, str) else to_text(out, width=100)
         first = _first_block(text, fmt)
-        expected = {"table": "Verdict", "markdown": "**Verdict", "html": '<div class="verdict', "json": "schema,kind,verdict"}[fmt]
+        expected = {
+            "table": "Verdict",
+            "markdown": "**Verdict",
+            "html": '<div class="verdict',
+            "json": "schema,kind,verdict",
+        }[fmt]
         assert first.startswith(expected), (name, first)
 
 
@@ -251,8 +302,20 @@ def test_html_holds_the_svg_pictures(three, hardened_from_base):
 
 
 def test_multi_eps_chart_has_a_line_per_model(base_run, other_recipe):
-    res = runner.invoke(app, ["attack", str(base_run[0]), str(other_recipe), *FAST, "--eps", "4/255,8/255", "--no-checks",
-                              "--attacks", "apgd-ce"])
+    res = runner.invoke(
+        app,
+        [
+            "attack",
+            str(base_run[0]),
+            str(other_recipe),
+            *FAST,
+            "--eps",
+            "4/255,8/255",
+            "--no-checks",
+            "--attacks",
+            "apgd-ce",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "Worst-case accuracy vs eps" in res.stdout and "A = base.safetensors" in res.stdout
 
@@ -264,15 +327,28 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 def test_html_report_renders_its_pictures_in_a_real_browser(three, tmp_path):
     page = tmp_path / "report.html"
     page.write_text(render(results_data([json.loads(three[0].read_text())]), "html"))
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert "<svg" in dom.stdout and 'class="bar"' in dom.stdout and "Verdict" in dom.stdout
     shot = tmp_path / "report.png"
-    res = subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0 and shot.exists(), res.stderr[-2000:]
     from torchvision.io import read_image
 

@@ -1,4 +1,5 @@
 """Data loading, stratified splits and seeded sample selection."""
+
 from __future__ import annotations
 
 import zipfile

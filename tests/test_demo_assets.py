@@ -1,4 +1,5 @@
 """The shipped demo base and data: loadable offline, and the base really is trained."""
+
 from __future__ import annotations
 
 from pathlib import Path

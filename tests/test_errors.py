@@ -4,6 +4,7 @@ message on stderr that says what to do, no traceback (unless --debug), and no ou
 Cases already covered in test_cli.py (unknown timm name, CUDA for harden, missing data folder or model file,
 a .pth given as MODEL, usage errors of harden) are not repeated here.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ import zipfile
 
 import pytest
 import torch
+from test_cli import TINY_SET
 from typer.testing import CliRunner
 
 import sodef_cli.evaluate
@@ -24,8 +26,6 @@ from sodef_cli.cli import app
 from sodef_cli.data import DEMO_ZIP
 from sodef_cli.errors import ModelFileError
 from sodef_cli.io import load_weights, save_model_file
-
-from test_cli import TINY_SET
 
 runner = CliRunner()
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -68,8 +68,23 @@ def three_classes(tmp_path_factory) -> pathlib.Path:
 def three_class_base(three_classes, tmp_path_factory) -> pathlib.Path:
     """A `sodef pretrain` base trained for 3 classes."""
     out = tmp_path_factory.mktemp("base3") / "base3.safetensors"
-    result = runner.invoke(app, ["pretrain", "test_resnet", "--data", str(three_classes), "--epochs", "1", "--batch-size", "8",
-                                 "--device", "cpu", "--out", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "test_resnet",
+            "--data",
+            str(three_classes),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -106,7 +121,11 @@ def bad_model_files(tmp_path, hardened_file) -> dict[str, pathlib.Path]:
     folder = tmp_path / "folder.safetensors"
     folder.mkdir()
     return {
-        "random": random_bytes, "truncated": truncated, "plain": plain, "foreign": foreign, "folder": folder,
+        "random": random_bytes,
+        "truncated": truncated,
+        "plain": plain,
+        "foreign": foreign,
+        "folder": folder,
         "newer": _rewrite_meta(hardened_file, tmp_path / "newer.safetensors", format_version=99),
         "missing": tmp_path / "no" / "such" / "dir" / "h.safetensors",
     }
@@ -130,7 +149,10 @@ def test_pretrained_while_hub_offline_fails_fast(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "o.safetensors"
     t0 = time.perf_counter()
-    result = runner.invoke(app, ["harden", "resnet18", "--pretrained", "--data", "demo", "--out", str(out), "--device", "cpu", "--no-check"])
+    result = runner.invoke(
+        app,
+        ["harden", "resnet18", "--pretrained", "--data", "demo", "--out", str(out), "--device", "cpu", "--no-check"],
+    )
     assert time.perf_counter() - t0 < 60  # never waits on a network
     error_of(result, 1, "--pretrained needs hub weights for resnet18", "HF_HUB_OFFLINE is set", "--checkpoint FILE")
     assert not out.exists()
@@ -148,7 +170,9 @@ def test_unknown_timm_model_in_pretrain_suggests_names(tmp_path):
 def test_bad_hardened_files(command, kind, bad_model_files, tmp_path):
     f = bad_model_files[kind]
     out = tmp_path / "out.json"
-    args = [command, str(f), "--device", "cpu"] + (["--data", "demo", "--n", "4", "--out", str(out)] if command == "attack" else [])
+    args = [command, str(f), "--device", "cpu"] + (
+        ["--data", "demo", "--n", "4", "--out", str(out)] if command == "attack" else []
+    )
     msg = error_of(runner.invoke(app, args), 1, BAD_FILE_MESSAGES[kind])
     if kind == "newer":
         assert "upgrade sodef_cli" in msg
@@ -168,7 +192,9 @@ def test_truncated_base_file_for_harden(three_class_base, tmp_path):
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(three_class_base.read_bytes()[:-1000])
     out = tmp_path / "o.safetensors"
-    result = runner.invoke(app, ["harden", str(cut), "--data", "demo", "--out", str(out), "--device", "cpu", "--no-check"])
+    result = runner.invoke(
+        app, ["harden", str(cut), "--data", "demo", "--out", str(out), "--device", "cpu", "--no-check"]
+    )
     error_of(result, 1, "lies outside the file (truncated?)")
     assert not out.exists()
 
@@ -185,18 +211,27 @@ def test_unreadable_model_file(tmp_path):
     mem = pathlib.Path("/proc/self/mem")
     if not mem.exists():
         pytest.skip("needs Linux /proc")
-    error_of(runner.invoke(app, ["attack", str(mem), "--data", "demo", "--device", "cpu"]), 1, "cannot read /proc/self/mem")
+    error_of(
+        runner.invoke(app, ["attack", str(mem), "--data", "demo", "--device", "cpu"]), 1, "cannot read /proc/self/mem"
+    )
 
 
-@pytest.mark.parametrize("kind,needle", [
-    ("folder", "is a folder, not a weights file"),
-    ("missing", "does not exist"),
-    ("random", "refused to load"),
-    ("not-a-state-dict", "does not hold a state dict of tensors"),
-])
+@pytest.mark.parametrize(
+    "kind,needle",
+    [
+        ("folder", "is a folder, not a weights file"),
+        ("missing", "does not exist"),
+        ("random", "refused to load"),
+        ("not-a-state-dict", "does not hold a state dict of tensors"),
+    ],
+)
 def test_bad_checkpoints(kind, needle, tmp_path):
-    ckpt = {"folder": tmp_path / "ckpt.pth", "missing": tmp_path / "no" / "ckpt.pth", "random": tmp_path / "r.pth",
-            "not-a-state-dict": tmp_path / "list.pth"}[kind]
+    ckpt = {
+        "folder": tmp_path / "ckpt.pth",
+        "missing": tmp_path / "no" / "ckpt.pth",
+        "random": tmp_path / "r.pth",
+        "not-a-state-dict": tmp_path / "list.pth",
+    }[kind]
     if kind == "folder":
         ckpt.mkdir()
     elif kind == "random":
@@ -204,8 +239,24 @@ def test_bad_checkpoints(kind, needle, tmp_path):
     elif kind == "not-a-state-dict":
         torch.save([torch.zeros(2)], ckpt)
     out = tmp_path / "o.safetensors"
-    result = runner.invoke(app, ["harden", "test_resnet", "--checkpoint", str(ckpt), "--data", "demo", "--image-size", "16",
-                                 "--out", str(out), "--device", "cpu", "--no-check"])
+    result = runner.invoke(
+        app,
+        [
+            "harden",
+            "test_resnet",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            "demo",
+            "--image-size",
+            "16",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-check",
+        ],
+    )
     error_of(result, 1, needle)
     assert not out.exists()
 
@@ -245,8 +296,24 @@ def test_pickle_payload_is_refused_without_running(tmp_path, payload, writer):
         load_weights(evil)
     assert not marker.exists()
     out = tmp_path / "o.safetensors"
-    result = runner.invoke(app, ["harden", "test_resnet", "--checkpoint", str(evil), "--data", "demo", "--image-size", "16",
-                                 "--out", str(out), "--device", "cpu", "--no-check"])
+    result = runner.invoke(
+        app,
+        [
+            "harden",
+            "test_resnet",
+            "--checkpoint",
+            str(evil),
+            "--data",
+            "demo",
+            "--image-size",
+            "16",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-check",
+        ],
+    )
     msg = error_of(result, 1, "refused to load", "only plain tensors are accepted", "safetensors")
     assert "weights_only` set to `False`" not in msg  # never advise the unsafe load
     assert not marker.exists()
@@ -282,52 +349,67 @@ def test_data_folder_in_the_wrong_layout(tmp_path, hardened_file):
     with zipfile.ZipFile(DEMO_ZIP) as z:
         (flat / "cats" / "0.jpg").write_bytes(z.read("train/cat/0000.jpg"))
     out = tmp_path / "o.safetensors"
-    result = runner.invoke(app, ["harden", "test_resnet", "--data", str(flat), "--out", str(out), "--device", "cpu", "--no-check"])
+    result = runner.invoke(
+        app, ["harden", "test_resnet", "--data", str(flat), "--out", str(out), "--device", "cpu", "--no-check"]
+    )
     error_of(result, 1, "is not in ImageFolder layout", "train/<class>")
     assert not out.exists()
-    result = runner.invoke(app, ["attack", str(hardened_file), "--data", str(flat), "--device", "cpu", "--out", str(tmp_path / "r.json")])
+    result = runner.invoke(
+        app, ["attack", str(hardened_file), "--data", str(flat), "--device", "cpu", "--out", str(tmp_path / "r.json")]
+    )
     error_of(result, 1, "is not in ImageFolder layout")
     assert not (tmp_path / "r.json").exists()
 
 
 def test_class_count_mismatch_between_base_and_data(three_class_base, tmp_path):
     out = tmp_path / "o.safetensors"
-    result = runner.invoke(app, ["harden", str(three_class_base), "--data", "demo", "--out", str(out), "--device", "cpu", "--no-check"])
+    result = runner.invoke(
+        app, ["harden", str(three_class_base), "--data", "demo", "--out", str(out), "--device", "cpu", "--no-check"]
+    )
     error_of(result, 1, "class-count mismatch", "trained for 3 classes", "has 10")
     assert not out.exists()
 
 
 def test_class_count_mismatch_between_hardened_file_and_data(hardened_file, three_classes, tmp_path):
     out = tmp_path / "r.json"
-    result = runner.invoke(app, ["attack", str(hardened_file), "--data", str(three_classes), "--device", "cpu", "--n", "4",
-                                 "--out", str(out)])
+    result = runner.invoke(
+        app,
+        ["attack", str(hardened_file), "--data", str(three_classes), "--device", "cpu", "--n", "4", "--out", str(out)],
+    )
     assert result.exit_code in (1, 2)  # exit code: see the xfail test below
     assert "class-count mismatch" in " ".join(result.stderr.split()) and "Traceback" not in result.output
     assert not out.exists()
 
 
 def test_class_count_mismatch_exits_1_in_attack_as_in_harden(hardened_file, three_classes):
-    result = runner.invoke(app, ["attack", str(hardened_file), "--data", str(three_classes), "--device", "cpu", "--n", "4"])
+    result = runner.invoke(
+        app, ["attack", str(hardened_file), "--data", str(three_classes), "--device", "cpu", "--n", "4"]
+    )
     error_of(result, 1, "class-count mismatch")
 
 
 # ---------------------------------------------------------------- attack options
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--eps", "2"], "--eps 2.0 is outside [0, 1]"),
-    (["--eps", "4/255,300/255"], "is outside [0, 1]"),
-    (["--eps=-1/255"], "outside [0, 1]"),
-    (["--norm", "L2", "--eps", "-0.5"], "is not a valid L2 radius"),
-    (["--norm", "L2", "--attacks", "spsa"], "spsa do not support --norm L2"),
-    (["--norm", "L2", "--attacks", "fgsm"], "fgsm do not support --norm L2"),
-    (["--norm", "L2", "--attacks", "apgd-ce,eot-pgd"], "eot-pgd do not support --norm L2"),
-    (["--attacks", "pgd,nosuch"], "unknown attack(s) nosuch"),
-    (["--norm", "L3"], "L3"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--eps", "2"], "--eps 2.0 is outside [0, 1]"),
+        (["--eps", "4/255,300/255"], "is outside [0, 1]"),
+        (["--eps=-1/255"], "outside [0, 1]"),
+        (["--norm", "L2", "--eps", "-0.5"], "is not a valid L2 radius"),
+        (["--norm", "L2", "--attacks", "spsa"], "spsa do not support --norm L2"),
+        (["--norm", "L2", "--attacks", "fgsm"], "fgsm do not support --norm L2"),
+        (["--norm", "L2", "--attacks", "apgd-ce,eot-pgd"], "eot-pgd do not support --norm L2"),
+        (["--attacks", "pgd,nosuch"], "unknown attack(s) nosuch"),
+        (["--norm", "L3"], "L3"),
+    ],
+)
 def test_attack_usage_errors_exit_2(args, needle, hardened_file, tmp_path):
     out = tmp_path / "r.json"
-    result = runner.invoke(app, ["attack", str(hardened_file), "--data", "demo", "--device", "cpu", "--out", str(out), *args])
+    result = runner.invoke(
+        app, ["attack", str(hardened_file), "--data", "demo", "--device", "cpu", "--out", str(out), *args]
+    )
     assert result.exit_code == 2, result.output
     assert needle in " ".join(result.output.split())
     assert "Traceback" not in result.output
@@ -357,8 +439,22 @@ def _oom(*args, **kwargs):
 def test_out_of_gpu_memory_in_harden_names_the_batch_sizes(tmp_path, monkeypatch):
     monkeypatch.setattr(sodef_cli.harden, "extract_features", _oom)
     out = tmp_path / "o.safetensors"
-    result = runner.invoke(app, ["harden", "test_resnet", "--data", "demo", "--image-size", "16", "--out", str(out), "--device", "cpu",
-                                 "--no-check"])
+    result = runner.invoke(
+        app,
+        [
+            "harden",
+            "test_resnet",
+            "--data",
+            "demo",
+            "--image-size",
+            "16",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-check",
+        ],
+    )
     error_of(result, 1, "out of GPU memory", "feature_batch_size", "phaseN.batch_size")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -376,8 +472,25 @@ def diverged(tmp_path_factory):
     """A harden run whose phase-2 learning rate blows the ODE function up: (result, output folder, output file)."""
     folder = tmp_path_factory.mktemp("diverged")
     out = folder / "o.safetensors"
-    result = runner.invoke(app, ["harden", "test_resnet", "--data", "demo", "--image-size", "16", "--out", str(out), "--device", "cpu",
-                                 "--no-check", *TINY_SET, "--set", "phase2.lr=1e30"])
+    result = runner.invoke(
+        app,
+        [
+            "harden",
+            "test_resnet",
+            "--data",
+            "demo",
+            "--image-size",
+            "16",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-check",
+            *TINY_SET,
+            "--set",
+            "phase2.lr=1e30",
+        ],
+    )
     return result, folder, out
 
 
@@ -409,8 +522,23 @@ def test_ctrl_c_in_harden_exits_130_and_keeps_the_previous_file(tmp_path, monkey
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sodef_cli.harden, "phase1", interrupt)
-    result = runner.invoke(app, ["harden", "test_resnet", "--data", "demo", "--image-size", "16", "--out", str(out), "--device", "cpu",
-                                 "--no-check", *TINY_SET])
+    result = runner.invoke(
+        app,
+        [
+            "harden",
+            "test_resnet",
+            "--data",
+            "demo",
+            "--image-size",
+            "16",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-check",
+            *TINY_SET,
+        ],
+    )
     assert result.exit_code == 130, result.output
     assert "interrupted" in result.stderr and "Traceback" not in result.output
     assert out.read_bytes() == b"the previous complete file"
@@ -469,7 +597,7 @@ def test_failed_save_keeps_the_previous_model_file(tmp_path, monkeypatch, exc):
     before = path.read_bytes()
 
     def partial(tensors, filename, metadata=None):
-        pathlib.Path(filename).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"w\": ")  # half a header, then the failure
+        pathlib.Path(filename).write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"w": ')  # half a header, then the failure
         raise exc()
 
     monkeypatch.setattr(safetensors.torch, "save_file", partial)
@@ -485,7 +613,9 @@ def test_written_files_follow_the_umask_like_open(tmp_path):
     old = os.umask(0o027)
     try:
         atomic_write_text(tmp_path / "a.txt", "x")
-        save_model_file(tmp_path / "m.safetensors", {"w": torch.zeros(1)}, {"format": "sodef_cli/base", "format_version": 1})
+        save_model_file(
+            tmp_path / "m.safetensors", {"w": torch.zeros(1)}, {"format": "sodef_cli/base", "format_version": 1}
+        )
         with open(tmp_path / "plain.txt", "w") as fh:
             fh.write("x")
     finally:
@@ -521,21 +651,27 @@ def _malformed_results(tmp_path, mutate) -> pathlib.Path:
     return path
 
 
-@pytest.mark.parametrize("mutate", [
-    pytest.param(lambda d: d["config"].update(norm=[]), id="norm-a-list"),
-    pytest.param(lambda d: d["runs"][0]["checks"][0].update(flagged=[]), id="check-flagged-a-list"),
-    pytest.param(lambda d: d["runs"][0]["checks"][0].update(evidence=None), id="check-evidence-null"),
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        pytest.param(lambda d: d["config"].update(norm=[]), id="norm-a-list"),
+        pytest.param(lambda d: d["runs"][0]["checks"][0].update(flagged=[]), id="check-flagged-a-list"),
+        pytest.param(lambda d: d["runs"][0]["checks"][0].update(evidence=None), id="check-evidence-null"),
+    ],
+)
 def test_malformed_results_file_is_a_results_error(tmp_path, mutate):
     result = runner.invoke(app, ["report", str(_malformed_results(tmp_path, mutate))])
     error_of(result, 1, "malformed results file")
 
 
-@pytest.mark.parametrize("changes", [
-    pytest.param({"check": "yes"}, id="check-a-string"),
-    pytest.param({"metrics": [36, 26]}, id="metrics-a-list"),
-    pytest.param({"metrics": {"stability": {"final": None}}}, id="stability-null"),
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"check": "yes"}, id="check-a-string"),
+        pytest.param({"metrics": [36, 26]}, id="metrics-a-list"),
+        pytest.param({"metrics": {"stability": {"final": None}}}, id="stability-null"),
+    ],
+)
 def test_malformed_card_metadata_is_a_model_file_error(tmp_path, hardened_file, monkeypatch, changes):
     import sodef_cli.diagnostics
 

@@ -1,5 +1,6 @@
 """Foundations: typed configs and recipes, model files (save/load round trips, the public loaders),
 and the frozen-backbone guarantee."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TORCH_DEVICE
 from safetensors.torch import load_file
 
 import sodef_cli
-from sodef_cli.models import load_base_file
 from sodef_cli.config import (
     HardenConfig,
     HeadConfig,
@@ -24,9 +25,8 @@ from sodef_cli.config import (
 )
 from sodef_cli.errors import ModelFileError, UsageError
 from sodef_cli.io import read_metadata
+from sodef_cli.models import load_base_file
 from sodef_cli.phases import accuracy_from_logits
-
-from conftest import TORCH_DEVICE
 
 # ---------------------------------------------------------------- config and recipes
 
@@ -107,9 +107,7 @@ def test_bad_values_are_usage_errors(overrides):
         resolve(HardenConfig, overrides=overrides)
 
 
-@pytest.mark.parametrize(
-    "overrides", [{"adversarial": "pgd"}, {"epochs": 0}, {"adv_eps": 2.0}, {"val_fraction": 0.0}]
-)
+@pytest.mark.parametrize("overrides", [{"adversarial": "pgd"}, {"epochs": 0}, {"adv_eps": 2.0}, {"val_fraction": 0.0}])
 def test_bad_pretrain_values_are_usage_errors(overrides):
     with pytest.raises(UsageError):
         resolve(PretrainConfig, overrides=overrides)
@@ -141,7 +139,9 @@ def test_bool_coercion():
 
 def test_parse_set_options():
     assert parse_set_options(["phase2.epochs=3", " head.solver = rk4", "data=a=b"]) == {
-        "phase2.epochs": "3", "head.solver": "rk4", "data": "a=b",
+        "phase2.epochs": "3",
+        "head.solver": "rk4",
+        "data": "a=b",
     }
     assert parse_set_options(None) == {}
     with pytest.raises(UsageError, match="section.key=value"):
@@ -194,14 +194,17 @@ def test_loaders_map_unit_images_to_logits(hardened_file, loader):
 
 
 @pytest.mark.parametrize("loader", ["load_hardened", "load_base"])
-@pytest.mark.parametrize("bad,got", [
-    (lambda x: torch.nn.functional.interpolate(x, size=32), "got 32x32 images"),  # the size the data came in
-    (lambda x: x[:, :1], "got 1 channel(s)"),
-    (lambda x: (x * 255).to(torch.uint8), "got dtype torch.uint8"),
-    (lambda x: x * 255, "got values in [0"),  # 0-255 floats
-    (lambda x: (x - 0.5) / 0.25, "got values in [-2"),  # normalized outside the model
-    (lambda x: x[0], "got a tensor of shape (3, 16, 16)"),
-])
+@pytest.mark.parametrize(
+    "bad,got",
+    [
+        (lambda x: torch.nn.functional.interpolate(x, size=32), "got 32x32 images"),  # the size the data came in
+        (lambda x: x[:, :1], "got 1 channel(s)"),
+        (lambda x: (x * 255).to(torch.uint8), "got dtype torch.uint8"),
+        (lambda x: x * 255, "got values in [0"),  # 0-255 floats
+        (lambda x: (x - 0.5) / 0.25, "got values in [-2"),  # normalized outside the model
+        (lambda x: x[0], "got a tensor of shape (3, 16, 16)"),
+    ],
+)
 def test_loaders_refuse_inputs_outside_their_contract(hardened_file, loader, bad, got):
     model = getattr(sodef_cli, loader)(hardened_file, device=TORCH_DEVICE)
     x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -263,7 +266,9 @@ def test_base_file_round_trip(base_run, demo_data, images):
     base = sodef_cli.load_base(path, device=TORCH_DEVICE)
     assert _logits(base, images).shape == (images.shape[0], 10)
     assert _logits(base, images).equal(_logits(sodef_cli.load_base(path, device=TORCH_DEVICE), images))
-    assert _test_accuracy(base, demo_data) == pytest.approx(summary["test_clean_acc"], abs=1 / len(demo_data.test) + 1e-9)
+    assert _test_accuracy(base, demo_data) == pytest.approx(
+        summary["test_clean_acc"], abs=1 / len(demo_data.test) + 1e-9
+    )
 
 
 def test_frozen_backbone_is_stored_bitwise_unchanged(base_run, hardened_from_base):
@@ -278,7 +283,9 @@ def test_frozen_backbone_is_stored_bitwise_unchanged(base_run, hardened_from_bas
     running = [k for k in bb_before if k.endswith(("running_mean", "running_var"))]
     assert running, "test_resnet should have BatchNorm layers"
     # pretraining moved the statistics, so the comparison above is not trivially 0 == 0, 1 == 1
-    assert any(not torch.equal(bb_before[k], torch.zeros_like(bb_before[k])) for k in running if k.endswith("running_mean"))
+    assert any(
+        not torch.equal(bb_before[k], torch.zeros_like(bb_before[k])) for k in running if k.endswith("running_mean")
+    )
     # and the hardened file loads back to the same backbone as the base file
     model, _, _ = load_base_file(base_run[0])
     hard = sodef_cli.load_hardened(hardened_from_base[0])

@@ -4,6 +4,7 @@ Model files are fuzzed as random bytes and as mutations of a real hardened file 
 its sodef_cli metadata, its bytes); results files as random and mutated JSON. Any exception that is not a
 :class:`~sodef_cli.errors.SodefError` fails the test (the CLI would show it as an internal error).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -15,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sodef_cli
@@ -24,7 +25,9 @@ from sodef_cli.errors import SodefError
 from sodef_cli.io import read_json, read_metadata
 
 # derandomized: the same examples on every run, so CI is reproducible (widen max_examples locally to hunt)
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None)
+FUZZ = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None
+)
 
 _DIR = Path(tempfile.mkdtemp(prefix="sodef-fuzz-"))  # hypothesis examples cannot use function-scoped tmp_path
 atexit.register(shutil.rmtree, _DIR, ignore_errors=True)
@@ -64,7 +67,10 @@ def _pack(header: dict | bytes, body: bytes) -> bytes:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=True)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True)
     | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
@@ -132,8 +138,16 @@ def _set(doc, path, value, delete=False):
 
 
 # values that keep shapes small: a fuzzed metadata must never make a loader allocate more than the file holds
-small_values = st.none() | st.booleans() | st.integers(min_value=-3, max_value=300) | st.floats(allow_nan=True) | st.text(max_size=12) \
-    | st.lists(st.integers(min_value=-1, max_value=40), max_size=4) | st.just({}) | st.just([])
+small_values = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-3, max_value=300)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=12)
+    | st.lists(st.integers(min_value=-1, max_value=40), max_size=4)
+    | st.just({})
+    | st.just([])
+)
 
 
 @FUZZ
@@ -150,9 +164,19 @@ def test_mutated_sodef_metadata(real, data):
 
 
 @FUZZ
-@given(st.sampled_from(["backbone.num_classes", "backbone.in_chans", "num_classes", "feature_dim", "config.head.dim",
-                        "config.head.hidden"]),
-       st.integers(min_value=10**4, max_value=10**12))
+@given(
+    st.sampled_from(
+        [
+            "backbone.num_classes",
+            "backbone.in_chans",
+            "num_classes",
+            "feature_dim",
+            "config.head.dim",
+            "config.head.hidden",
+        ]
+    ),
+    st.integers(min_value=10**4, max_value=10**12),
+)
 def test_metadata_sizes_are_checked_against_the_tensors(real, key, value):
     """Huge sizes in the metadata must be refused before any model of that size is allocated."""
     header, body, _ = real
@@ -342,10 +366,29 @@ def test_attack_on_mutated_metadata(real, data):
         meta_ok = False
     calls = []
     real_load = models.load_pair
-    with mock.patch("sodef_cli.data.load_data", _demo16), \
-            mock.patch.object(models, "load_pair", lambda *a, **kw: calls.append(1) or real_load(*a, **kw)):
-        result = _cli(["attack", str(f), "--data", "demo", "--image-size", "16", "--device", "cpu", "--n", "2",
-                       "--attacks", "fgsm", "--no-checks", "--batch-size", "2"])
+    with (
+        mock.patch("sodef_cli.data.load_data", _demo16),
+        mock.patch.object(models, "load_pair", lambda *a, **kw: calls.append(1) or real_load(*a, **kw)),
+    ):
+        result = _cli(
+            [
+                "attack",
+                str(f),
+                "--data",
+                "demo",
+                "--image-size",
+                "16",
+                "--device",
+                "cpu",
+                "--n",
+                "2",
+                "--attacks",
+                "fgsm",
+                "--no-checks",
+                "--batch-size",
+                "2",
+            ]
+        )
     assert result.exit_code in (0, 1, 2), result.output
     assert result.exit_code == 0 or result.stderr.startswith("error:"), result.output
     assert "internal error" not in result.stderr, result.stderr

@@ -1,8 +1,8 @@
 """Grayscale data end to end (in_chans=1 models), and batch independence of fixed-step heads."""
+
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -30,12 +30,34 @@ def _gray_folder(root, per_class=12):
 def test_grayscale_data_gives_one_channel_models(tmp_path):
     data = _gray_folder(tmp_path / "gray")
     base = tmp_path / "base.safetensors"
-    cfg = resolve(PretrainConfig, overrides={"model": "test_resnet", "data": str(data), "epochs": 1, "batch_size": 8,
-                                             "val_fraction": 0.25, "adversarial": "fgsm"})
+    cfg = resolve(
+        PretrainConfig,
+        overrides={
+            "model": "test_resnet",
+            "data": str(data),
+            "epochs": 1,
+            "batch_size": 8,
+            "val_fraction": 0.25,
+            "adversarial": "fgsm",
+        },
+    )
     pretrain(cfg, base)
-    hcfg = resolve(HardenConfig, overrides={"model": str(base), "data": str(data), "val_fraction": 0.25, "head.dim": 8,
-                                            "head.solver": "rk4", "phase1.epochs": 1, "phase2.epochs": 1, "phase3.epochs": 1,
-                                            "check.n": 6, "check.steps": 1, "check.batch_size": 6})
+    hcfg = resolve(
+        HardenConfig,
+        overrides={
+            "model": str(base),
+            "data": str(data),
+            "val_fraction": 0.25,
+            "head.dim": 8,
+            "head.solver": "rk4",
+            "phase1.epochs": 1,
+            "phase2.epochs": 1,
+            "phase3.epochs": 1,
+            "check.n": 6,
+            "check.steps": 1,
+            "check.batch_size": 6,
+        },
+    )
     out = tmp_path / "h.safetensors"
     summary = harden(hcfg, out)
     assert summary["data"]["input_size"] == [1, 16, 16]

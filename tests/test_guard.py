@@ -1,4 +1,5 @@
 """The hardening guard: quick adaptive suite on validation images at the end of `sodef harden`."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,10 @@ def guarded(tmp_path_factory, tiny_harden_overrides):
 
 def test_recommendation_names_the_three_outcomes():
     more = recommendation("more robust", 2.5, -1.0, ci_points=[0.5, 4.5], p=0.01, n=400)
-    assert more.startswith("hardened model is more robust under adaptive attack (+2.5 points, 95% CI +0.5 to +4.5, "
-                           "McNemar p=0.01, n=400; clean -1.0)")
+    assert more.startswith(
+        "hardened model is more robust under adaptive attack (+2.5 points, 95% CI +0.5 to +4.5, "
+        "McNemar p=0.01, n=400; clean -1.0)"
+    )
     low = recommendation("LESS robust", -3.25, 0.5, ci_points=[-6.0, -0.5], p=0.02, n=400)
     assert "--recipe" not in low  # a linear head's loss is not pointed to the recipe it may come from
     sodef_low = recommendation("LESS robust", -3.25, 0.5, ci_points=[-6.0, -0.5], p=0.02, n=400, sodef_head=True)
@@ -45,12 +48,20 @@ def test_recommendation_names_the_three_outcomes():
     assert tie.startswith("no significant difference at n=100") and "about n=2221 check images would resolve" in tie
     assert "no sample size would resolve it" in recommendation("no significant difference", 0.0, 0.0, n=100)
     assert recommendation("more robust", 1.0, 0.0, n=10, reduced="50 of 100 APGD-CE steps").endswith(
-        "REDUCED: 50 of 100 APGD-CE steps, weaker than the reference evaluation")
+        "REDUCED: 50 of 100 APGD-CE steps, weaker than the reference evaluation"
+    )
 
 
-@pytest.mark.parametrize("gain,p,outcome", [(3.0, 0.01, "more robust"), (-3.0, 0.049, "LESS robust"),
-                                            (3.0, 0.05, "no significant difference"), (-20.0, 0.2, "no significant difference"),
-                                            (0.0, 1.0, "no significant difference")])
+@pytest.mark.parametrize(
+    "gain,p,outcome",
+    [
+        (3.0, 0.01, "more robust"),
+        (-3.0, 0.049, "LESS robust"),
+        (3.0, 0.05, "no significant difference"),
+        (-20.0, 0.2, "no significant difference"),
+        (0.0, 1.0, "no significant difference"),
+    ],
+)
 def test_outcome_needs_a_significant_mcnemar_test(gain, p, outcome):
     assert decide(gain, p) == outcome
 
@@ -131,8 +142,12 @@ def test_no_check_and_require_gain(tmp_path, monkeypatch, tiny_harden_overrides)
 
     def losing(*a, **kw):
         out = real(*a, **kw)
-        out.update(gain_points=-5.0, more_robust=False, outcome="LESS robust",
-                   recommendation=recommendation("LESS robust", -5.0, 0.0, n=out["n"]))
+        out.update(
+            gain_points=-5.0,
+            more_robust=False,
+            outcome="LESS robust",
+            recommendation=recommendation("LESS robust", -5.0, 0.0, n=out["n"]),
+        )
         return out
 
     monkeypatch.setattr(guard, "run_check", losing)

@@ -1,4 +1,5 @@
 """The shared helpers: batched inference (order, modes, no gradients) and "train epochs, keep the best on validation"."""
+
 from __future__ import annotations
 
 import pytest
@@ -86,8 +87,15 @@ def _fit(scores, *, start=None, **kw):
         m.w = e
         return {"epoch": e, "score": scores[e - 1]}
 
-    fit = fit_epochs(run_epoch, len(scores), snapshot=m.snapshot, restore=m.restore, score=lambda r: r["score"],
-                     start=None if start is None else {"epoch": 0, "score": start}, **kw)
+    fit = fit_epochs(
+        run_epoch,
+        len(scores),
+        snapshot=m.snapshot,
+        restore=m.restore,
+        score=lambda r: r["score"],
+        start=None if start is None else {"epoch": 0, "score": start},
+        **kw,
+    )
     return fit, m, run
 
 
@@ -121,8 +129,9 @@ def test_fit_epochs_eligibility_and_stopping():
     assert fit.best_epoch == 3 and m.w == 3 and len(fit.history) == 3
     # a stopping epoch is recorded, never kept, and no epoch runs after it
     seen = []
-    fit, m, run = _fit([0.5, 0.9, 0.95], stop=lambda r, hist: (seen.append([h["epoch"] for h in hist]), r["epoch"] == 2)[1],
-                       start=0.1)
+    fit, m, run = _fit(
+        [0.5, 0.9, 0.95], stop=lambda r, hist: (seen.append([h["epoch"] for h in hist]), r["epoch"] == 2)[1], start=0.1
+    )
     assert run == [1, 2] and fit.stopped_early and fit.best_epoch == 1 and m.w == 1
     assert seen == [[0], [0, 1]]  # the history before the epoch judged
     logged = []

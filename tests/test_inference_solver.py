@@ -1,4 +1,5 @@
 """Choosing the shipped solver: the cheapest fixed-step solver that predicts like the trained adaptive one."""
+
 from __future__ import annotations
 
 import pytest
@@ -48,7 +49,11 @@ def test_selection_keeps_the_first_qualifying_candidate_and_checks_it():
     assert abs((got == ref).float().mean().item() - chosen["agreement"]) < 0.01
     assert chosen["agreement"] >= 0.995
     inf.apply(head, rec)
-    assert head.block.solver == chosen["solver"] and head.block.step_size == chosen["step_size"] and not head.block.adaptive
+    assert (
+        head.block.solver == chosen["solver"]
+        and head.block.step_size == chosen["step_size"]
+        and not head.block.adaptive
+    )
     assert "agrees with dopri5" in inf.summary_line(rec)
 
 

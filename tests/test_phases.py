@@ -1,5 +1,6 @@
 """The phases must achieve what they are for, on a tiny head and separable features: phase 1 classifies through
 the fixed simplex well above chance, phase 2 makes the Jacobians at z(0) stable."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,8 +30,18 @@ def trained():
     V = simplex_classifier(K, 8)
     with torch.no_grad():
         before = accuracy_from_logits(head.z0(h_val) @ V.T, y_val)
-    m1 = phase1(head, h_tr, y_tr, h_val, y_val, V, Phase1Config(epochs=5, batch_size=32, lr=0.05),
-                device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), reporter=Reporter())
+    m1 = phase1(
+        head,
+        h_tr,
+        y_tr,
+        h_val,
+        y_val,
+        V,
+        Phase1Config(epochs=5, batch_size=32, lr=0.05),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        reporter=Reporter(),
+    )
     head.materialize()
     with torch.no_grad():
         after = accuracy_from_logits(head.z0(h_val) @ V.T, y_val)
@@ -48,8 +59,15 @@ def test_phase2_makes_the_jacobians_stable(trained):
     head, z_tr, _, _, _ = trained
     sample = z_tr[:128]
     stab_before = jacobian_stability(head.odefunc, sample)
-    m2 = phase2(head.odefunc, z_tr, Phase2Config(epochs=6, batch_size=32), RegularizerConfig(),
-                device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), reporter=Reporter())
+    m2 = phase2(
+        head.odefunc,
+        z_tr,
+        Phase2Config(epochs=6, batch_size=32),
+        RegularizerConfig(),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        reporter=Reporter(),
+    )
     stab_after = jacobian_stability(head.odefunc, sample)
     assert stab_before["frac_eig_negative"] < 0.5
     assert stab_after["frac_eig_negative"] >= 0.9

@@ -1,5 +1,6 @@
 """Registries (``sodef_cli.registry``): each family of names declared once, and read by the CLI, config
 validation and the code that dispatches through it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,18 @@ from sodef_cli.cli import app
 from sodef_cli.config import HardenConfig, HeadConfig, resolve
 from sodef_cli.errors import UsageError
 from sodef_cli.head import ODEBlock, SinODEFunc, make_odefunc
-from sodef_cli.registry import (ATTACK_KINDS, ATTACKS, FORMATS, NORMS, ODEFUNCS, SOLVERS, SUITES, Registry, Solver,
-                                register_attack)
+from sodef_cli.registry import (
+    ATTACK_KINDS,
+    ATTACKS,
+    FORMATS,
+    NORMS,
+    ODEFUNCS,
+    SOLVERS,
+    SUITES,
+    Registry,
+    Solver,
+    register_attack,
+)
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,8 +208,9 @@ def test_config_and_dispatch_read_the_registries(monkeypatch):
         resolve(HardenConfig, overrides={"head.odefunc": "scaled-sin"})
     with pytest.raises(UsageError, match="head.odefunc 'tanh' unknown"):
         make_odefunc(HeadConfig(odefunc="tanh"))
-    assert set(ODEFUNCS) == {"sin", "sin3"} and all(isinstance(make_odefunc(HeadConfig(dim=4, hidden=8, odefunc=n)), ODEFUNCS[n])
-                                                   for n in ODEFUNCS)
+    assert set(ODEFUNCS) == {"sin", "sin3"} and all(
+        isinstance(make_odefunc(HeadConfig(dim=4, hidden=8, odefunc=n)), ODEFUNCS[n]) for n in ODEFUNCS
+    )
 
 
 def test_registries_load_their_implementations_on_first_read():
@@ -270,14 +282,34 @@ def no_harden(monkeypatch):
     monkeypatch.setattr(sodef_cli.harden, "harden", fail)
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["attack", "m.safetensors", "--data", "demo", "--attacks", "pgd,nosuch"], "unknown attack(s) nosuch"),
-    (["attack", "m.safetensors", "--data", "demo", "--attacks", "cw-l2"], "cw-l2 do not support --norm Linf"),
-    (["harden", "test_resnet", "--data", "demo", "--solver", "rk5"], "head.solver 'rk5' unknown; choose one of dopri5"),
-    (["harden", "test_resnet", "--data", "demo", "--set", "head.odefunc=tanh"], "head.odefunc 'tanh' unknown; choose one of sin, sin3"),
-    (["harden", "test_resnet", "--data", "demo", "--adv-attack", "pgd", "--set", "adversarial.ode_solver=dopri5"],
-     "choose one of rk4, euler, midpoint, explicit_adams"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["attack", "m.safetensors", "--data", "demo", "--attacks", "pgd,nosuch"], "unknown attack(s) nosuch"),
+        (["attack", "m.safetensors", "--data", "demo", "--attacks", "cw-l2"], "cw-l2 do not support --norm Linf"),
+        (
+            ["harden", "test_resnet", "--data", "demo", "--solver", "rk5"],
+            "head.solver 'rk5' unknown; choose one of dopri5",
+        ),
+        (
+            ["harden", "test_resnet", "--data", "demo", "--set", "head.odefunc=tanh"],
+            "head.odefunc 'tanh' unknown; choose one of sin, sin3",
+        ),
+        (
+            [
+                "harden",
+                "test_resnet",
+                "--data",
+                "demo",
+                "--adv-attack",
+                "pgd",
+                "--set",
+                "adversarial.ode_solver=dopri5",
+            ],
+            "choose one of rk4, euler, midpoint, explicit_adams",
+        ),
+    ],
+)
 def test_cli_rejects_unknown_names_with_one_line_and_exit_2(args, needle, no_harden, tmp_path):
     result = runner.invoke(app, [*args])
     assert result.exit_code == 2, result.output
@@ -286,13 +318,16 @@ def test_cli_rejects_unknown_names_with_one_line_and_exit_2(args, needle, no_har
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("args,option", [
-    (["attack", "m.safetensors", "--suite", "strongest"], "--suite"),
-    (["attack", "m.safetensors", "--norm", "L1"], "--norm"),
-    (["report", "r.json", "--format", "pdf"], "--format"),
-    (["harden", "test_resnet", "--head", "mlp"], "--head"),
-    (["harden", "test_resnet", "--adv-attack", "mim"], "--adv-attack"),
-])
+@pytest.mark.parametrize(
+    "args,option",
+    [
+        (["attack", "m.safetensors", "--suite", "strongest"], "--suite"),
+        (["attack", "m.safetensors", "--norm", "L1"], "--norm"),
+        (["report", "r.json", "--format", "pdf"], "--format"),
+        (["harden", "test_resnet", "--head", "mlp"], "--head"),
+        (["harden", "test_resnet", "--adv-attack", "mim"], "--adv-attack"),
+    ],
+)
 def test_cli_choice_options_reject_other_values_with_exit_2(args, option, no_harden):
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and f"Invalid value for '{option}'" in _flat(result.output), result.output

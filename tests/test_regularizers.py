@@ -1,4 +1,5 @@
 """The batched stability terms against the per-sample autograd reference, and the simplex classifier."""
+
 from __future__ import annotations
 
 import itertools
@@ -26,9 +27,21 @@ def _z(batch: int = 5, seed: int = 1) -> torch.Tensor:
 
 def _cfg(form: str, convention: str, **kw) -> RegularizerConfig:
     # nonzero weights on every term; exponents small enough that exp() stays well scaled
-    base = dict(form=form, convention=convention, weight_f=0.1, weight_diag=10.0, weight_offdiag=0.5,
-                exponent=1.0, trans=1.0, exponent_off=0.1, trans_off=1.0, exponent_f=5.0,
-                alpha_f=1.0, alpha_diag=0.05, alpha_offdiag=0.05)
+    base = dict(
+        form=form,
+        convention=convention,
+        weight_f=0.1,
+        weight_diag=10.0,
+        weight_offdiag=0.5,
+        exponent=1.0,
+        trans=1.0,
+        exponent_off=0.1,
+        trans_off=1.0,
+        exponent_f=5.0,
+        alpha_f=1.0,
+        alpha_diag=0.05,
+        alpha_offdiag=0.05,
+    )
     base.update(kw)
     return RegularizerConfig(**base)
 
@@ -38,8 +51,12 @@ CASES = list(itertools.product(["sin", "sin3"], ["code", "paper"], ["column", "r
 
 def _jacobians(func, z: torch.Tensor) -> torch.Tensor:
     """(B, n, n) with J[b, i, j] = d f_i / d z_j, by autograd one point at a time (no closed form of the code)."""
-    return torch.stack([torch.autograd.functional.jacobian(lambda v: func.f(v.unsqueeze(0)).squeeze(0), z[b], create_graph=True)
-                        for b in range(z.shape[0])])
+    return torch.stack(
+        [
+            torch.autograd.functional.jacobian(lambda v: func.f(v.unsqueeze(0)).squeeze(0), z[b], create_graph=True)
+            for b in range(z.shape[0])
+        ]
+    )
 
 
 def _independent_loss(func, z: torch.Tensor, cfg: RegularizerConfig) -> dict[str, torch.Tensor]:
@@ -70,8 +87,13 @@ def _independent_loss(func, z: torch.Tensor, cfg: RegularizerConfig) -> dict[str
     else:
         r_f = sum(torch.sqrt(sum(fz[b, i] ** 2 for i in range(n))) for b in range(B)) / B
         r_d = sum(torch.exp(sum(J[b, i, i] for i in range(n))) for b in range(m)) / m
-        r_o = sum(torch.exp(sum(-J[b, i, i].abs() + sum(J[b, i, j].abs() for j in range(n) if j != i) for i in range(n)))
-                  for b in range(m)) / m
+        r_o = (
+            sum(
+                torch.exp(sum(-J[b, i, i].abs() + sum(J[b, i, j].abs() for j in range(n) if j != i) for i in range(n)))
+                for b in range(m)
+            )
+            / m
+        )
         weights = (cfg.alpha_f, cfg.alpha_diag, cfg.alpha_offdiag)
     return {"loss": weights[0] * r_f + weights[1] * r_d + weights[2] * r_o, "f": r_f, "diag": r_d, "offdiag": r_o}
 
@@ -104,8 +126,9 @@ def test_the_per_sample_loop_of_the_benchmark_agrees(family, form, convention):
     """``reference_stability_loss`` (the benchmark's baseline, the original per-sample loop) gives the same loss."""
     cfg = _cfg(form, convention, jacobian_samples=3)
     func, z = _odefunc(family), _z()
-    torch.testing.assert_close(reference_stability_loss(func, z, cfg)["loss"], _independent_loss(func, z, cfg)["loss"],
-                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        reference_stability_loss(func, z, cfg)["loss"], _independent_loss(func, z, cfg)["loss"], rtol=1e-10, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("family,form,convention", CASES)

@@ -5,6 +5,7 @@ Snapshots live in ``tests/snapshots/``; regenerate them after an intended change
 The results documents are built by hand below (fixed flags, no timestamps that change), so the
 snapshots depend on nothing but the renderer.
 """
+
 from __future__ import annotations
 
 import copy
@@ -34,8 +35,14 @@ runner = CliRunner()
 
 
 def _attack(kind: str, robust: list, eps: float, seconds: float, **params) -> dict:
-    return {"kind": kind, "params": {**params, "norm": "Linf", "eps": eps}, "robust": robust,
-            "attacked": sum(1 for f in robust if f is not None), "seconds": seconds, "projected": 0}
+    return {
+        "kind": kind,
+        "params": {**params, "norm": "Linf", "eps": eps},
+        "robust": robust,
+        "attacked": sum(1 for f in robust if f is not None),
+        "seconds": seconds,
+        "projected": 0,
+    }
 
 
 def _run(eps: float, shift: int) -> dict:
@@ -62,12 +69,21 @@ def _run(eps: float, shift: int) -> dict:
             },
         },
         "extra_checks": [
-            {"name": "predictions independent of batch composition", "flagged": False, "samples": 8,
-             "frac_predictions_changed": 0.0, "max_abs_logit_change": 1e-6,
-             "evidence": "0.0% of 8 predictions changed between batch size 256, 1 and a shuffled batch"},
-            {"name": "accuracy near zero at a very large eps", "flagged": False, "eps": 0.5,
-             "accuracy": {"base": 0.0, "hardened": 0.0},
-             "evidence": "PGD-20 at Linf eps=0.5 on 8 samples leaves hardened 0.0%, base 0.0%"},
+            {
+                "name": "predictions independent of batch composition",
+                "flagged": False,
+                "samples": 8,
+                "frac_predictions_changed": 0.0,
+                "max_abs_logit_change": 1e-6,
+                "evidence": "0.0% of 8 predictions changed between batch size 256, 1 and a shuffled batch",
+            },
+            {
+                "name": "accuracy near zero at a very large eps",
+                "flagged": False,
+                "eps": 0.5,
+                "accuracy": {"base": 0.0, "hardened": 0.0},
+                "evidence": "PGD-20 at Linf eps=0.5 on 8 samples leaves hardened 0.0%, base 0.0%",
+            },
         ],
     }
     run["checks"] = masking_checks(run)
@@ -79,19 +95,50 @@ def make_doc(eps=(4 / 255, 8 / 255), *, steps=None, all_samples=False, path="run
         "schema": "sodef_cli/attack-results",
         "schema_version": 1,
         "complete": True,
-        "model": {"path": path, "sha256": "0123456789abcdef" * 4, "backbone": "resnet18", "base_classifier": "own",
-                  "head": {"dim": 64, "odefunc": "sin", "hidden": 256, "t1": 5.0, "solver": "dopri5", "rtol": 1e-3,
-                           "atol": 1e-3, "step_size": 0.5, "adjoint": True}},
+        "model": {
+            "path": path,
+            "sha256": "0123456789abcdef" * 4,
+            "backbone": "resnet18",
+            "base_classifier": "own",
+            "head": {
+                "dim": 64,
+                "odefunc": "sin",
+                "hidden": 256,
+                "t1": 5.0,
+                "solver": "dopri5",
+                "rtol": 1e-3,
+                "atol": 1e-3,
+                "step_size": 0.5,
+                "adjoint": True,
+            },
+        },
         "data": {"spec": "demo", "split": "test", "classes": [f"c{i}" for i in range(10)], "test_size": 500},
-        "config": {"suite": "custom", "attacks": ["apgd-ce", "transfer-apgd-ce", "square"], "norm": "Linf", "eps": list(eps),
-                   "n": 8, "seed": 0, "batch_size": 256, "all_samples": all_samples, "steps": steps, "queries": None,
-                   "checks": True, "check_samples": 64},
+        "config": {
+            "suite": "custom",
+            "attacks": ["apgd-ce", "transfer-apgd-ce", "square"],
+            "norm": "Linf",
+            "eps": list(eps),
+            "n": 8,
+            "seed": 0,
+            "batch_size": 256,
+            "all_samples": all_samples,
+            "steps": steps,
+            "queries": None,
+            "checks": True,
+            "check_samples": 64,
+        },
         "plan": {"base": ["apgd-ce", "square"], "hardened": ["apgd-ce", "transfer-apgd-ce", "square"]},
         "n": 8,
         "indices": list(range(8)),
         "labels": [0, 1, 2, 3, 4, 5, 6, 7],
         "device": "cpu",
-        "versions": {"sodef-cli": "0.1.0", "torch": "2.4.0", "timm": "1.0.10", "torchdiffeq": "0.2.4", "torchattacks": "3.5.1"},
+        "versions": {
+            "sodef-cli": "0.1.0",
+            "torch": "2.4.0",
+            "timm": "1.0.10",
+            "torchdiffeq": "0.2.4",
+            "torchattacks": "3.5.1",
+        },
         "started": "2025-01-01T00:00:00+00:00",
         "finished": "2025-01-01T00:10:00+00:00",
         "runs": [_run(e, i) for i, e in enumerate(eps)],
@@ -120,51 +167,122 @@ def make_empty() -> dict:
 
 
 def make_meta() -> dict:
-    stab = lambda neg, dom: {"points": 500, "frac_eig_negative": neg, "frac_diag_dominant_col": dom,
-                             "frac_diag_dominant_row": dom / 2, "mean_max_real_eig": 0.5 - neg, "mean_diag": -0.5}
+    stab = lambda neg, dom: {
+        "points": 500,
+        "frac_eig_negative": neg,
+        "frac_diag_dominant_col": dom,
+        "frac_diag_dominant_row": dom / 2,
+        "mean_max_real_eig": 0.5 - neg,
+        "mean_diag": -0.5,
+    }
     return {
-        "format": "sodef_cli/hardened", "format_version": 1,
+        "format": "sodef_cli/hardened",
+        "format_version": 1,
         "backbone": {"timm_name": "resnet18", "input_size": [3, 32, 32], "in_chans": 3, "num_classes": 10},
-        "classes": [f"c{i}" for i in range(10)], "num_classes": 10, "feature_dim": 512, "base_classifier": "probe",
+        "classes": [f"c{i}" for i in range(10)],
+        "num_classes": 10,
+        "feature_dim": 512,
+        "base_classifier": "probe",
         "source": {"kind": "timm", "name": "resnet18", "pretrained": True},
         "config": {
-            "data": "demo", "seed": 0,
-            "head": {"dim": 64, "odefunc": "sin", "hidden": 256, "t1": 5.0, "solver": "dopri5", "rtol": 1e-3, "atol": 1e-3,
-                     "step_size": 0.5, "adjoint": True},
-            "phase1": {"epochs": 4, "batch_size": 128, "lr": 0.1}, "phase2": {"epochs": 20, "batch_size": 32, "lr": 0.01},
+            "data": "demo",
+            "seed": 0,
+            "head": {
+                "dim": 64,
+                "odefunc": "sin",
+                "hidden": 256,
+                "t1": 5.0,
+                "solver": "dopri5",
+                "rtol": 1e-3,
+                "atol": 1e-3,
+                "step_size": 0.5,
+                "adjoint": True,
+            },
+            "phase1": {"epochs": 4, "batch_size": 128, "lr": 0.1},
+            "phase2": {"epochs": 20, "batch_size": 32, "lr": 0.01},
             "phase3": {"epochs": 10, "batch_size": 128, "lr_fc": 0.01, "lr_f": 1e-5, "mixup_alpha": 1.0},
-            "regularizer": {"form": "code", "convention": "column", "weight_f": 0.1, "weight_diag": 10.0, "weight_offdiag": 0.0},
+            "regularizer": {
+                "form": "code",
+                "convention": "column",
+                "weight_f": 0.1,
+                "weight_diag": 10.0,
+                "weight_offdiag": 0.0,
+            },
         },
         "metrics": {
             "data": {"name": "demo", "train": 2000, "test": 500},
             "split": {"train": 1800, "val": 200, "seed": 0},
             "base": {"classifier": "probe", "val_acc": 0.5, "test_clean_acc": 0.48},
             "hardened": {"val_acc": 0.47, "test_clean_acc": 0.46},
-            "phases": {"phase1": {"final_loss": 1.25, "steps": 60}, "phase2": {"last_epoch_loss": 3.5, "steps": 1140},
-                       "phase3": {"final_loss": 1.5, "val_acc": 0.47, "steps": 150}},
+            "phases": {
+                "phase1": {"final_loss": 1.25, "steps": 60},
+                "phase2": {"last_epoch_loss": 3.5, "steps": 1140},
+                "phase3": {"final_loss": 1.5, "val_acc": 0.47, "steps": 150},
+            },
             "stability": {"before_phase2": stab(0.0, 0.0), "after_phase2": stab(0.9, 0.75), "final": stab(0.875, 0.5)},
         },
-        "check": {"suite": "quick", "split": "check", "n": 256, "norm": "Linf", "eps": 8 / 255, "steps": 50,
-                  "reduced": "50 of 100 APGD-CE steps",
-                  "base": {"clean": 0.5, "clean_ci95": [0.439, 0.561], "worst_case": 0.125, "worst_case_ci95": [0.09, 0.171],
-                           "attacks": {"apgd-ce": 0.125}, "attacks_ci95": {"apgd-ce": [0.09, 0.171]}},
-                  "hardened": {"clean": 0.46875, "clean_ci95": [0.408, 0.53], "worst_case": 0.15625, "worst_case_ci95": [0.117, 0.205],
-                               "attacks": {"apgd-ce": 0.2}, "attacks_ci95": {"apgd-ce": [0.155, 0.254]}},
-                  "gain_points": 3.125, "gain_points_ci95": [-1.2, 7.5], "p_mcnemar": 0.17, "discordant": [10, 18],
-                  "clean_delta_points": -3.125, "clean_delta_points_ci95": [-7.0, 0.8],
-                  "outcome": "no significant difference", "n_to_resolve": 1100, "more_robust": False,
-                  "recommendation": "no significant difference at n=256 between the hardened model and its base under adaptive "
-                                    "attack (+3.1 points, 95% CI -1.2 to +7.5, McNemar p=0.17, n=256); about n=1100 check images "
-                                    "would resolve a difference of this size (raise check.n). REDUCED: 50 of 100 APGD-CE steps",
-                  "checks": [], "train_indices": [1, 2, 3]},
+        "check": {
+            "suite": "quick",
+            "split": "check",
+            "n": 256,
+            "norm": "Linf",
+            "eps": 8 / 255,
+            "steps": 50,
+            "reduced": "50 of 100 APGD-CE steps",
+            "base": {
+                "clean": 0.5,
+                "clean_ci95": [0.439, 0.561],
+                "worst_case": 0.125,
+                "worst_case_ci95": [0.09, 0.171],
+                "attacks": {"apgd-ce": 0.125},
+                "attacks_ci95": {"apgd-ce": [0.09, 0.171]},
+            },
+            "hardened": {
+                "clean": 0.46875,
+                "clean_ci95": [0.408, 0.53],
+                "worst_case": 0.15625,
+                "worst_case_ci95": [0.117, 0.205],
+                "attacks": {"apgd-ce": 0.2},
+                "attacks_ci95": {"apgd-ce": [0.155, 0.254]},
+            },
+            "gain_points": 3.125,
+            "gain_points_ci95": [-1.2, 7.5],
+            "p_mcnemar": 0.17,
+            "discordant": [10, 18],
+            "clean_delta_points": -3.125,
+            "clean_delta_points_ci95": [-7.0, 0.8],
+            "outcome": "no significant difference",
+            "n_to_resolve": 1100,
+            "more_robust": False,
+            "recommendation": "no significant difference at n=256 between the hardened model and its base under adaptive "
+            "attack (+3.1 points, 95% CI -1.2 to +7.5, McNemar p=0.17, n=256); about n=1100 check images "
+            "would resolve a difference of this size (raise check.n). REDUCED: 50 of 100 APGD-CE steps",
+            "checks": [],
+            "train_indices": [1, 2, 3],
+        },
         "versions": {"sodef-cli": "0.1.0", "torch": "2.4.0"},
     }
 
 
-DIAGNOSTICS = {"mean_norm_f_z0": 0.0123, "mean_norm_f_zT": 0.001, "mean_norm_zT_minus_z0": 0.25, "mean_norm_z0": 1.0,
-               "nfe_per_solve": 26, "solver": "dopri5", "points": 64, "frac_eig_negative": 0.890625,
-               "frac_diag_dominant_col": 0.5, "frac_diag_dominant_row": 0.25, "mean_max_real_eig": -0.0625,
-               "mean_diag": -0.5, "data": "demo", "split": "test", "samples": 64, "batch": 64, "seed": 0}
+DIAGNOSTICS = {
+    "mean_norm_f_z0": 0.0123,
+    "mean_norm_f_zT": 0.001,
+    "mean_norm_zT_minus_z0": 0.25,
+    "mean_norm_z0": 1.0,
+    "nfe_per_solve": 26,
+    "solver": "dopri5",
+    "points": 64,
+    "frac_eig_negative": 0.890625,
+    "frac_diag_dominant_col": 0.5,
+    "frac_diag_dominant_row": 0.25,
+    "mean_max_real_eig": -0.0625,
+    "mean_diag": -0.5,
+    "data": "demo",
+    "split": "test",
+    "samples": 64,
+    "batch": 64,
+    "seed": 0,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,7 +302,9 @@ def snapshot(name: str, text: str) -> None:
             pytest.fail(f"snapshot {path} is missing; create it with UPDATE_SNAPSHOTS=1")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    assert text == path.read_text(encoding="utf-8"), f"{name} differs from its snapshot; rerun with UPDATE_SNAPSHOTS=1 if intended"
+    assert text == path.read_text(encoding="utf-8"), (
+        f"{name} differs from its snapshot; rerun with UPDATE_SNAPSHOTS=1 if intended"
+    )
 
 
 def write(tmp_path: Path, name: str, doc: dict) -> Path:
@@ -221,7 +341,9 @@ def check_html(text: str) -> _Html:
     p.close()
     assert p.stack == [], f"unclosed tags {p.stack}"
     assert "<script" not in text and "<link" not in text and "src=" not in text  # self-contained
-    assert set(re.findall(r"https?://[^\"' ]+", text)) <= {"http://www.w3.org/2000/svg"}  # only SVG's namespace, no fetch
+    assert set(re.findall(r"https?://[^\"' ]+", text)) <= {
+        "http://www.w3.org/2000/svg"
+    }  # only SVG's namespace, no fetch
     return p
 
 
@@ -260,7 +382,10 @@ def test_results_data_and_verdict_figures():
     assert v["masking_suspected"]
     assert v["flagged_checks"] == ["black-box beats white-box", "transfer beats direct"]
     assert v["text"].startswith("Hardening gain under the adaptive worst case at eps=4/255: +0.0 points (95% CI ")
-    assert "(base 37.5% -> hardened 37.5%); not significant; white-box attacks through the adaptive solver (dopri5) claimed 75.0% (+37.5)." in v["text"]
+    assert (
+        "(base 37.5% -> hardened 37.5%); not significant; white-box attacks through the adaptive solver (dopri5) claimed 75.0% (+37.5)."
+        in v["text"]
+    )
     assert v["evaluation"] == {"adaptive": True, "reduced": False, "kinds": ["white-box", "transfer", "black-box"]}
     assert "Gradient masking suspected: black-box beats white-box, transfer beats direct." in v["text"]
     assert v["level"] == "bad"
@@ -278,8 +403,10 @@ def test_reduced_iterations_are_named_in_the_header():
     assert fd["reduced_iterations"]
     assert fd["header"]["iterations"].startswith("REDUCED (--steps 5): apgd-ce 5 of 100 steps")
     assert "square" not in fd["header"]["iterations"]  # queries untouched
-    assert fd["verdict"]["text"].endswith("REDUCED budgets (apgd-ce 5 of 100 steps, transfer-apgd-ce 5 of 100 steps): "
-                                          "weaker than the reference evaluation.")
+    assert fd["verdict"]["text"].endswith(
+        "REDUCED budgets (apgd-ce 5 of 100 steps, transfer-apgd-ce 5 of 100 steps): "
+        "weaker than the reference evaluation."
+    )
     assert fd["evaluation"]["reduced"] is True
 
 
@@ -443,9 +570,15 @@ def test_no_color_and_colors(monkeypatch):
 
 
 def test_chart_lines_place_the_series():
-    block = {"xs": [0.0, 0.5, 1.0], "xlabels": ["0", "0.5", "1"], "xname": "eps",
-             "series": [{"name": "base", "marker": "b", "ys": [1.0, 0.5, 0.0]},
-                        {"name": "hardened", "marker": "h", "ys": [1.0, None, 0.25]}]}
+    block = {
+        "xs": [0.0, 0.5, 1.0],
+        "xlabels": ["0", "0.5", "1"],
+        "xname": "eps",
+        "series": [
+            {"name": "base", "marker": "b", "ys": [1.0, 0.5, 0.0]},
+            {"name": "hardened", "marker": "h", "ys": [1.0, None, 0.25]},
+        ],
+    }
     lines = chart_lines(block, width=40, height=5)
     assert all(len(line) <= 40 for line in lines)
     plot = [line.split("|", 1)[1] for line in lines[:5]]
@@ -464,9 +597,20 @@ def test_card_table_snapshot():
     data = card_data(make_meta(), path="runs/hardened.safetensors", diagnostics=DIAGNOSTICS)
     assert "train_indices" not in data["check"]
     text = as_text(render(data, "table"))
-    for needle in ("mean ||f(z(0))||", "Jacobians with all Re(eig) < 0", "89.1%", "mean ||z(T) - z(0)||",
-                   "NFE per solve (batch of 64)", "26 (dopri5)", "no significant difference at n=256", "+3.1",
-                   "REDUCED: 50 of 100 APGD-CE steps", "[-1.2, +7.5]", "held-out check", "[43.9, 56.1]"):
+    for needle in (
+        "mean ||f(z(0))||",
+        "Jacobians with all Re(eig) < 0",
+        "89.1%",
+        "mean ||z(T) - z(0)||",
+        "NFE per solve (batch of 64)",
+        "26 (dopri5)",
+        "no significant difference at n=256",
+        "+3.1",
+        "REDUCED: 50 of 100 APGD-CE steps",
+        "[-1.2, +7.5]",
+        "held-out check",
+        "[43.9, 56.1]",
+    ):
         assert needle in text, needle
     snapshot("card_table.txt", text)
 
@@ -613,13 +757,31 @@ def _one_block_of_each_type() -> list[dict]:
         b.title("every block"),
         b.heading("a heading"),
         b.kv("a kv list", [["key", "value"]]),
-        b.table("a table", [b.col("attack"), b.col("acc", "right", "value"), b.col("delta", "right", "delta"),
-                            b.col("result", role="status")], [["apgd-ce", "50.0%", "+2.0", "FLAG"]], "a caption"),
+        b.table(
+            "a table",
+            [
+                b.col("attack"),
+                b.col("acc", "right", "value"),
+                b.col("delta", "right", "delta"),
+                b.col("result", role="status"),
+            ],
+            [["apgd-ce", "50.0%", "+2.0", "FLAG"]],
+            "a caption",
+        ),
         b.note("a note", "warn"),
         b.verdict("a verdict", "good", "A"),
         b.chart("a chart", [0.0, 1.0], ["0", "1"], "eps", [{"name": "base", "marker": "b", "ys": [0.5, 0.25]}]),
-        b.bars("some bars", [{"name": "base", "eps": 0.0, "bars": [{"label": "clean", "value": 0.5, "ci": [0.4, 0.6]}]}], "bars caption"),
-        b.hist("a histogram", [{"name": "final", "counts": [1, 3, 2], "lo": -1.0, "hi": 0.5}], "max Re(eig)", "hist caption"),
+        b.bars(
+            "some bars",
+            [{"name": "base", "eps": 0.0, "bars": [{"label": "clean", "value": 0.5, "ci": [0.4, 0.6]}]}],
+            "bars caption",
+        ),
+        b.hist(
+            "a histogram",
+            [{"name": "final", "counts": [1, 3, 2], "lo": -1.0, "hi": 0.5}],
+            "max Re(eig)",
+            "hist caption",
+        ),
     ]
 
 
@@ -630,11 +792,24 @@ def test_every_format_has_a_renderer_and_every_renderer_draws_every_block_type()
     assert FORMATS == ("table", "markdown", "json", "html") and set(RENDERERS) == set(FORMATS)
     blocks = _one_block_of_each_type()
     assert sorted(bl["type"] for bl in blocks) == sorted(BLOCK_TYPES)
-    texts = {"table": as_text(render_rich.render_blocks(blocks)), "markdown": render_markdown.render_blocks(blocks),
-             "html": render_html.render_blocks(blocks)}
+    texts = {
+        "table": as_text(render_rich.render_blocks(blocks)),
+        "markdown": render_markdown.render_blocks(blocks),
+        "html": render_html.render_blocks(blocks),
+    }
     for fmt, text in texts.items():
-        for needle in ("every block", "a heading", "a kv list", "a table", "apgd-ce", "a note", "a verdict", "a chart",
-                       "some bars", "a histogram"):
+        for needle in (
+            "every block",
+            "a heading",
+            "a kv list",
+            "a table",
+            "apgd-ce",
+            "a note",
+            "a verdict",
+            "a chart",
+            "some bars",
+            "a histogram",
+        ):
             assert needle in text, (fmt, needle)
     check_html(texts["html"])
     check_markdown_tables(texts["markdown"])
@@ -648,14 +823,20 @@ def test_every_format_has_a_renderer_and_every_renderer_draws_every_block_type()
         render(data, "pdf")
 
 
-@pytest.mark.parametrize("mutate,field", [
-    (lambda d: d["runs"][0]["models"]["hardened"]["attacks"]["square"].update(robust=[True]), "hardened.attacks.square.robust"),
-    (lambda d: d["runs"][1]["models"]["base"].update(clean="TTTT"), "runs[1].models.base.clean"),
-    (lambda d: d["runs"][0].update(eps=float("nan")), "runs[0].eps"),
-    (lambda d: d["config"].update(eps=[8 / 255, "x"]), "config.eps[1]"),
-    (lambda d: d["runs"][0]["checks"][1].pop("name"), "runs[0].checks[1].name"),
-    (lambda d: d["model"].update(head=[1]), "model.head"),
-])
+@pytest.mark.parametrize(
+    "mutate,field",
+    [
+        (
+            lambda d: d["runs"][0]["models"]["hardened"]["attacks"]["square"].update(robust=[True]),
+            "hardened.attacks.square.robust",
+        ),
+        (lambda d: d["runs"][1]["models"]["base"].update(clean="TTTT"), "runs[1].models.base.clean"),
+        (lambda d: d["runs"][0].update(eps=float("nan")), "runs[0].eps"),
+        (lambda d: d["config"].update(eps=[8 / 255, "x"]), "config.eps[1]"),
+        (lambda d: d["runs"][0]["checks"][1].pop("name"), "runs[0].checks[1].name"),
+        (lambda d: d["model"].update(head=[1]), "model.head"),
+    ],
+)
 def test_a_malformed_document_is_rejected_on_load_naming_the_field(mutate, field):
     from sodef_cli.errors import ResultsError
     from sodef_cli.report.results import Results
@@ -673,8 +854,13 @@ def test_a_comparison_whose_reference_is_not_a_model_is_rejected_on_load():
     from sodef_cli.errors import ResultsError
     from sodef_cli.report.results import Results
 
-    doc = {**make_doc(), "schema_version": 2, "kind": "comparison", "reference": "nobody",
-           "models": [{"label": "base"}, {"label": "hardened"}]}
+    doc = {
+        **make_doc(),
+        "schema_version": 2,
+        "kind": "comparison",
+        "reference": "nobody",
+        "models": [{"label": "base"}, {"label": "hardened"}],
+    }
     with pytest.raises(ResultsError, match="reference: expected the label of one of the models"):
         Results.load(doc, "c.json")
     Results.load({**doc, "reference": "base"}, "c.json")  # the same document with a real reference loads
@@ -688,15 +874,23 @@ def test_results_without_stored_checks_get_provisional_ones_and_ignore_unknown_a
     fd = results_data([doc], labels=["p.json"])["files"][0]
     r0 = fd["runs"][0]
     assert r0["checks_provisional"] is True
-    assert [c["name"] for c in r0["checks"] if c.get("flagged")] == ["black-box beats white-box", "transfer beats direct"]
-    assert "attack-from-the-future" in r0["models"]["hardened"]["attacks"]  # shown, though this version cannot classify it
+    assert [c["name"] for c in r0["checks"] if c.get("flagged")] == [
+        "black-box beats white-box",
+        "transfer beats direct",
+    ]
+    assert (
+        "attack-from-the-future" in r0["models"]["hardened"]["attacks"]
+    )  # shown, though this version cannot classify it
     assert fd["attack_kinds"]["square"] == "black-box" and "attack-from-the-future" not in fd["attack_kinds"]
 
 
-@pytest.mark.parametrize("adjoint,needle", [
-    (True, "adjoint yes (its gradients, in training and for white-box attacks, come from the adjoint solve)"),
-    (False, "adjoint no (its gradients come from direct backprop through the solver)"),
-])
+@pytest.mark.parametrize(
+    "adjoint,needle",
+    [
+        (True, "adjoint yes (its gradients, in training and for white-box attacks, come from the adjoint solve)"),
+        (False, "adjoint no (its gradients come from direct backprop through the solver)"),
+    ],
+)
 def test_the_card_says_what_the_adjoint_setting_affects(adjoint, needle):
     meta = make_meta()
     meta["config"]["head"]["adjoint"] = adjoint
@@ -707,9 +901,11 @@ def test_the_card_says_what_the_adjoint_setting_affects(adjoint, needle):
 def test_malformed_card_metadata_is_rejected_when_the_card_data_is_made():
     from sodef_cli.errors import ModelFileError
 
-    for change, field in ((lambda m: m["metrics"]["stability"].update(final=None), "metadata.metrics.stability.final"),
-                          (lambda m: m["check"]["base"].update(clean_ci95=[0.1]), "metadata.check.base.clean_ci95"),
-                          (lambda m: m.update(classes=[1, 2]), "metadata.classes[0]")):
+    for change, field in (
+        (lambda m: m["metrics"]["stability"].update(final=None), "metadata.metrics.stability.final"),
+        (lambda m: m["check"]["base"].update(clean_ci95=[0.1]), "metadata.check.base.clean_ci95"),
+        (lambda m: m.update(classes=[1, 2]), "metadata.classes[0]"),
+    ):
         meta = make_meta()
         change(meta)
         with pytest.raises(ModelFileError, match=re.escape(field)):
@@ -722,10 +918,19 @@ def test_the_harden_summary_is_blocks_in_every_format():
     from sodef_cli.report.render_html import render_blocks as html_of
     from sodef_cli.report.render_markdown import render_blocks as markdown_of
 
-    summary = {"out": "h.safetensors", "base": {"test_clean_acc": 0.5, "val_acc": 0.5}, "hardened": {"test_clean_acc": 0.46, "val_acc": 0.47},
-               "data": {"test": 500}, "split": {"val": 200}, "timings_s": {"phase1": 1.25},
-               "check": {**make_meta()["check"], "outcome": "no significant difference",
-                         "checks": [{"name": "transfer beats direct", "flagged": True, "evidence": "2 of 9"}]}}
+    summary = {
+        "out": "h.safetensors",
+        "base": {"test_clean_acc": 0.5, "val_acc": 0.5},
+        "hardened": {"test_clean_acc": 0.46, "val_acc": 0.47},
+        "data": {"test": 500},
+        "split": {"val": 200},
+        "timings_s": {"phase1": 1.25},
+        "check": {
+            **make_meta()["check"],
+            "outcome": "no significant difference",
+            "checks": [{"name": "transfer beats direct", "flagged": True, "evidence": "2 of 9"}],
+        },
+    }
     blocks = harden_summary_blocks(summary)
     assert [bl["type"] for bl in blocks][:2] == ["title", "table"] and blocks[-1]["type"] == "verdict"
     assert blocks[-1]["level"] == "warn" and blocks[-1]["label"] == "guard"

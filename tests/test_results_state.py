@@ -1,5 +1,6 @@
 """The typed evaluation state behind `sodef attack`: JSON round trip, resume, persistence after every result;
 and `sodef attack` reading a model's metadata and validating its options once."""
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,31 @@ runner = CliRunner()
 
 
 def _doc() -> dict:
-    atk = {"kind": "white-box", "params": {"steps": 2, "norm": "Linf", "eps": 0.03}, "robust": [True, None, False],
-           "attacked": 2, "seconds": 0.5, "projected": 0}
+    atk = {
+        "kind": "white-box",
+        "params": {"steps": 2, "norm": "Linf", "eps": 0.03},
+        "robust": [True, None, False],
+        "attacked": 2,
+        "seconds": 0.5,
+        "projected": 0,
+    }
     return {
-        "schema": "sodef_cli/attack-results", "schema_version": 1, "complete": False, "n": 3, "indices": [4, 1, 7],
+        "schema": "sodef_cli/attack-results",
+        "schema_version": 1,
+        "complete": False,
+        "n": 3,
+        "indices": [4, 1, 7],
         "runs": [
-            {"eps": 0.03, "models": {"base": {"attacks": {"apgd-ce": atk}, "clean": [True, False, True]},
-                                     "hardened": {"attacks": {}, "clean": [True, True, True], "checks": [], "future": 1}},
-             "done": True, "extra_checks": [{"name": "x", "flagged": False}], "checks": [{"name": "y", "flagged": None}]},
+            {
+                "eps": 0.03,
+                "models": {
+                    "base": {"attacks": {"apgd-ce": atk}, "clean": [True, False, True]},
+                    "hardened": {"attacks": {}, "clean": [True, True, True], "checks": [], "future": 1},
+                },
+                "done": True,
+                "extra_checks": [{"name": "x", "flagged": False}],
+                "checks": [{"name": "y", "flagged": None}],
+            },
             {"eps": 0.06, "models": {"base": {"attacks": {}}}, "done": False, "note": "kept"},
         ],
         "estimate": {"seconds": 1.0, "timing_batch": 3},
@@ -48,7 +66,11 @@ def test_record_persists_every_result_and_resume_continues(tmp_path):
     run = state.eps_run(0.03)
     measured = []
     assert state.clean(run, "base", lambda: measured.append(1) or [True, False, True]) == [True, False, True]
-    assert json.loads(path.read_text())["runs"][0]["models"]["base"]["clean"] == [True, False, True]  # persisted at once
+    assert json.loads(path.read_text())["runs"][0]["models"]["base"]["clean"] == [
+        True,
+        False,
+        True,
+    ]  # persisted at once
     state.record_attack(run, "base", "fgsm", AttackResult("white-box", {"eps": 0.03}, [False, None, True], 2, 0.1, 0))
     on_disk = json.loads(path.read_text())
     assert on_disk["runs"][0]["models"]["base"]["attacks"]["fgsm"]["robust"] == [False, None, True]
@@ -65,7 +87,9 @@ def test_record_persists_every_result_and_resume_continues(tmp_path):
     again.finish_eps(run2, extra_checks=[{"name": "x"}], checks=lambda r: [{"name": "c", "saw": r["extra_checks"]}])
     done = again.finish(seconds_run=1.5)
     assert done["complete"] and done["runs"][0]["done"]
-    assert done["runs"][0]["checks"] == [{"name": "c", "saw": [{"name": "x"}]}]  # made from the run with its extra checks
+    assert done["runs"][0]["checks"] == [
+        {"name": "c", "saw": [{"name": "x"}]}
+    ]  # made from the run with its extra checks
     assert list(done)[-2:] == ["finished", "seconds_run"]
     assert json.loads(path.read_text()) == done
 
@@ -85,8 +109,9 @@ def test_a_refused_resume_leaves_the_file_alone(tmp_path):
 
 def test_summary_is_stored_beside_the_flags_on_every_save(tmp_path):
     path = tmp_path / "r.json"
-    state = EvaluationState.open({"n": 3, "runs": []}, path, check=lambda o, n: None,
-                                 summary=lambda d: {"runs": len(d["runs"])})
+    state = EvaluationState.open(
+        {"n": 3, "runs": []}, path, check=lambda o, n: None, summary=lambda d: {"runs": len(d["runs"])}
+    )
     state.eps_run(0.1)
     state.save()
     assert json.loads(path.read_text())["summary"] == {"runs": 1}
@@ -106,8 +131,26 @@ def test_attack_reads_the_metadata_and_validates_once(hardened_file, tmp_path, m
     monkeypatch.setattr(M, "read_metadata", lambda path, **kw: (reads.append(str(path)), real_read(path, **kw))[1])
     monkeypatch.setattr(AttackConfig, "validate", lambda self: (validations.append(1), real_validate(self))[1])
     out = tmp_path / "r.json"
-    res = runner.invoke(app, ["attack", str(hardened_file), "--data", "demo", "--image-size", "16", "--attacks", "fgsm",
-                              "--n", "4", "--batch-size", "4", "--no-checks", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "attack",
+            str(hardened_file),
+            "--data",
+            "demo",
+            "--image-size",
+            "16",
+            "--attacks",
+            "fgsm",
+            "--n",
+            "4",
+            "--batch-size",
+            "4",
+            "--no-checks",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert reads == [str(hardened_file)] and validations == [1]
     assert json.loads(out.read_text())["complete"]

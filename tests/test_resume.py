@@ -1,4 +1,5 @@
 """Determinism and `harden --resume`: an interrupted run resumed gives the bitwise-identical file."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,16 @@ from sodef_cli import phases
 from sodef_cli.config import HardenConfig, resolve
 
 OVERRIDES = {
-    "model": "test_resnet", "data": "demo", "image_size": 16, "head.dim": 16, "head.t1": 1.0, "head.solver": "rk4",
-    "phase1.epochs": 1, "phase2.epochs": 1, "phase3.epochs": 1, "check.enabled": False,
+    "model": "test_resnet",
+    "data": "demo",
+    "image_size": 16,
+    "head.dim": 16,
+    "head.t1": 1.0,
+    "head.solver": "rk4",
+    "phase1.epochs": 1,
+    "phase2.epochs": 1,
+    "phase3.epochs": 1,
+    "check.enabled": False,
 }
 
 

@@ -1,4 +1,5 @@
 """The structure of `harden`: the one resume helper, the file format in one place, inputs checked at the entry."""
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,14 @@ PACKAGE = Path(sodef_cli.cli.__file__).parent
 
 
 def _checkpoint(out, *, resume, config=None, seed=0, log=None) -> Checkpoint:
-    return Checkpoint(out, config=config or {"a": 1}, inputs="x", generator=torch.Generator().manual_seed(seed), resume=resume,
-                      log=(log if log is not None else (lambda _m: None)))
+    return Checkpoint(
+        out,
+        config=config or {"a": 1},
+        inputs="x",
+        generator=torch.Generator().manual_seed(seed),
+        resume=resume,
+        log=(log if log is not None else (lambda _m: None)),
+    )
 
 
 def test_stage_computes_saves_and_returns_once(tmp_path):
@@ -44,7 +51,11 @@ def test_stage_computes_saves_and_returns_once(tmp_path):
 
     tensors, records = ckpt.stage("features", compute)
     assert calls == [1]
-    assert torch.equal(tensors["features.train"], torch.arange(4.0)) and records["n"] == 4 and records["stage"] == "features"
+    assert (
+        torch.equal(tensors["features.train"], torch.arange(4.0))
+        and records["n"] == 4
+        and records["stage"] == "features"
+    )
     assert Checkpoint.path_for(tmp_path / "o.safetensors").exists()
 
 
@@ -95,7 +106,9 @@ def test_format_names_and_versions_are_spelled_only_in_io():
         if path.name == "io.py":
             continue
         text = path.read_text(encoding="utf-8")
-        if re.search(r"[\"']sodef_cli/(base|hardened)[\"']", text) or re.search(r"[\"']format_version[\"']\s*:\s*\d", text):
+        if re.search(r"[\"']sodef_cli/(base|hardened)[\"']", text) or re.search(
+            r"[\"']format_version[\"']\s*:\s*\d", text
+        ):
             offenders.append(path.name)
     assert offenders == []
 
@@ -108,8 +121,13 @@ def test_writers_stamp_the_format_the_reader_checks(tmp_path):
     with pytest.raises(ModelFileError, match="expected " + io.HARDENED_FORMAT):
         io.read_metadata(tmp_path / "b.safetensors", expect=io.HARDENED_FORMAT)
     # a file with tuned tensors needs the newest version; the reader takes it and refuses anything newer
-    save_hardened(tmp_path / "h.safetensors", backbone=model, meta={}, tuned={"weight": torch.zeros(2, 3)},
-                  probe=torch.nn.Linear(3, 2))
+    save_hardened(
+        tmp_path / "h.safetensors",
+        backbone=model,
+        meta={},
+        tuned={"weight": torch.zeros(2, 3)},
+        probe=torch.nn.Linear(3, 2),
+    )
     meta = io.read_metadata(tmp_path / "h.safetensors", expect=io.HARDENED_FORMAT)
     assert meta["format_version"] == io.FORMAT_VERSION
     keys = io.load_tensors(tmp_path / "h.safetensors").keys()
@@ -156,8 +174,23 @@ def test_head_dim_below_classes_fails_before_features_with_one_error_type(tmp_pa
     assert "--dim" not in str(err.value)  # the library names the config key; the CLI adds its flag
     with pytest.raises(InputError, match="head.dim"):
         check_head_dim(4, 10)
-    res = runner.invoke(app, ["harden", "test_resnet", "--data", "demo", "--image-size", "16", "--dim", "4", "--device", "cpu",
-                              "--out", str(tmp_path / "h.safetensors")])
+    res = runner.invoke(
+        app,
+        [
+            "harden",
+            "test_resnet",
+            "--data",
+            "demo",
+            "--image-size",
+            "16",
+            "--dim",
+            "4",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "h.safetensors"),
+        ],
+    )
     assert res.exit_code == 2, res.output
     assert "head.dim (4) must be at least the number of classes (10) (option --dim)" in " ".join(res.stderr.split())
 
@@ -180,9 +213,19 @@ def test_cli_maps_the_require_gain_verdict_to_the_exit_code(tmp_path, monkeypatc
     def fake(check):
         def run(cfg, out, *, reporter=None, **options):
             return {"out": str(out), "check": check, "base": {}, "hardened": {}}
+
         return run
 
-    args = ["harden", "test_resnet", "--data", "demo", "--out", str(tmp_path / "h.safetensors"), "--json", "--require-gain"]
+    args = [
+        "harden",
+        "test_resnet",
+        "--data",
+        "demo",
+        "--out",
+        str(tmp_path / "h.safetensors"),
+        "--json",
+        "--require-gain",
+    ]
     monkeypatch.setattr(sodef_cli.harden, "harden", fake({"gain_points": -5.0, "require_gain_failed": True}))
     assert runner.invoke(app, args).exit_code == 1
     # a loss the library did not mark (require_gain off in its config) is not re-decided by the CLI
@@ -211,9 +254,21 @@ def test_pretrain_on_grey_data_averages_hub_normalization(tmp_path, monkeypatch)
                 Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), mode="L").save(d / f"{i}.png")
     real = sodef_cli.pretrain.create_timm
     monkeypatch.setattr(sodef_cli.pretrain, "create_timm", lambda name, **kw: real(name, **{**kw, "pretrained": False}))
-    monkeypatch.setattr(sodef_cli.pretrain, "hub_config", lambda name: {"mean": (0.2, 0.4, 0.6), "std": (0.1, 0.2, 0.3)})
-    cfg = resolve(PretrainConfig, overrides={"model": "test_resnet", "data": str(tmp_path / "gray"), "epochs": 1,
-                                             "batch_size": 8, "val_fraction": 0.25, "pretrained": True, "device": "cpu"})
+    monkeypatch.setattr(
+        sodef_cli.pretrain, "hub_config", lambda name: {"mean": (0.2, 0.4, 0.6), "std": (0.1, 0.2, 0.3)}
+    )
+    cfg = resolve(
+        PretrainConfig,
+        overrides={
+            "model": "test_resnet",
+            "data": str(tmp_path / "gray"),
+            "epochs": 1,
+            "batch_size": 8,
+            "val_fraction": 0.25,
+            "pretrained": True,
+            "device": "cpu",
+        },
+    )
     sodef_cli.pretrain.pretrain(cfg, tmp_path / "b.safetensors")
     spec = io.read_metadata(tmp_path / "b.safetensors")["backbone"]
     assert spec["mean"] == pytest.approx([0.4]) and spec["std"] == pytest.approx([0.2])

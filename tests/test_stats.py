@@ -1,4 +1,5 @@
 """Intervals and tests of sodef_cli.stats against published values and hand computations."""
+
 from __future__ import annotations
 
 import math
@@ -16,12 +17,15 @@ from sodef_cli.stats import (
 )
 
 
-@pytest.mark.parametrize("k,n,low,high", [
-    (5, 10, 0.2366, 0.7634),  # textbook values of the Wilson interval
-    (0, 10, 0.0, 0.2775),
-    (10, 10, 0.7225, 1.0),
-    (81, 263, 0.2553, 0.3662),  # Newcombe 1998 (single proportion, Table I): 81/263
-])
+@pytest.mark.parametrize(
+    "k,n,low,high",
+    [
+        (5, 10, 0.2366, 0.7634),  # textbook values of the Wilson interval
+        (0, 10, 0.0, 0.2775),
+        (10, 10, 0.7225, 1.0),
+        (81, 263, 0.2553, 0.3662),  # Newcombe 1998 (single proportion, Table I): 81/263
+    ],
+)
 def test_wilson_matches_published_values(k, n, low, high):
     lo, hi = wilson(k, n)
     assert lo == pytest.approx(low, abs=6e-5) and hi == pytest.approx(high, abs=6e-5)
@@ -33,14 +37,17 @@ def test_wilson_no_samples_and_bad_counts():
         wilson(3, 2)
 
 
-@pytest.mark.parametrize("b,c,p", [
-    (0, 6, 2 / 64),  # 2 * P(X <= 0), X ~ Bin(6, 1/2)
-    (1, 9, 2 * (1 + 10) / 1024),
-    (9, 1, 2 * (1 + 10) / 1024),
-    (3, 3, 1.0),
-    (0, 0, 1.0),
-    (2, 5, 2 * (1 + 7 + 21) / 128),
-])
+@pytest.mark.parametrize(
+    "b,c,p",
+    [
+        (0, 6, 2 / 64),  # 2 * P(X <= 0), X ~ Bin(6, 1/2)
+        (1, 9, 2 * (1 + 10) / 1024),
+        (9, 1, 2 * (1 + 10) / 1024),
+        (3, 3, 1.0),
+        (0, 0, 1.0),
+        (2, 5, 2 * (1 + 7 + 21) / 128),
+    ],
+)
 def test_mcnemar_exact_by_hand(b, c, p):
     assert mcnemar_exact(b, c) == pytest.approx(p, rel=1e-12)
 
@@ -50,10 +57,13 @@ def test_mcnemar_large_counts_agree_with_the_integer_sum():
     assert mcnemar_exact(700, 800) == pytest.approx(exact, rel=1e-9)
 
 
-@pytest.mark.parametrize("x1,n1,x2,n2,low,high", [
-    (56, 70, 48, 80, 0.0524, 0.3339),  # Newcombe 1998 (independent proportions), method 10, example (a)
-    (9, 10, 3, 10, 0.1705, 0.8090),  # ... example (b)
-])
+@pytest.mark.parametrize(
+    "x1,n1,x2,n2,low,high",
+    [
+        (56, 70, 48, 80, 0.0524, 0.3339),  # Newcombe 1998 (independent proportions), method 10, example (a)
+        (9, 10, 3, 10, 0.1705, 0.8090),  # ... example (b)
+    ],
+)
 def test_hybrid_score_with_zero_correlation_is_newcombes_method_10(x1, n1, x2, n2, low, high):
     lo, hi = _combine(x1 / n1, wilson(x1, n1), x2 / n2, wilson(x2, n2), 0.0)
     assert lo == pytest.approx(low, abs=6e-5) and hi == pytest.approx(high, abs=6e-5)

@@ -1,4 +1,5 @@
 """Skipped phases, the stability warning and the precision of the stored accuracies."""
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,20 @@ def test_unstable_phase2_is_said_in_the_summary_the_card_and_json(tiny_harden_ov
         return {**out, "frac_eig_negative": 0.25} if len(calls) == 2 else out
 
     monkeypatch.setattr(hmod, "jacobian_stability", unstable_after_phase2)
-    args = ["harden", "test_resnet", "--out", str(tmp_path / "h.safetensors"), "--json", "--no-check",
-            "--data", "demo", "--image-size", "16", "--device", tiny_harden_overrides["device"]]
+    args = [
+        "harden",
+        "test_resnet",
+        "--out",
+        str(tmp_path / "h.safetensors"),
+        "--json",
+        "--no-check",
+        "--data",
+        "demo",
+        "--image-size",
+        "16",
+        "--device",
+        tiny_harden_overrides["device"],
+    ]
     for k, v in tiny_harden_overrides.items():
         if k not in ("data", "image_size", "device", "check.enabled"):
             args += ["--set", f"{k}={v}"]
@@ -85,7 +98,9 @@ def test_stored_test_accuracies_use_fp32_features(tiny_harden_overrides, tmp_pat
         return real(fn, images, **kw)
 
     monkeypatch.setattr(hmod, "extract_features", spy)
-    harden(resolve(HardenConfig, overrides={"model": "test_resnet", **tiny_harden_overrides}), tmp_path / "h.safetensors")
+    harden(
+        resolve(HardenConfig, overrides={"model": "test_resnet", **tiny_harden_overrides}), tmp_path / "h.safetensors"
+    )
     assert amp == {"features (train)": True, "features (test)": False}
 
 
@@ -97,7 +112,13 @@ def test_phase3_takes_exact_gradients_unless_told_otherwise(adjoint, tiny_harden
     calls = []
     real = torchdiffeq.odeint_adjoint
     monkeypatch.setattr(torchdiffeq, "odeint_adjoint", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    over = {**tiny_harden_overrides, "head.adjoint": True, "phase3.adjoint": adjoint, "phase2.epochs": 0, "phase1.epochs": 0}
+    over = {
+        **tiny_harden_overrides,
+        "head.adjoint": True,
+        "phase3.adjoint": adjoint,
+        "phase2.epochs": 0,
+        "phase1.epochs": 0,
+    }
     harden(resolve(HardenConfig, overrides={"model": "test_resnet", **over}), tmp_path / "h.safetensors")
     assert bool(calls) is adjoint
     assert HardenConfig().phase3.adjoint is False  # the default trains phase 3 with exact gradients

@@ -20,6 +20,7 @@ Modules: ``format`` (numbers), ``schema`` (input shapes), ``results`` (the resul
 ``verdict``, ``results_blocks``, ``card`` (model cards, the harden summary), ``blocks`` (block types),
 ``pictures`` (text and SVG drawings), ``render_rich`` / ``render_markdown`` / ``render_html`` / ``render_json``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -4,6 +4,7 @@ list, so that each format shows the same figures.
 
 A block is a typed dictionary whose ``type`` names its kind; build them with the constructors below.
 """
+
 from __future__ import annotations
 
 from typing import Literal, NotRequired, TypedDict
@@ -55,6 +56,7 @@ class Heading(TypedDict):
 
 class KV(TypedDict):
     """Key/value rows under a title; with ``header``, a plain table of several value columns."""
+
     type: Literal["kv"]
     title: str
     rows: list[list[str]]
@@ -70,6 +72,7 @@ class Column(TypedDict):
 
 class Table(TypedDict):
     """A titled table; a cell may hold a figure and its interval on two lines (``\\n``)."""
+
     type: Literal["table"]
     title: str
     columns: list[Column]
@@ -99,6 +102,7 @@ class Series(TypedDict):
 
 class Chart(TypedDict):
     """Lines over a shared x axis; y is an accuracy (0 to 1)."""
+
     type: Literal["chart"]
     title: str
     xs: list[float]
@@ -122,6 +126,7 @@ class BarGroup(TypedDict):
 
 class Bars(TypedDict):
     """Horizontal bars from 0 to 100%, in groups (one per model), each with its 95% interval."""
+
     type: Literal["bars"]
     title: str
     groups: list[BarGroup]
@@ -137,6 +142,7 @@ class HistSeries(TypedDict):
 
 class Hist(TypedDict):
     """Histograms over a shared x axis: ``counts`` in equal bins from ``lo`` to ``hi``."""
+
     type: Literal["hist"]
     title: str
     series: list[HistSeries]
@@ -164,9 +170,17 @@ def col(name: str, align: Align = "left", role: Role = "text", *, nowrap: bool =
     return {"name": name, "align": align, "role": role, "nowrap": nowrap}
 
 
-def table(title: str, columns: list[Column], rows: list[list[str]], caption: str = "", row_styles: list[str] | None = None) -> Table:
-    return {"type": "table", "title": title, "columns": columns, "rows": rows, "caption": caption,
-            "row_styles": row_styles or [""] * len(rows)}
+def table(
+    title: str, columns: list[Column], rows: list[list[str]], caption: str = "", row_styles: list[str] | None = None
+) -> Table:
+    return {
+        "type": "table",
+        "title": title,
+        "columns": columns,
+        "rows": rows,
+        "caption": caption,
+        "row_styles": row_styles or [""] * len(rows),
+    }
 
 
 def note(text: str, level: Level = "info") -> Note:
@@ -177,7 +191,9 @@ def verdict(text: str, level: Level, label: str = "") -> Verdict:
     return {"type": "verdict", "label": label, "level": level, "text": text}
 
 
-def chart(title: str, xs: list[float], xlabels: list[str], xname: str, series: list[Series], yname: str | None = None) -> Chart:
+def chart(
+    title: str, xs: list[float], xlabels: list[str], xname: str, series: list[Series], yname: str | None = None
+) -> Chart:
     out: Chart = {"type": "chart", "title": title, "xs": xs, "xlabels": xlabels, "xname": xname, "series": series}
     if yname is not None:
         out["yname"] = yname

@@ -1,5 +1,6 @@
 """Number formatting shared by every report: accuracies in percent, differences in points, 95% intervals,
 p-values and attack budgets (``8/255``). Every function takes ``None`` for a missing figure and returns ``-``."""
+
 from __future__ import annotations
 
 import math

@@ -1,5 +1,6 @@
 """Pictures: the robustness-vs-eps chart, the bars of the attack cascade and the eigenvalue histograms, drawn
 as plain text lines (terminal and Markdown) and as inline SVG (HTML). Pure functions of a block."""
+
 from __future__ import annotations
 
 import html
@@ -18,6 +19,7 @@ _SVG_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
 # ----------------------------------------------------------------------------------------------------
 # text
+
 
 def chart_lines(block: Chart, width: int = 72, height: int = 9) -> list[str]:
     """A plain-text plot of the chart block's series (y: accuracy, x: eps) within ``width`` characters."""
@@ -73,7 +75,9 @@ def chart_lines(block: Chart, width: int = 72, height: int = 9) -> list[str]:
         xl[start : start + len(lab)] = list(lab)
         last_end = start + len(lab)
     lines.append(" " * (lab_w + 2) + "".join(xl).rstrip())
-    items = [f"x: {block.get('xname', 'eps')}, y: {block.get('yname', 'worst-case accuracy')}"] + [f"{s['marker']} = {s['name']}" for s in series]
+    items = [f"x: {block.get('xname', 'eps')}, y: {block.get('yname', 'worst-case accuracy')}"] + [
+        f"{s['marker']} = {s['name']}" for s in series
+    ]
     items += ["* = overlapping points"] if overlap else []
     line = ""
     for item in items:  # the legend, wrapped to the width
@@ -83,7 +87,6 @@ def chart_lines(block: Chart, width: int = 72, height: int = 9) -> list[str]:
         line = f"{line}   {item}" if line else item
     lines.append(" " * (lab_w + 2) + line)
     return lines
-
 
 
 def _ubar(v: float | None, width: int) -> str:
@@ -101,7 +104,9 @@ def bar_lines(block: Bars, width: int = 72) -> list[str]:
     for g in block["groups"]:
         lines.append(g["name"])
         for b in g["bars"]:
-            lines.append(f"  {b['label']:<{lab_w}} {_ubar(b['value'], bar_w):<{bar_w}} {pct_ci(b['value'], b.get('ci'))}".rstrip())
+            lines.append(
+                f"  {b['label']:<{lab_w}} {_ubar(b['value'], bar_w):<{bar_w}} {pct_ci(b['value'], b.get('ci'))}".rstrip()
+            )
     return lines
 
 
@@ -139,13 +144,12 @@ def hist_lines(block: Hist, width: int = 72) -> list[str]:
     left, right = f"{x0:.3g}", f"{x1:.3g}"
     lab = [" "] * cols
     lab[: len(left)] = list(left)
-    lab[cols - len(right):] = list(right)
+    lab[cols - len(right) :] = list(right)
     if zero is not None and len(left) < zero - 1 and zero + 2 < cols - len(right):
         lab[zero] = "0"
     lines.append(" " * (name_w + 2) + "".join(lab).rstrip())
     lines.append(" " * (name_w + 2) + f"x: {block.get('xname', '')}; height: share of points (per row)")
     return lines
-
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -162,7 +166,9 @@ def svg_chart(bl: Chart) -> str:
     px = lambda x: ml + (pw / 2 if x1 == x0 else (x - x0) / (x1 - x0) * pw)
     py = lambda y: mt + ph - min(y, top) / top * ph
     e = html.escape
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{e(bl["title"])}">']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{e(bl["title"])}">'
+    ]
     for i in range(6):
         v = top * i / 5
         y = py(v)
@@ -183,10 +189,14 @@ def svg_chart(bl: Chart) -> str:
                 seg = []
                 continue
             seg.append(f"{px(x):.1f},{py(y):.1f}")
-            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{c}"><title>{e(s["name"])}: {pct(y)}</title></circle>')
+            out.append(
+                f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="{c}"><title>{e(s["name"])}: {pct(y)}</title></circle>'
+            )
         if len(seg) > 1:
             out.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="{" ".join(seg)}"/>')
-        out.append(f'<rect x="{lx}" y="{h - 14}" width="10" height="10" fill="{c}"/><text x="{lx + 14}" y="{h - 5}">{e(s["name"])}</text>')
+        out.append(
+            f'<rect x="{lx}" y="{h - 14}" width="10" height="10" fill="{c}"/><text x="{lx + 14}" y="{h - 5}">{e(s["name"])}</text>'
+        )
         lx += 24 + 7 * len(s["name"])
     out.append("</svg>")
     return "\n".join(out)
@@ -200,7 +210,9 @@ def svg_bars(bl: Bars) -> str:
     w = lab_w + bar_w + 150
     rows = sum(len(g["bars"]) + 1 for g in bl["groups"])
     h = rows * row_h + 24
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{e(bl["title"])}">']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{e(bl["title"])}">'
+    ]
     y = 4
     for i, g in enumerate(bl["groups"]):
         c = _SVG_COLORS[i % len(_SVG_COLORS)]
@@ -211,14 +223,18 @@ def svg_bars(bl: Bars) -> str:
             out.append(f'<text x="{lab_w - 6}" y="{y + 12}" text-anchor="end">{e(b["label"])}</text>')
             out.append(f'<rect x="{lab_w}" y="{y + 2}" width="{bar_w}" height="{row_h - 5}" fill="#f0f0f0"/>')
             if v is not None:
-                out.append(f'<rect class="bar" x="{lab_w}" y="{y + 2}" width="{bar_w * float(v):.1f}" height="{row_h - 5}" fill="{c}">'
-                           f'<title>{e(g["name"])}, {e(b["label"])}: {e(pct_ci(v, b.get("ci")))}</title></rect>')
+                out.append(
+                    f'<rect class="bar" x="{lab_w}" y="{y + 2}" width="{bar_w * float(v):.1f}" height="{row_h - 5}" fill="{c}">'
+                    f"<title>{e(g['name'])}, {e(b['label'])}: {e(pct_ci(v, b.get('ci')))}</title></rect>"
+                )
                 if b.get("ci"):
                     lo, hi = (lab_w + bar_w * float(q) for q in b["ci"])
                     ym = y + 2 + (row_h - 5) / 2
-                    out.append(f'<line x1="{lo:.1f}" y1="{ym:.1f}" x2="{hi:.1f}" y2="{ym:.1f}" stroke="#222" stroke-width="1.2"/>'
-                               f'<line x1="{lo:.1f}" y1="{ym - 4:.1f}" x2="{lo:.1f}" y2="{ym + 4:.1f}" stroke="#222"/>'
-                               f'<line x1="{hi:.1f}" y1="{ym - 4:.1f}" x2="{hi:.1f}" y2="{ym + 4:.1f}" stroke="#222"/>')
+                    out.append(
+                        f'<line x1="{lo:.1f}" y1="{ym:.1f}" x2="{hi:.1f}" y2="{ym:.1f}" stroke="#222" stroke-width="1.2"/>'
+                        f'<line x1="{lo:.1f}" y1="{ym - 4:.1f}" x2="{lo:.1f}" y2="{ym + 4:.1f}" stroke="#222"/>'
+                        f'<line x1="{hi:.1f}" y1="{ym - 4:.1f}" x2="{hi:.1f}" y2="{ym + 4:.1f}" stroke="#222"/>'
+                    )
             out.append(f'<text x="{lab_w + bar_w + 6}" y="{y + 12}">{e(pct_ci(v, b.get("ci")))}</text>')
             y += row_h
     for q in (0, 0.5, 1.0):
@@ -233,7 +249,9 @@ def svg_hist(bl: Hist) -> str:
     e = html.escape
     series = [s for s in bl["series"] if s.get("counts")]
     w, h, ml, mr, mt, mb = 560, 220, 40, 16, 12, 52
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{e(bl["title"])}">']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="{e(bl["title"])}">'
+    ]
     if not series:
         out.append(f'<text x="{ml}" y="{h / 2}">no histogram stored</text></svg>')
         return "\n".join(out)
@@ -253,17 +271,22 @@ def svg_hist(bl: Hist) -> str:
                 continue
             a, b = px(s["lo"] + j * bw), px(s["lo"] + (j + 1) * bw)
             hh = k / total / top * ph
-            out.append(f'<rect class="bin" x="{a:.1f}" y="{mt + ph - hh:.1f}" width="{max(1.0, b - a):.1f}" height="{hh:.1f}" '
-                       f'fill="{c}" fill-opacity="0.55"><title>{e(s["name"])}: {k} of {total}</title></rect>')
-        out.append(f'<rect x="{ml + 150 * i}" y="{h - 14}" width="10" height="10" fill="{c}" fill-opacity="0.55"/>'
-                   f'<text x="{ml + 150 * i + 14}" y="{h - 5}">{e(s["name"])}</text>')
+            out.append(
+                f'<rect class="bin" x="{a:.1f}" y="{mt + ph - hh:.1f}" width="{max(1.0, b - a):.1f}" height="{hh:.1f}" '
+                f'fill="{c}" fill-opacity="0.55"><title>{e(s["name"])}: {k} of {total}</title></rect>'
+            )
+        out.append(
+            f'<rect x="{ml + 150 * i}" y="{h - 14}" width="10" height="10" fill="{c}" fill-opacity="0.55"/>'
+            f'<text x="{ml + 150 * i + 14}" y="{h - 5}">{e(s["name"])}</text>'
+        )
     out.append(f'<line x1="{ml}" y1="{mt + ph}" x2="{w - mr}" y2="{mt + ph}" stroke="#999"/>')
     ticks = [x0, x1] + ([0.0] if x0 < 0 < x1 else [])
     for t in ticks:
         out.append(f'<text x="{px(t):.1f}" y="{mt + ph + 14}" text-anchor="middle">{t:.3g}</text>')
     if x0 < 0 < x1:
-        out.append(f'<line x1="{px(0):.1f}" y1="{mt}" x2="{px(0):.1f}" y2="{mt + ph}" stroke="#444" stroke-dasharray="4 3"/>')
+        out.append(
+            f'<line x1="{px(0):.1f}" y1="{mt}" x2="{px(0):.1f}" y2="{mt + ph}" stroke="#444" stroke-dasharray="4 3"/>'
+        )
     out.append(f'<text x="{ml + pw / 2:.1f}" y="{mt + ph + 30}" text-anchor="middle">{e(bl.get("xname", ""))}</text>')
     out.append("</svg>")
     return "\n".join(out)
-

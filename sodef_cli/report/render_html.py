@@ -1,4 +1,5 @@
 """The HTML renderer: blocks -> one self-contained page (inline CSS, pictures as inline SVG, no scripts)."""
+
 from __future__ import annotations
 
 import html
@@ -49,10 +50,16 @@ def _kv(bl: KV) -> list[str]:
 
 def _table(bl: Table) -> list[str]:
     cols = bl["columns"]
-    body = [f"<h2>{_e(bl['title'])}</h2>",
-            "<table>" + (f"<caption>{_e(bl['caption'])}</caption>" if bl["caption"] else ""),
-            "<thead><tr>" + "".join(f'<th class="{"r" if c["align"] == "right" else ""}">{_e(c["name"]).replace(chr(10), "<br>")}</th>'
-                                    for c in cols) + "</tr></thead><tbody>"]
+    body = [
+        f"<h2>{_e(bl['title'])}</h2>",
+        "<table>" + (f"<caption>{_e(bl['caption'])}</caption>" if bl["caption"] else ""),
+        "<thead><tr>"
+        + "".join(
+            f'<th class="{"r" if c["align"] == "right" else ""}">{_e(c["name"]).replace(chr(10), "<br>")}</th>'
+            for c in cols
+        )
+        + "</tr></thead><tbody>",
+    ]
     for r, style in zip(bl["rows"], bl["row_styles"]):
         cells = []
         for v, c in zip(r, cols):
@@ -89,8 +96,15 @@ def _verdict(bl: Verdict) -> list[str]:
 
 
 _DRAW: dict[str, Callable[..., list[str]]] = {
-    "title": _title, "heading": _heading, "kv": _kv, "table": _table, "chart": _chart, "bars": _picture, "hist": _picture,
-    "note": _note, "verdict": _verdict,
+    "title": _title,
+    "heading": _heading,
+    "kv": _kv,
+    "table": _table,
+    "chart": _chart,
+    "bars": _picture,
+    "hist": _picture,
+    "note": _note,
+    "verdict": _verdict,
 }
 
 
@@ -100,5 +114,9 @@ def render_blocks(blocks: list[Block]) -> str:
     body: list[str] = []
     for bl in blocks:
         body += _DRAW[bl["type"]](bl)
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{_e(title)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{_e(title)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )

@@ -1,4 +1,5 @@
 """The JSON renderer: the report's data itself (``results_data`` or a card's data), as strict JSON."""
+
 from __future__ import annotations
 
 import json

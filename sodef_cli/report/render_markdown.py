@@ -1,4 +1,5 @@
 """The Markdown renderer: blocks -> one Markdown document (pipe tables, pictures as fenced text)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -15,8 +16,10 @@ def _esc(s: str) -> str:
 
 def _pipe_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> list[str]:
     align = align or ["left"] * len(header)
-    out = ["| " + " | ".join(_esc(h) for h in header) + " |",
-           "|" + "|".join("---:" if a == "right" else ":---" for a in align) + "|"]
+    out = [
+        "| " + " | ".join(_esc(h) for h in header) + " |",
+        "|" + "|".join("---:" if a == "right" else ":---" for a in align) + "|",
+    ]
     out += ["| " + " | ".join(_esc(c) for c in r) + " |" for r in rows]
     return out
 
@@ -42,7 +45,9 @@ def _kv(bl: KV) -> list[str]:
 
 def _table(bl: Table) -> list[str]:
     lines = [f"## {_esc(bl['title'])}", ""]
-    lines += _pipe_table([c["name"].replace("\n", " ") for c in bl["columns"]], bl["rows"], [c["align"] for c in bl["columns"]])
+    lines += _pipe_table(
+        [c["name"].replace("\n", " ") for c in bl["columns"]], bl["rows"], [c["align"] for c in bl["columns"]]
+    )
     if bl["caption"]:
         lines += ["", f"*{_esc(bl['caption'])}*"]
     return lines + [""]
@@ -70,8 +75,15 @@ def _verdict(bl: Verdict) -> list[str]:
 
 
 _DRAW: dict[str, Callable[..., list[str]]] = {
-    "title": _title, "heading": _heading, "kv": _kv, "table": _table, "chart": _chart, "bars": _picture, "hist": _picture,
-    "note": _note, "verdict": _verdict,
+    "title": _title,
+    "heading": _heading,
+    "kv": _kv,
+    "table": _table,
+    "chart": _chart,
+    "bars": _picture,
+    "hist": _picture,
+    "note": _note,
+    "verdict": _verdict,
 }
 
 

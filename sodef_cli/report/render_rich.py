@@ -1,5 +1,6 @@
 """The terminal renderer: blocks -> one rich renderable (tables, coloured verdicts and notes, text pictures
 redrawn for the width they are given)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -56,7 +57,9 @@ class _Lines:
 def _styled_cell(text: str, role: str) -> Text:
     if role == "delta" and text not in ("-", ""):
         head = text.split()[0]
-        return Text(text, style="green" if head.startswith("+") and head != "+0.0" else ("red" if head.startswith("-") else ""))
+        return Text(
+            text, style="green" if head.startswith("+") and head != "+0.0" else ("red" if head.startswith("-") else "")
+        )
     if role == "status":
         return Text(text, style={"FLAG": "bold red", "ok": "green", "not run": "dim"}.get(text, ""))
     return Text(text)
@@ -86,8 +89,14 @@ def _kv(bl: KV, prev: str) -> list[RenderableType]:
 
 
 def _table(bl: Table, prev: str) -> list[RenderableType]:
-    tab = RichTable(title=Text(bl["title"], style="bold"), caption=Text(bl["caption"]) if bl["caption"] else None,
-                    box=box.SIMPLE_HEAD, show_edge=False, title_justify="left", caption_justify="left")
+    tab = RichTable(
+        title=Text(bl["title"], style="bold"),
+        caption=Text(bl["caption"]) if bl["caption"] else None,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        title_justify="left",
+        caption_justify="left",
+    )
     for c in bl["columns"]:
         tab.add_column(Text(c["name"]), justify=c["align"], overflow="fold", no_wrap=c.get("nowrap", False))
     for r, style in zip(bl["rows"], bl["row_styles"]):
@@ -100,8 +109,11 @@ def _chart(bl: Chart, prev: str) -> list[RenderableType]:
 
 
 def _picture(bl: Bars | Hist, prev: str) -> list[RenderableType]:
-    out: list[RenderableType] = [Text(""), Text(bl["title"], style="bold"),
-                                 _Lines(bl, bar_lines if bl["type"] == "bars" else hist_lines)]
+    out: list[RenderableType] = [
+        Text(""),
+        Text(bl["title"], style="bold"),
+        _Lines(bl, bar_lines if bl["type"] == "bars" else hist_lines),
+    ]
     if bl.get("caption"):
         out.append(Text(bl["caption"], style="dim"))
     return out
@@ -119,8 +131,15 @@ def _verdict(bl: Verdict, prev: str) -> list[RenderableType]:
 
 
 _DRAW: dict[str, Callable[..., list[RenderableType]]] = {
-    "title": _title, "heading": _heading, "kv": _kv, "table": _table, "chart": _chart, "bars": _picture, "hist": _picture,
-    "note": _note, "verdict": _verdict,
+    "title": _title,
+    "heading": _heading,
+    "kv": _kv,
+    "table": _table,
+    "chart": _chart,
+    "bars": _picture,
+    "hist": _picture,
+    "note": _note,
+    "verdict": _verdict,
 }
 
 

@@ -5,6 +5,7 @@ A document is checked (``check_results``: schema, version and the shape of every
 analysed (``evaluate.analyze``: accuracies with intervals, paired differences, masking checks, attack kinds)
 once, in ``Results.load``; everything after that reads well-formed data and cannot fail on the file's content.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,24 +35,40 @@ __all__ = ["Results", "check_results", "results_data", "tags"]
 _VERSIONS = ("sodef-cli", "torch", "timm", "torchattacks", "torchdiffeq")  # the versions shown in the setup
 
 _CHECK = obj({"name": string, "flagged": opt(boolean), "evidence": string}, required=("name",))
-_ATTACK = obj({"kind": opt(string), "params": obj({}), "seconds": real, "robust": listof(opt(boolean))}, required=("robust",))
+_ATTACK = obj(
+    {"kind": opt(string), "params": obj({}), "seconds": real, "robust": listof(opt(boolean))}, required=("robust",)
+)
 _MODEL_RECORD = obj({"clean": listof(boolean), "attacks": mapof(_ATTACK), "checks": listof(_CHECK)})
-_RUN = obj({"eps": finite, "models": mapof(_MODEL_RECORD), "checks": opt(listof(_CHECK)), "extra_checks": listof(_CHECK)},
-           required=("eps",))
-_DOCUMENT = obj({
-    "schema_version": integer,
-    "config": obj({"norm": string, "eps": listof(finite), "steps": opt(integer), "queries": opt(integer),
-                   "attacks": opt(listof(string))}),
-    "plan": mapof(listof(string)),
-    "model": obj({"sha256": opt(string), "base_classifier": opt(string), "head": opt(obj({"solver": opt(string)}))}),
-    "data": obj({"classes": listof(anything)}),
-    "versions": obj({}),
-    "n": opt(integer),
-    "estimate": opt(obj({})),
-    "runs": listof(_RUN),
-    "models": listof(obj({"label": string, "head": opt(obj({})), "sha256": opt(string)}, required=("label",))),
-    "reference": string,
-}, required=("runs",))
+_RUN = obj(
+    {"eps": finite, "models": mapof(_MODEL_RECORD), "checks": opt(listof(_CHECK)), "extra_checks": listof(_CHECK)},
+    required=("eps",),
+)
+_DOCUMENT = obj(
+    {
+        "schema_version": integer,
+        "config": obj(
+            {
+                "norm": string,
+                "eps": listof(finite),
+                "steps": opt(integer),
+                "queries": opt(integer),
+                "attacks": opt(listof(string)),
+            }
+        ),
+        "plan": mapof(listof(string)),
+        "model": obj(
+            {"sha256": opt(string), "base_classifier": opt(string), "head": opt(obj({"solver": opt(string)}))}
+        ),
+        "data": obj({"classes": listof(anything)}),
+        "versions": obj({}),
+        "n": opt(integer),
+        "estimate": opt(obj({})),
+        "runs": listof(_RUN),
+        "models": listof(obj({"label": string, "head": opt(obj({})), "sha256": opt(string)}, required=("label",))),
+        "reference": string,
+    },
+    required=("runs",),
+)
 
 
 def _is_comparison(doc: dict) -> bool:
@@ -64,8 +81,11 @@ def _check_consistency(doc: dict) -> None:
         for lab, mrec in run.get("models", {}).items():
             for name, rec in mrec.get("attacks", {}).items() if "clean" in mrec else ():
                 if len(rec["robust"]) != len(mrec["clean"]):
-                    raise Malformed(f"runs[{i}].models.{lab}.attacks.{name}.robust", f"{len(mrec['clean'])} flags (one per sample)",
-                                    f"{len(rec['robust'])} flags")
+                    raise Malformed(
+                        f"runs[{i}].models.{lab}.attacks.{name}.robust",
+                        f"{len(mrec['clean'])} flags (one per sample)",
+                        f"{len(rec['robust'])} flags",
+                    )
     if _is_comparison(doc) and doc["reference"] not in [m["label"] for m in doc["models"]]:
         raise Malformed("reference", "the label of one of the models", doc["reference"])
 
@@ -73,12 +93,16 @@ def _check_consistency(doc: dict) -> None:
 def check_results(doc: Any, name: str) -> None:
     """Raise ResultsError unless ``doc`` is a well-formed ``sodef attack`` results document (one this version reads)."""
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise ResultsError(f'{name} is not a sodef attack results file (expected "schema": "{SCHEMA}"); '
-                           "make one with `sodef attack MODEL --out FILE`")
+        raise ResultsError(
+            f'{name} is not a sodef attack results file (expected "schema": "{SCHEMA}"); '
+            "make one with `sodef attack MODEL --out FILE`"
+        )
     top = max(SCHEMA_VERSION, COMPARISON_VERSION)
     if not isinstance(doc.get("schema_version"), int) or doc["schema_version"] > top:
-        raise ResultsError(f"{name} has results schema version {doc.get('schema_version')!r}; this sodef_cli reads "
-                           f"up to {top}: upgrade sodef_cli")
+        raise ResultsError(
+            f"{name} has results schema version {doc.get('schema_version')!r}; this sodef_cli reads "
+            f"up to {top}: upgrade sodef_cli"
+        )
     if _is_comparison(doc) and not (isinstance(doc.get("models"), list) and doc.get("reference")):
         raise ResultsError(f'{name}: a results file of several models needs "models" and "reference"')
     if not isinstance(doc.get("runs"), list):
@@ -123,7 +147,9 @@ def _iterations(doc: dict, reduced: dict) -> tuple[bool, str]:
     cfg = doc.get("config", {})
     flags = " ".join(f"--{k} {cfg[k]}" for k in ("steps", "queries") if cfg.get(k) is not None)
     if reduced:
-        refs = ", ".join(f"{n} " + "/".join(f"{u} of {r} {k}" for k, (u, r) in low.items()) for n, low in reduced.items())
+        refs = ", ".join(
+            f"{n} " + "/".join(f"{u} of {r} {k}" for k, (u, r) in low.items()) for n, low in reduced.items()
+        )
         return True, f"REDUCED ({flags}): {refs}; weaker than the reference evaluation"
     if flags:
         return False, f"overridden ({flags}), at or above the reference settings"
@@ -143,8 +169,14 @@ def _model_data(s: dict | None, mrec: dict, planned: list[str]) -> dict | None:
         "white_box_direct": s.get("white_box_direct"),
         "white_box_direct_ci95": s.get("white_box_direct_ci95"),
         "attacks": {
-            name: {"accuracy": s["attacks"][name], "accuracy_ci95": s["attacks_ci95"][name], "kind": rec.get("kind"),
-                   "params": rec.get("params", {}), "attacked": rec.get("attacked"), "seconds": rec.get("seconds")}
+            name: {
+                "accuracy": s["attacks"][name],
+                "accuracy_ci95": s["attacks_ci95"][name],
+                "kind": rec.get("kind"),
+                "params": rec.get("params", {}),
+                "attacked": rec.get("attacked"),
+                "seconds": rec.get("seconds"),
+            }
             for name, rec in atk.items()
         },
         "missing": [a for a in planned if a not in atk],
@@ -158,10 +190,20 @@ def _runs(res: Results, labels: list[str]) -> list[dict]:
     for run, fig in zip(doc["runs"], res.figures["runs"]):
         recs = run.get("models", {})
         models = {lab: _model_data(fig["models"][lab], recs.get(lab) or {}, plan.get(lab, [])) for lab in labels}
-        runs.append({"eps": float(run["eps"]), "done": bool(run.get("done", False)), "models": models,
-                     "pending": [lab for lab in labels if models[lab] is None and (res.comparison or plan.get(lab))
-                                 and not doc.get("complete")],
-                     "difference": fig["difference"], "checks": fig["checks"]})
+        runs.append(
+            {
+                "eps": float(run["eps"]),
+                "done": bool(run.get("done", False)),
+                "models": models,
+                "pending": [
+                    lab
+                    for lab in labels
+                    if models[lab] is None and (res.comparison or plan.get(lab)) and not doc.get("complete")
+                ],
+                "difference": fig["difference"],
+                "checks": fig["checks"],
+            }
+        )
         if not res.comparison:
             runs[-1]["checks_provisional"] = fig["checks_provisional"]
     return runs
@@ -176,9 +218,13 @@ def _setup(doc: dict, models: dict[str, str], attacks: str, samples: str, iterat
         "data": f"{data.get('spec', '?')}, {data.get('split', 'test')} split: {doc.get('n', '?')} of {data.get('test_size', '?')} images",
         "threat model": f"{norm}, eps " + ", ".join(fmt_eps(e, norm) for e in cfg.get("eps", [])),
         "samples": samples,
-        "attacks": (f"suite {cfg.get('suite')}" if not cfg.get("attacks") else "--attacks " + ",".join(cfg["attacks"])) + attacks,
-        "mode": ("all samples: each attack ran on every clean-correct sample" if cfg.get("all_samples")
-                 else "cascade: each attack ran on the samples still robust (per-attack rows are cumulative)"),
+        "attacks": (f"suite {cfg.get('suite')}" if not cfg.get("attacks") else "--attacks " + ",".join(cfg["attacks"]))
+        + attacks,
+        "mode": (
+            "all samples: each attack ran on every clean-correct sample"
+            if cfg.get("all_samples")
+            else "cascade: each attack ran on the samples still robust (per-attack rows are cumulative)"
+        ),
         "iterations": iterations,
         "device": str(doc.get("device", "?")),
         "versions": ", ".join(f"{k} {v}" for k, v in doc.get("versions", {}).items() if k in _VERSIONS) or "-",
@@ -203,19 +249,29 @@ def _file_data(res: Results) -> dict:
     started, finished = doc.get("started"), doc.get("finished")
     status = "complete" if complete else "INTERRUPTED (partial results)"
     base_kind = {"own": "the model's own head", "probe": "linear probe on frozen features"}
-    header = {"results": label, **_setup(
-        doc,
-        {"model": f"{model.get('path', '?')}" + (f" (sha256 {model['sha256'][:12]})" if model.get("sha256") else ""),
-         "backbone": f"{model.get('backbone') or '?'}, base classifier: "
-                     + base_kind.get(model.get("base_classifier"), str(model.get("base_classifier"))),
-         "head": (f"{head.get('odefunc', '?')} ODE, dim {head.get('dim', '?')}, {head.get('solver', '?')} solver, T={num(head.get('t1'))}"
-                  if head else "-")},
-        attacks="".join(f"; {m}: {', '.join(v)}" for m, v in plan.items()),
-        samples=f"n={doc.get('n', '?')}, seed {cfg.get('seed', '?')} (drawn class by class)",
-        iterations=iterations,
-        run=f"{status}; started {started or '?'}" + (f", finished {finished}" if finished else "")
+    header = {
+        "results": label,
+        **_setup(
+            doc,
+            {
+                "model": f"{model.get('path', '?')}"
+                + (f" (sha256 {model['sha256'][:12]})" if model.get("sha256") else ""),
+                "backbone": f"{model.get('backbone') or '?'}, base classifier: "
+                + base_kind.get(model.get("base_classifier"), str(model.get("base_classifier"))),
+                "head": (
+                    f"{head.get('odefunc', '?')} ODE, dim {head.get('dim', '?')}, {head.get('solver', '?')} solver, T={num(head.get('t1'))}"
+                    if head
+                    else "-"
+                ),
+            },
+            attacks="".join(f"; {m}: {', '.join(v)}" for m, v in plan.items()),
+            samples=f"n={doc.get('n', '?')}, seed {cfg.get('seed', '?')} (drawn class by class)",
+            iterations=iterations,
+            run=f"{status}; started {started or '?'}"
+            + (f", finished {finished}" if finished else "")
             + f"; attack time base {seconds['base']:.1f} s, hardened {seconds['hardened']:.1f} s",
-    )}
+        ),
+    }
     fd = {
         "label": label,
         "model": model.get("path"),
@@ -241,8 +297,13 @@ def _file_notes(label: str, doc: dict, runs: list[dict], not_started: list[float
     model_path = doc.get("model", {}).get("path", "MODEL")
     resume = f"resume with `sodef attack {model_path} --out {label}` and the same options"
     if not runs:
-        return [{"level": "warn", "text": f"{label}: no results yet: the file holds no finished attack "
-                 f"(the run stopped before its first attack finished); {resume}."}]
+        return [
+            {
+                "level": "warn",
+                "text": f"{label}: no results yet: the file holds no finished attack "
+                f"(the run stopped before its first attack finished); {resume}.",
+            }
+        ]
     if complete:
         return []
     missing = []
@@ -257,10 +318,15 @@ def _file_notes(label: str, doc: dict, runs: list[dict], not_started: list[float
     missing += [f"eps {fmt_eps(e, norm)} (not started)" for e in not_started]
     done = sum(1 for r in runs if r["done"])
     total = len(runs) + len(not_started)
-    return [{"level": "warn", "text": f"{label}: interrupted run: {done} of {total} eps finished"
-             + (f"; missing: {'; '.join(missing)}" if missing else "")
-             + ". Worst cases cover only the attacks that finished, so they can only go down (marked †); "
-             + f"{resume}."}]
+    return [
+        {
+            "level": "warn",
+            "text": f"{label}: interrupted run: {done} of {total} eps finished"
+            + (f"; missing: {'; '.join(missing)}" if missing else "")
+            + ". Worst cases cover only the attacks that finished, so they can only go down (marked †); "
+            + f"{resume}.",
+        }
+    ]
 
 
 def _model_line(m: dict) -> str:
@@ -268,8 +334,11 @@ def _model_line(m: dict) -> str:
     kind = m.get("kind")
     head = m.get("head") or {}
     if kind == "hardened":
-        what = (f"hardened file, {head.get('odefunc', '?')} ODE head ({head.get('solver', '?')}, dim {head.get('dim', '?')})"
-                if m.get("has_ode") else "hardened file, linear head")
+        what = (
+            f"hardened file, {head.get('odefunc', '?')} ODE head ({head.get('solver', '?')}, dim {head.get('dim', '?')})"
+            if m.get("has_ode")
+            else "hardened file, linear head"
+        )
     elif kind == "base":
         adv = m.get("adversarial")
         what = "base file (`sodef pretrain`" + (f", {adv} adversarial training)" if adv and adv != "none" else ")")
@@ -293,25 +362,55 @@ def _comparison_data(res: Results) -> dict:
     plan = doc.get("plan", {})
     est = (doc.get("estimate") or {}).get("seconds")
     spent = sum((r["models"].get(lab) or {}).get("seconds", 0.0) for r in runs for lab in models)
-    header = {"results": label, **_setup(
-        doc,
-        {f"model {tag}": _model_line(m) + (" [reference]" if m["label"] == ref else "") for tag, m in zip(model_tags, doc["models"])},
-        attacks="".join(f"; {tag}: {', '.join(plan.get(lab, []))}" for tag, lab in zip(model_tags, models)),
-        samples=f"n={doc.get('n', '?')}, seed {cfg.get('seed', '?')} (drawn class by class); the same samples and attack seeds for every model",
-        iterations=iterations,
-        run=("complete" if complete else "INTERRUPTED (partial results)") + f"; started {doc.get('started') or '?'}"
-            + (f", finished {doc['finished']}" if doc.get("finished") else "") + f"; attack time {spent:.1f} s"
-            + (f", attacks and checks {doc['seconds_run']:.1f} s" if isinstance(doc.get("seconds_run"), (int, float)) else "")
+    header = {
+        "results": label,
+        **_setup(
+            doc,
+            {
+                f"model {tag}": _model_line(m) + (" [reference]" if m["label"] == ref else "")
+                for tag, m in zip(model_tags, doc["models"])
+            },
+            attacks="".join(f"; {tag}: {', '.join(plan.get(lab, []))}" for tag, lab in zip(model_tags, models)),
+            samples=f"n={doc.get('n', '?')}, seed {cfg.get('seed', '?')} (drawn class by class); the same samples and attack seeds for every model",
+            iterations=iterations,
+            run=("complete" if complete else "INTERRUPTED (partial results)")
+            + f"; started {doc.get('started') or '?'}"
+            + (f", finished {doc['finished']}" if doc.get("finished") else "")
+            + f"; attack time {spent:.1f} s"
+            + (
+                f", attacks and checks {doc['seconds_run']:.1f} s"
+                if isinstance(doc.get("seconds_run"), (int, float))
+                else ""
+            )
             + (f" (estimated before the run: {est:.1f} s)" if isinstance(est, (int, float)) else ""),
-    )}
+        ),
+    }
     notes = []
     if not complete:
-        notes.append({"level": "warn", "text": f"{label}: interrupted run: worst cases cover only the attacks that finished, so they "
-                                                 "can only go down; rerun the same command with the same --out to resume."})
-    fd = {"kind": "comparison", "label": label, "models": models, "tags": model_tags, "reference": ref, "norm": cfg.get("norm", "Linf"),
-          "n": doc.get("n"), "complete": complete, "cascade": not cfg.get("all_samples", False), "reduced_iterations": reduced,
-          "evaluation": res.figures["evaluation"], "header": header, "runs": runs, "notes": notes,
-          "attack_kinds": res.figures["kinds"]}
+        notes.append(
+            {
+                "level": "warn",
+                "text": f"{label}: interrupted run: worst cases cover only the attacks that finished, so they "
+                "can only go down; rerun the same command with the same --out to resume.",
+            }
+        )
+    fd = {
+        "kind": "comparison",
+        "label": label,
+        "models": models,
+        "tags": model_tags,
+        "reference": ref,
+        "norm": cfg.get("norm", "Linf"),
+        "n": doc.get("n"),
+        "complete": complete,
+        "cascade": not cfg.get("all_samples", False),
+        "reduced_iterations": reduced,
+        "evaluation": res.figures["evaluation"],
+        "header": header,
+        "runs": runs,
+        "notes": notes,
+        "attack_kinds": res.figures["kinds"],
+    }
     fd["verdict"] = comparison_verdict(fd)
     return fd
 

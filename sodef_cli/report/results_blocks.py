@@ -1,6 +1,7 @@
 """The results report as blocks: the verdicts first, then per eps a table of robust accuracy (each figure with
 its 95% interval, paired differences with McNemar's p), the robustness-vs-eps chart and the cascade bars, then
 the setup, notes and masking checks. Reads ``results_data`` only."""
+
 from __future__ import annotations
 
 from .blocks import (
@@ -24,14 +25,18 @@ from .results import tags as make_tags
 __all__ = ["results_blocks"]
 
 _CHECK_STATUS = {True: "FLAG", False: "ok", None: "not run"}
-_INTERVALS = ("[95% interval]: Wilson for accuracies, Newcombe's paired score interval for {what}; p = exact McNemar test")
+_INTERVALS = (
+    "[95% interval]: Wilson for accuracies, Newcombe's paired score interval for {what}; p = exact McNemar test"
+)
 
 
 def results_blocks(data: dict) -> list[Block]:
     """The results report of ``results_data`` as blocks."""
     files = data["files"]
     multi = len(files) > 1
-    blocks: list[Block] = [title("sodef attack results" + ("" if multi else f": {files[0]['label']}") if files else "sodef attack results")]
+    blocks: list[Block] = [
+        title("sodef attack results" + ("" if multi else f": {files[0]['label']}") if files else "sodef attack results")
+    ]
     if not files:
         blocks.append(note("no results files given", "warn"))
         return blocks
@@ -53,8 +58,15 @@ def results_blocks(data: dict) -> list[Block]:
 # cells
 
 
-def _cell(md: dict | None, key: str, kinds: dict[str, str], *, attack: bool = False, partial: bool = False,
-          pending: bool = False) -> tuple[float | None, str]:
+def _cell(
+    md: dict | None,
+    key: str,
+    kinds: dict[str, str],
+    *,
+    attack: bool = False,
+    partial: bool = False,
+    pending: bool = False,
+) -> tuple[float | None, str]:
     """(value, text) of one figure of one model; † marks a worst case an interrupted run can still lower."""
     if md is None:
         return None, "pending" if pending else "-"
@@ -65,7 +77,11 @@ def _cell(md: dict | None, key: str, kinds: dict[str, str], *, attack: bool = Fa
         return None, ("pending" if key in md["missing"] else "-")
     v = md.get(key)
     missing_white = any(kinds.get(a) == "white-box" for a in md["missing"])
-    mark = "†" if partial and (key == "worst_case" and md["missing"] or key == "white_box_direct" and missing_white) else ""
+    mark = (
+        "†"
+        if partial and (key == "worst_case" and md["missing"] or key == "white_box_direct" and missing_white)
+        else ""
+    )
     return v, pct_ci(v, md.get(f"{key}_ci95"), "\n", mark)
 
 
@@ -79,8 +95,11 @@ def _delta_cells(r: dict | None, key: str, bv: float | None, hv: float | None) -
 
 def _row_defs(attacks: list[str]) -> list[tuple[str, str, bool]]:
     """(row label, figure key, is an attack?) of an accuracy table, top to bottom."""
-    return ([("clean accuracy", "clean", False)] + [(n, n, True) for n in attacks]
-            + [("white-box worst case", "white_box_direct", False), ("worst case", "worst_case", False)])
+    return (
+        [("clean accuracy", "clean", False)]
+        + [(n, n, True) for n in attacks]
+        + [("white-box worst case", "white_box_direct", False), ("worst case", "worst_case", False)]
+    )
 
 
 def _row_style(key: str) -> str:
@@ -88,8 +107,11 @@ def _row_style(key: str) -> str:
 
 
 def _mode_caption(cascade: bool) -> str:
-    return ("cascade: each attack row is the accuracy after that attack and all above it (cumulative)" if cascade
-            else "all samples: each attack row is that attack alone on every clean-correct sample")
+    return (
+        "cascade: each attack row is the accuracy after that attack and all above it (cumulative)"
+        if cascade
+        else "all samples: each attack row is that attack alone on every clean-correct sample"
+    )
 
 
 def _run_at(fd: dict, eps: float) -> dict | None:
@@ -122,8 +144,12 @@ def _pair_table(files: list[dict], tags: list[str], multi: bool, eps: float, nor
     cols: list[Column] = [col("attack", nowrap=True)]
     for tag in tags:
         pre = f"{tag}\n" if multi else ""
-        cols += [col(f"{pre}base", "right", "value"), col(f"{pre}hardened", "right", "value"), col(f"{pre}delta", "right", "delta"),
-                 col(f"{pre}p", "right")]
+        cols += [
+            col(f"{pre}base", "right", "value"),
+            col(f"{pre}hardened", "right", "value"),
+            col(f"{pre}delta", "right", "delta"),
+            col(f"{pre}p", "right"),
+        ]
     attacks = _attack_order(files)
     kind_of = dict(attacks)
     rows, styles = [], []
@@ -132,8 +158,17 @@ def _pair_table(files: list[dict], tags: list[str], multi: bool, eps: float, nor
         for fd in files:
             r = _run_at(fd, eps)
             pend = r["pending"] if r else []
-            cells = [_cell(r["models"].get(m) if r else None, key, fd.get("attack_kinds", {}), attack=is_attack,
-                           partial=not fd["complete"], pending=m in pend) for m in ("base", "hardened")]
+            cells = [
+                _cell(
+                    r["models"].get(m) if r else None,
+                    key,
+                    fd.get("attack_kinds", {}),
+                    attack=is_attack,
+                    partial=not fd["complete"],
+                    pending=m in pend,
+                )
+                for m in ("base", "hardened")
+            ]
             row += [cells[0][1], cells[1][1], *_delta_cells(r, key, cells[0][0], cells[1][0])]
         rows.append(row)
         styles.append(_row_style(key))
@@ -141,12 +176,21 @@ def _pair_table(files: list[dict], tags: list[str], multi: bool, eps: float, nor
     if len(cascade) == 1:
         caption = _mode_caption(cascade.pop())
     else:
-        caption = "mixed modes: " + "; ".join(f"{tag}: {'cascade (cumulative rows)' if fd['cascade'] else 'all samples'}" for tag, fd in zip(tags, files))
-    caption += ("; worst case = correct and robust to every attack; "
-                + _INTERVALS.format(what="delta (points, hardened - base, same samples)"))
+        caption = "mixed modes: " + "; ".join(
+            f"{tag}: {'cascade (cumulative rows)' if fd['cascade'] else 'all samples'}" for tag, fd in zip(tags, files)
+        )
+    caption += "; worst case = correct and robust to every attack; " + _INTERVALS.format(
+        what="delta (points, hardened - base, same samples)"
+    )
     n_set = {fd["n"] for fd in files}
     n_txt = f", n={n_set.pop()}" if len(n_set) == 1 else ""
-    return table(f"Robust accuracy at eps = {fmt_eps(eps, norm)}" + (f" ({norm})" if norm else "") + n_txt, cols, rows, caption, styles)
+    return table(
+        f"Robust accuracy at eps = {fmt_eps(eps, norm)}" + (f" ({norm})" if norm else "") + n_txt,
+        cols,
+        rows,
+        caption,
+        styles,
+    )
 
 
 def _pair_chart(files: list[dict], tags: list[str], multi: bool, eps_all: list[float], norm: str | None) -> list[Block]:
@@ -162,7 +206,15 @@ def _pair_chart(files: list[dict], tags: list[str], multi: bool, eps_all: list[f
                 ys.append(md["worst_case"] if md else None)
             marker = m[0] if not multi else (tag.lower() if m == "base" else tag)
             series.append({"name": m if not multi else f"{tag} {m}", "marker": marker, "ys": ys})
-    return [chart("Worst-case accuracy vs eps", eps_all, [fmt_eps(e, norm) for e in eps_all], f"eps ({norm})" if norm else "eps", series)]
+    return [
+        chart(
+            "Worst-case accuracy vs eps",
+            eps_all,
+            [fmt_eps(e, norm) for e in eps_all],
+            f"eps ({norm})" if norm else "eps",
+            series,
+        )
+    ]
 
 
 def _pair_checks(fd: dict, tag: str, multi: bool) -> list[Block]:
@@ -180,9 +232,15 @@ def _pair_checks(fd: dict, tag: str, multi: bool) -> list[Block]:
     if not rows:
         return [heading(name), note("no masking checks yet: they run after each eps finishes", "info")]
     prov = any(r["checks_provisional"] for r in fd["runs"])
-    return [table(name, [col("eps"), col("result", role="status"), col("check"), col("evidence")], rows,
-                  "FLAG = the signature of gradient masking was found; the hardened model's robustness is then overstated"
-                  + ("; some checks are provisional (their eps did not finish)" if prov else ""))]
+    return [
+        table(
+            name,
+            [col("eps"), col("result", role="status"), col("check"), col("evidence")],
+            rows,
+            "FLAG = the signature of gradient masking was found; the hardened model's robustness is then overstated"
+            + ("; some checks are provisional (their eps did not finish)" if prov else ""),
+        )
+    ]
 
 
 def _pair_blocks(files: list[dict], tags: list[str], multi: bool) -> list[Block]:
@@ -192,12 +250,24 @@ def _pair_blocks(files: list[dict], tags: list[str], multi: bool) -> list[Block]
     norm = norms[0] if len(norms) == 1 else None
     blocks: list[Block] = [_pair_table(files, tags, multi, eps, norm) for eps in eps_all]
     blocks += _pair_chart(files, tags, multi, eps_all, norm)
-    blocks += _cascade_bars([(f"{tag + ': ' if multi else ''}{m}", fd["runs"][0]["models"].get(m), fd["runs"][0]["eps"], fd["cascade"])
-                             for tag, fd in zip(tags, files) if fd["runs"] for m in ("base", "hardened")], files[0]["norm"])
+    blocks += _cascade_bars(
+        [
+            (f"{tag + ': ' if multi else ''}{m}", fd["runs"][0]["models"].get(m), fd["runs"][0]["eps"], fd["cascade"])
+            for tag, fd in zip(tags, files)
+            if fd["runs"]
+            for m in ("base", "hardened")
+        ],
+        files[0]["norm"],
+    )
     keys = [k for k in files[0]["header"] if k != "results"]
     if multi:
-        blocks.append(kv("Setup", [[k] + [fd["header"].get(k, "-") for fd in files] for k in keys],
-                         header=[""] + [f"{tag}: {fd['label']}" for tag, fd in zip(tags, files)]))
+        blocks.append(
+            kv(
+                "Setup",
+                [[k] + [fd["header"].get(k, "-") for fd in files] for k in keys],
+                header=[""] + [f"{tag}: {fd['label']}" for tag, fd in zip(tags, files)],
+            )
+        )
     else:
         blocks.append(kv("Setup", [[k, files[0]["header"][k]] for k in keys]))
     blocks += [note(n["text"], n["level"]) for fd in files for n in fd["notes"]]
@@ -213,15 +283,26 @@ def _cascade_bars(items: list[tuple], norm: str | None) -> list[Block]:
     for name, md, eps, _ in items:
         if not md:
             continue
-        figures = ([{"label": "clean", "value": md["clean"], "ci": md.get("clean_ci95")}]
-                   + [{"label": a, "value": rec["accuracy"], "ci": rec.get("accuracy_ci95")} for a, rec in md["attacks"].items()]
-                   + [{"label": "worst case", "value": md["worst_case"], "ci": md.get("worst_case_ci95")}])
+        figures = (
+            [{"label": "clean", "value": md["clean"], "ci": md.get("clean_ci95")}]
+            + [
+                {"label": a, "value": rec["accuracy"], "ci": rec.get("accuracy_ci95")}
+                for a, rec in md["attacks"].items()
+            ]
+            + [{"label": "worst case", "value": md["worst_case"], "ci": md.get("worst_case_ci95")}]
+        )
         groups.append({"name": name, "bars": figures, "eps": eps})
     if not groups:
         return []
     at = f" at eps = {fmt_eps(groups[0]['eps'], norm)}" if len({g["eps"] for g in groups}) == 1 else ""
     what = "after each attack of the cascade (cumulative)" if {c for *_, c in items} == {True} else "under each attack"
-    return [bars(f"Robust accuracy {what}{at}", groups, "bar: accuracy; whisker (html) and [interval] (text): Wilson 95% interval")]
+    return [
+        bars(
+            f"Robust accuracy {what}{at}",
+            groups,
+            "bar: accuracy; whisker (html) and [interval] (text): Wilson 95% interval",
+        )
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -239,17 +320,34 @@ def _comparison_table(fd: dict, r: dict, attacks: list[str]) -> Table:
         row = [label]
         vals = {}
         for lab in models:
-            vals[lab], txt = _cell(r["models"].get(lab), key, fd.get("attack_kinds", {}), attack=is_attack, partial=not fd["complete"],
-                                   pending=lab in r["pending"])
+            vals[lab], txt = _cell(
+                r["models"].get(lab),
+                key,
+                fd.get("attack_kinds", {}),
+                attack=is_attack,
+                partial=not fd["complete"],
+                pending=lab in r["pending"],
+            )
             row.append(txt)
         for lab in others:  # the paired difference, its interval and McNemar's p in one cell
             d, p = _delta_cells({"difference": r["difference"].get(lab, {})}, key, vals[ref], vals[lab])
             row.append(d + ("" if p == "-" else f"\np={p}"))
         rows.append(row)
         styles.append(_row_style(key))
-    caption = (_mode_caption(fd["cascade"]) + "; " + ", ".join(f"{tag[lab]} = {lab}" for lab in models) + f"; reference {tag[ref]}; "
-               + _INTERVALS.format(what="differences (points, same samples)"))
-    return table(f"Robust accuracy at eps = {fmt_eps(r['eps'], fd['norm'])} ({fd['norm']}), n={fd['n']}", cols, rows, caption, styles)
+    caption = (
+        _mode_caption(fd["cascade"])
+        + "; "
+        + ", ".join(f"{tag[lab]} = {lab}" for lab in models)
+        + f"; reference {tag[ref]}; "
+        + _INTERVALS.format(what="differences (points, same samples)")
+    )
+    return table(
+        f"Robust accuracy at eps = {fmt_eps(r['eps'], fd['norm'])} ({fd['norm']}), n={fd['n']}",
+        cols,
+        rows,
+        caption,
+        styles,
+    )
 
 
 def _comparison_blocks(fd: dict) -> list[Block]:
@@ -265,12 +363,22 @@ def _comparison_blocks(fd: dict) -> list[Block]:
     blocks: list[Block] = [_comparison_table(fd, r, list(order)) for r in fd["runs"]]
     if fd["runs"]:
         r0 = fd["runs"][0]
-        blocks += _cascade_bars([(f"{tag[lab]}: {lab}", r0["models"].get(lab), r0["eps"], fd["cascade"]) for lab in models], norm)
+        blocks += _cascade_bars(
+            [(f"{tag[lab]}: {lab}", r0["models"].get(lab), r0["eps"], fd["cascade"]) for lab in models], norm
+        )
     eps_all = [r["eps"] for r in fd["runs"]]
     if len(eps_all) >= 2:
-        series: list[Series] = [{"name": lab, "marker": tag[lab], "ys": [(r["models"].get(lab) or {}).get("worst_case") for r in fd["runs"]]}
-                                for lab in models]
-        blocks.append(chart("Worst-case accuracy vs eps", eps_all, [fmt_eps(e, norm) for e in eps_all], f"eps ({norm})", series))
+        series: list[Series] = [
+            {
+                "name": lab,
+                "marker": tag[lab],
+                "ys": [(r["models"].get(lab) or {}).get("worst_case") for r in fd["runs"]],
+            }
+            for lab in models
+        ]
+        blocks.append(
+            chart("Worst-case accuracy vs eps", eps_all, [fmt_eps(e, norm) for e in eps_all], f"eps ({norm})", series)
+        )
     blocks.append(kv("Setup", [[k, v] for k, v in fd["header"].items() if k != "results"]))
     blocks += [note(n["text"], n["level"]) for n in fd["notes"]]
     merged: dict[tuple, list[str]] = {}
@@ -281,6 +389,12 @@ def _comparison_blocks(fd: dict) -> list[Block]:
                 merged.setdefault(key, []).append(fmt_eps(r["eps"], norm))
     if merged:
         rows = [[", ".join(eps), *key] for key, eps in merged.items()]
-        blocks.append(table("Gradient-masking checks", [col("eps"), col("model"), col("result", role="status"), col("check"), col("evidence")],
-                            rows, "FLAG = the signature of gradient masking was found; that model's robustness is then overstated"))
+        blocks.append(
+            table(
+                "Gradient-masking checks",
+                [col("eps"), col("model"), col("result", role="status"), col("check"), col("evidence")],
+                rows,
+                "FLAG = the signature of gradient masking was found; that model's robustness is then overstated",
+            )
+        )
     return blocks

@@ -5,6 +5,7 @@ its paired interval and McNemar test, masking, budgets, completeness); ``compari
 several models (each model's worst case and its paired difference to the reference). Both read the data of
 ``results_data`` only.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -34,31 +35,56 @@ def file_verdict(fd: dict) -> dict:
     gain = 100 * (h["worst_case"] - b["worst_case"])
     claimed = h.get("white_box_direct")
     claimed_gain = None if claimed is None else 100 * (claimed - b["worst_case"])
-    out.update(eps=r["eps"], gain_points=gain, base_worst_case=b["worst_case"], hardened_worst_case=h["worst_case"],
-               white_box_direct=claimed, white_box_claimed_gain_points=claimed_gain)
+    out.update(
+        eps=r["eps"],
+        gain_points=gain,
+        base_worst_case=b["worst_case"],
+        hardened_worst_case=h["worst_case"],
+        white_box_direct=claimed,
+        white_box_claimed_gain_points=claimed_gain,
+    )
     solver = fd.get("solver")
-    through = (f"the adaptive solver ({solver})" if solver in ADAPTIVE_SOLVERS else f"the {solver} solver") if solver else "the solver"
+    through = (
+        (f"the adaptive solver ({solver})" if solver in ADAPTIVE_SOLVERS else f"the {solver} solver")
+        if solver
+        else "the solver"
+    )
     ev = fd["evaluation"]
     diff = r.get("difference", {})
     ci, p = diff.get("worst_case_ci95"), diff.get("worst_case_p")
     significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
-    out.update(evaluation=ev, gain_ci95_points=None if ci is None else [100 * ci[0], 100 * ci[1]], p_mcnemar=p,
-               significant=significant)
+    out.update(
+        evaluation=ev,
+        gain_ci95_points=None if ci is None else [100 * ci[0], 100 * ci[1]],
+        p_mcnemar=p,
+        significant=significant,
+    )
     which = "adaptive worst case" if ev["adaptive"] else "white-box worst case"
-    text = (f"Hardening gain under the {which} at eps={fmt_eps(r['eps'], norm)}: {gain:+.1f} points"
-             + (f" (95% CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}, McNemar p{p_eq(p)}, n={fd['n']})" if ci is not None else "")
-             + f" (base {pct(b['worst_case'])} -> hardened {pct(h['worst_case'])})"
-             + ("" if significant or ci is None else "; not significant")
-             + "; ")
+    text = (
+        f"Hardening gain under the {which} at eps={fmt_eps(r['eps'], norm)}: {gain:+.1f} points"
+        + (
+            f" (95% CI {100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}, McNemar p{p_eq(p)}, n={fd['n']})"
+            if ci is not None
+            else ""
+        )
+        + f" (base {pct(b['worst_case'])} -> hardened {pct(h['worst_case'])})"
+        + ("" if significant or ci is None else "; not significant")
+        + "; "
+    )
     if claimed is None:
         text += f"no direct white-box attack through {through} was run."
     else:
         text += f"white-box attacks through {through} claimed {pct(claimed)} ({claimed_gain:+.1f})."
-    others = [f"{fmt_eps(o['eps'], norm)} {100 * (o['models']['hardened']['worst_case'] - o['models']['base']['worst_case']):+.1f}"
-              for o in usable[1:]]
+    others = [
+        f"{fmt_eps(o['eps'], norm)} {100 * (o['models']['hardened']['worst_case'] - o['models']['base']['worst_case']):+.1f}"
+        for o in usable[1:]
+    ]
     if others:
         text += f" Gain at other eps: {', '.join(others)}."
-    out["gain_by_eps"] = {fmt_eps(o["eps"], norm): 100 * (o["models"]["hardened"]["worst_case"] - o["models"]["base"]["worst_case"]) for o in usable}
+    out["gain_by_eps"] = {
+        fmt_eps(o["eps"], norm): 100 * (o["models"]["hardened"]["worst_case"] - o["models"]["base"]["worst_case"])
+        for o in usable
+    }
     if flagged:
         text += f" Gradient masking suspected: {', '.join(flagged)}."
     elif ran_checks:
@@ -70,8 +96,10 @@ def file_verdict(fd: dict) -> dict:
     if fd["reduced_iterations"]:
         text += _reduced_text(fd)
     if not ev["adaptive"]:
-        text = ("white-box only: not an adaptive evaluation (no transfer, fixed-step, BPDA, feature or black-box attack ran; "
-                "use --suite adaptive). " + text)
+        text = (
+            "white-box only: not an adaptive evaluation (no transfer, fixed-step, BPDA, feature or black-box attack ran; "
+            "use --suite adaptive). " + text
+        )
     good = ev["adaptive"] and significant and fd["complete"] and not fd["reduced_iterations"]
     out["level"] = "bad" if flagged or gain <= 0 else ("good" if good else "warn")
     out["text"] = text
@@ -82,10 +110,17 @@ def comparison_verdict(fd: dict) -> dict:
     """One paragraph: each model's worst case with its interval and its paired difference to the reference."""
     norm, ref = fd["norm"], fd["reference"]
     usable = [r for r in fd["runs"] if all(r["models"].get(lab) for lab in fd["models"])]
-    flagged = {lab: list(dict.fromkeys(c["name"] for r in fd["runs"] for c in r["checks"].get(lab, []) if c.get("flagged") is True))
-               for lab in fd["models"]}
-    out: dict[str, Any] = {"available": bool(usable), "reference": ref,
-                           "masking_suspected": {lab: bool(v) for lab, v in flagged.items()}}
+    flagged = {
+        lab: list(
+            dict.fromkeys(c["name"] for r in fd["runs"] for c in r["checks"].get(lab, []) if c.get("flagged") is True)
+        )
+        for lab in fd["models"]
+    }
+    out: dict[str, Any] = {
+        "available": bool(usable),
+        "reference": ref,
+        "masking_suspected": {lab: bool(v) for lab, v in flagged.items()},
+    }
     if not usable:
         out.update(level="warn", text="No verdict: not every model has finished its attacks at any eps yet.")
         return out
@@ -113,7 +148,11 @@ def comparison_verdict(fd: dict) -> dict:
     if len(fd["models"]) == 1:
         text = f"Worst-case robust accuracy at eps={fmt_eps(r['eps'], norm)} on {fd['n']} samples: {parts[0].replace(' (reference)', '')}."
     else:
-        text = (f"Worst-case robust accuracy at eps={fmt_eps(r['eps'], norm)} on the same {fd['n']} samples: " + "; ".join(parts) + ". ")
+        text = (
+            f"Worst-case robust accuracy at eps={fmt_eps(r['eps'], norm)} on the same {fd['n']} samples: "
+            + "; ".join(parts)
+            + ". "
+        )
         if significant_better:
             text += f"Significantly more robust than the reference: {', '.join(significant_better)}. "
         else:
@@ -126,14 +165,21 @@ def comparison_verdict(fd: dict) -> dict:
         text += f" Gradient masking suspected: {'; '.join(bad)}."
     white = [lab for lab in fd["models"] if not fd["evaluation"][lab]["adaptive"]]
     if white:
-        text += (f" White-box only for {', '.join(white)}: not an adaptive evaluation (no transfer, fixed-step, BPDA, feature "
-                 "or black-box attack ran on it).")
+        text += (
+            f" White-box only for {', '.join(white)}: not an adaptive evaluation (no transfer, fixed-step, BPDA, feature "
+            "or black-box attack ran on it)."
+        )
     if fd["reduced_iterations"]:
         text += _reduced_text(fd)
     if not fd["complete"]:
         text = "Provisional (interrupted run): " + text
-    out.update(eps=r["eps"], best=best, more_robust=significant_better, less_robust=worse,
-               worst_case={lab: r["models"][lab]["worst_case"] for lab in fd["models"]})
+    out.update(
+        eps=r["eps"],
+        best=best,
+        more_robust=significant_better,
+        less_robust=worse,
+        worst_case={lab: r["models"][lab]["worst_case"] for lab in fd["models"]},
+    )
     good = significant_better and not bad and not white and fd["complete"] and not fd["reduced_iterations"]
     out["level"] = "bad" if bad else ("good" if good else "warn")
     out["text"] = text
