@@ -45,6 +45,7 @@ __all__ = [
     "Phase3Config",
     "ProbeConfig",
     "AdversarialConfig",
+    "InferenceConfig",
     "CheckConfig",
     "HardenConfig",
     "PretrainConfig",
@@ -133,9 +134,11 @@ class Phase3Config:
     amsgrad: bool = True
     mixup_alpha: float = 1.0
     train_odefunc: bool = True
-    adjoint: bool = (
-        False  # f's gradients through odeint_adjoint when head.adjoint (the released code: inexact); false = exact
-    )
+    # f's gradients through odeint_adjoint when head.adjoint (the released code: inexact); false = exact
+    adjoint: bool = False
+    # the solver phase 3 trains through: a fixed-step one at head.step_size with exact backprop (fast, honest
+    # gradients), or "" for the head's own solver (the released code: dopri5, recipes/paper-cifar10.toml)
+    solver: str = "rk4"
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,15 @@ class CheckConfig:
 
 
 @dataclass(frozen=True)
+class InferenceConfig:
+    """The solver the hardened model ships with (``sodef_cli/inference_solver.py``)."""
+
+    solver: str = "auto"  # auto: the cheapest fixed-step solver agreeing with head.solver; declared: head.solver itself
+    agreement: float = 0.995  # least share of validation predictions equal to head.solver's
+    accuracy_tolerance: float = 0.2  # most validation accuracy (points) it may differ by
+
+
+@dataclass(frozen=True)
 class HardenConfig:
     model: str = ""  # timm name, or a file made by `sodef pretrain`
     checkpoint: str = ""  # optional weights (.safetensors, or .pth loaded weights_only)
@@ -216,6 +228,7 @@ class HardenConfig:
     phase3: Phase3Config = field(default_factory=Phase3Config)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     check: CheckConfig = field(default_factory=CheckConfig)
 
 
@@ -444,6 +457,17 @@ def validate(cfg: Any) -> None:
             check_count(getattr(cfg.check, key), f"check.{key}")
         if h.kind not in HEAD_KINDS:
             raise UsageError(f"head.kind {h.kind!r} unknown; choose {or_list(HEAD_KINDS)}")
+        if cfg.phase3.solver and cfg.phase3.solver not in FIXED_SOLVERS:
+            raise UsageError(
+                f"phase3.solver must be a fixed-step solver ({', '.join(FIXED_SOLVERS)}) or '' for head.solver, "
+                f"got {cfg.phase3.solver!r}"
+            )
+        inf = cfg.inference
+        if inf.solver not in ("auto", "declared") or not 0.0 < inf.agreement <= 1.0 or inf.accuracy_tolerance < 0:
+            raise UsageError(
+                "inference.solver must be 'auto' or 'declared', inference.agreement in (0, 1] and "
+                "inference.accuracy_tolerance >= 0"
+            )
         _validate_adversarial(cfg)
     if isinstance(cfg, PretrainConfig):
         if cfg.adversarial not in PRETRAIN_ATTACKS:

@@ -30,6 +30,9 @@ from .diagnostics import jacobian_stability
 from .distributed import device_for_rank, is_main, local, rank
 from .errors import ModelError, ModelFileError, OutputError, SodefError, TrainingDivergedError
 from .head import HardenedClassifier, SODEFHead, simplex_classifier
+from .inference_solver import apply as apply_solver
+from .inference_solver import select_solver
+from .inference_solver import summary_line as solver_line
 from .inputs import check_head_dim
 from .io import sha256_file, versions
 from .models import is_file_arg, load_base_file, save_hardened
@@ -111,8 +114,12 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -
                 generator=run.gen,
                 reporter=reporter,
             )
+    inference = None
+    if head is not None and adv is None and cfg.inference.solver == "auto":
+        with run.timed("inference_solver"):
+            inference = _inference_solver(run, head, f)
     hardened = _hardened_model(tuned, src.spec, head, linear).to(run.device).eval()
-    hard_val, hard_test = _hardened_accuracy(run, hardened, head, adv, f, src.data, split, sodef)
+    hard_val, hard_test = _hardened_accuracy(run, hardened, head, adv, f, src.data, split)
     if state_digest(src.backbone) != src.digest:  # pragma: no cover - a bug, never a user error
         raise SodefError("internal error: the frozen backbone changed during hardening; no file written")
     summary = {
@@ -123,6 +130,7 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -
         "hardened": {"head": cfg.head.kind, "val_acc": hard_val, "test_clean_acc": hard_test},
         **sodef,
         "adversarial": adv,
+        "inference": inference,
         "backbone_digest": src.digest,
         "device": str(run.device),
         "check": None,
@@ -457,6 +465,23 @@ def _stability_after_phase2(run: _Run, head: SODEFHead, sample: torch.Tensor) ->
     return stab, warning
 
 
+def _inference_solver(run: _Run, head: SODEFHead, f: _Features) -> dict[str, Any]:
+    """The solver the model ships with: the cheapest fixed-step solver whose validation predictions agree with
+    ``head.solver``'s (``inference.*``); the head is switched to it. Returns the selection record."""
+    c = run.cfg.inference
+    record = select_solver(
+        head,
+        f.h_val.to(run.device),
+        f.y_val.to(run.device),
+        agreement=c.agreement,
+        accuracy_tolerance=c.accuracy_tolerance,
+        batch_size=run.cfg.feature_batch_size,
+    )
+    apply_solver(head, record)
+    run.reporter.log(f"inference solver: {solver_line(record)}")
+    return record
+
+
 def _hardened_accuracy(
     run: _Run,
     hardened: nn.Module,
@@ -465,13 +490,13 @@ def _hardened_accuracy(
     f: _Features,
     data: DataBundle,
     split: _Split,
-    sodef: dict,
 ) -> tuple[float, float]:
-    """(validation, test) clean accuracy of the model as shipped."""
-    if adv is None and head is not None:  # clean phases only: the cached test features give the same logits
-        with torch.no_grad():
-            logits_test = batched_logits(head, f.h_test, device=run.device, batch_size=run.cfg.phase3.batch_size)
-        return sodef["phases"]["phase3"]["val_acc"], accuracy_from_logits(logits_test, f.y_test)
+    """(validation, test) clean accuracy of the model as shipped (with its inference solver)."""
+    if adv is None and head is not None:  # clean phases only: the cached features give the same logits
+        acc = lambda h, y: accuracy_from_logits(
+            batched_logits(head, h, device=run.device, batch_size=run.cfg.feature_batch_size), y
+        )
+        return acc(f.h_val, f.y_val), acc(f.h_test, f.y_test)
     # the backbone or the head changed in image space: measure the model as shipped on the images
     from .adversarial import robust_accuracy
 
@@ -521,7 +546,8 @@ def _save(
         "base_classifier": base.kind,
         "source": src.source,
         "config": to_dict(cfg),
-        "metrics": {k: v for k, v in summary.items() if k not in ("out", "check", "timings_s", "device")},
+        "metrics": {k: v for k, v in summary.items() if k not in ("out", "check", "timings_s", "device", "inference")},
+        "inference": summary["inference"],
         "check": summary["check"],
         "versions": versions(),
     }

@@ -1,12 +1,12 @@
-"""The solver a hardened model ships with: the cheapest fixed-step solver that predicts like the trained one.
+"""The solver a hardened model ships with: the cheapest fixed-step solver that predicts like its declared one.
 
-A SODEF head trained through an adaptive solver (dopri5) pays for its step-size control at every forward pass, and
+A SODEF head declared with an adaptive solver (``head.solver``, dopri5 in the paper) pays for its step-size control at every forward pass, and
 its outputs depend on the rest of the batch (one error norm over the whole batch tensor). At the end of ``harden``,
 :func:`select_solver` tries fixed-step solvers from the cheapest (fewest ODE function evaluations per forward) up
-and keeps the first whose predictions on held-out features agree with the trained solver's on at least
+and keeps the first whose predictions on held-out features agree with the declared solver's on at least
 ``agreement`` of them and whose accuracy is within ``accuracy_tolerance`` points. A fixed-step model is also
 batch-independent and gives exact gradients by plain backprop, so what is attacked is what is shipped. When no
-candidate qualifies the trained solver stays, and the record says so.
+candidate qualifies the declared solver stays, and the record says so.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def select_solver(
 ) -> dict[str, Any]:
     """Pick the cheapest fixed-step solver for ``head`` (a :class:`~sodef_cli.head.SODEFHead`) on held-out features.
 
-    ``agreement``: the least share of predictions equal to the trained solver's; ``accuracy_tolerance``: the most
-    accuracy (points) it may lose or gain against the trained solver. Returns the record: the trained solver, the
-    candidates tried with their figures, and ``chosen`` (None when none qualified: the trained solver stays).
+    ``agreement``: the least share of predictions equal to the declared solver's; ``accuracy_tolerance``: the most
+    accuracy (points) it may lose or gain against it. Returns the record: the declared solver (``reference``), the
+    candidates tried with their figures, and ``chosen`` (None when none qualified: the declared solver stays).
     Does not change ``head``; :func:`apply` does.
     """
     if not 0.0 < agreement <= 1.0 or accuracy_tolerance < 0:
@@ -83,7 +83,7 @@ def select_solver(
     block = head.block
     ref, ref_nfe = _predict(head, feats, batch_size)
     ref_acc = (ref == labels).float().mean().item()
-    trained = {
+    reference = {
         "solver": block.solver,
         "rtol": block.rtol,
         "atol": block.atol,
@@ -94,8 +94,8 @@ def select_solver(
     }
     tried: list[dict[str, Any]] = []
     chosen = None
-    # a candidate costing as many evaluations as the trained solver saves nothing
-    for cand in candidates(block.t1, max_nfe=ref_nfe - 1 if block.adaptive else None):
+    # a candidate costing as many evaluations as the reference saves nothing
+    for cand in candidates(block.t1, max_nfe=ref_nfe - 1):
         view = head.with_ode(block.with_solver(cand.solver, step_size=cand.step_size, adjoint=False))
         pred, _ = _predict(view, feats, batch_size)
         agree = (pred == ref).float().mean().item()
@@ -119,7 +119,7 @@ def select_solver(
         "n": len(feats),
         "agreement_required": agreement,
         "accuracy_tolerance_points": accuracy_tolerance,
-        "trained": trained,
+        "reference": reference,
         "tried": tried,
         "chosen": chosen,
     }
@@ -135,11 +135,11 @@ def apply(head, record: dict[str, Any]) -> None:
 def summary_line(record: dict[str, Any] | None) -> str:
     """One line for the card and the harden summary."""
     if not record:
-        return "the trained solver (no selection)"
-    t, c = record["trained"], record.get("chosen")
+        return "head.solver as declared (no selection)"
+    t, c = record["reference"], record.get("chosen")
     if c is None:
         return (
-            f"{t['solver']} as trained: no fixed-step solver cheaper than its {t['nfe']} evaluations agreed on "
+            f"{t['solver']} as declared: no fixed-step solver cheaper than its {t['nfe']} evaluations agreed on "
             f">= {100 * record['agreement_required']:.1f}% of {record['n']} held-out images"
         )
     return (

@@ -15,6 +15,7 @@ logits (N, classes); normalization is inside the model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from .backbone import BaseClassifier, ModelSpec, _meta_shapes, check_shapes, freeze, rebuild, split_state
-from .config import HeadConfig, from_dict
+from .config import FIXED_SOLVERS, HeadConfig, from_dict
 from .errors import ModelError, ModelFileError, UsageError
 from .head import HardenedClassifier, SODEFHead
 from .inputs import guard_inputs
@@ -129,9 +130,10 @@ def _head_config(meta: dict) -> HeadConfig:
 
 
 def _build(
-    path: str | Path, device: str | torch.device, meta: dict | None = None
+    path: str | Path, device: str | torch.device, meta: dict | None = None, solver: str = "shipped"
 ) -> tuple[BaseClassifier, HardenedClassifier | None, dict]:
-    """(base, hardened or None, metadata); ``meta``: the file's metadata already read and checked (else read here)."""
+    """(base, hardened or None, metadata); ``meta``: the file's metadata already read and checked (else read here);
+    ``solver``: see :func:`load_pair`."""
     meta = meta if meta is not None else _checked(read_metadata(path), path)
     tensors = load_tensors(path)
     spec = ModelSpec.from_dict(meta.get("backbone", {}))
@@ -140,7 +142,7 @@ def _build(
     base = BaseClassifier(backbone, spec, probe)
     hardened = None
     if meta["format"] == HARDENED_FORMAT:
-        hardened = _hardened(path, meta, tensors, backbone, spec)
+        hardened = _hardened(path, meta, tensors, backbone, spec, solver)
         freeze(hardened).to(device)
     freeze(base).to(device)
     return base, hardened, meta
@@ -158,7 +160,30 @@ def _linear(path, state: dict[str, torch.Tensor], what: str) -> nn.Linear | None
     return lin
 
 
-def _hardened(path, meta: dict, tensors: dict[str, torch.Tensor], backbone: nn.Module, spec: ModelSpec) -> nn.Module:
+def shipped_head_config(meta: dict, solver: str = "shipped") -> HeadConfig:
+    """The head config a hardened model is built with: ``head.solver`` as declared, or (``solver="shipped"``, the
+    default) the fixed-step solver ``harden`` chose for inference (``meta["inference"]["chosen"]``) when there is one."""
+    if solver not in ("shipped", "declared"):
+        raise UsageError(f"solver must be 'shipped' or 'declared', got {solver!r}")
+    cfg = _head_config(meta)
+    record = meta.get("inference")
+    if record is not None and not isinstance(record, dict):
+        raise ModelFileError("hardened metadata has an invalid inference record")
+    chosen = (record or {}).get("chosen")
+    if solver == "declared" or not chosen:
+        return cfg
+    try:
+        step = float(chosen["step_size"])
+        if chosen["solver"] not in FIXED_SOLVERS or not step > 0:
+            raise ValueError(chosen["solver"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"hardened metadata has an invalid inference solver ({exc})") from None
+    return dataclasses.replace(cfg, solver=chosen["solver"], step_size=step, adjoint=False)
+
+
+def _hardened(
+    path, meta: dict, tensors: dict[str, torch.Tensor], backbone: nn.Module, spec: ModelSpec, solver: str = "shipped"
+) -> nn.Module:
     """The hardened model: the original backbone with its tuned stages (``tuned.*``, when adversarial training
     changed them) under a SODEF head or a linear head (the backbone's own classifier, or ``linear.*``)."""
     tuned = split_state(tensors, "tuned.")
@@ -174,7 +199,7 @@ def _hardened(path, meta: dict, tensors: dict[str, torch.Tensor], backbone: nn.M
         with torch.no_grad():
             for k, v in tuned.items():
                 state[k].copy_(v)
-    cfg = _head_config(meta)
+    cfg = shipped_head_config(meta, solver)
     if cfg.kind == "linear":
         return BaseClassifier(backbone, spec, _linear(path, split_state(tensors, "linear."), "linear head"))
     head_state = split_state(tensors, "head.")
@@ -190,20 +215,25 @@ def _hardened(path, meta: dict, tensors: dict[str, torch.Tensor], backbone: nn.M
 
 
 def load_pair(
-    path: str | Path, device: str | torch.device = "cpu", *, meta: dict | None = None
+    path: str | Path, device: str | torch.device = "cpu", *, meta: dict | None = None, solver: str = "shipped"
 ) -> tuple[BaseClassifier, HardenedClassifier, dict]:
     """(base, hardened, metadata) from one hardened file; the two share the backbone unless adversarial training
     tuned some of its stages (then the base keeps the original weights). ``meta``: the file's metadata as
-    :func:`describe_model` read and checked it (not read again); None reads it."""
-    base, hardened, meta = _build(path, device, meta)
+    :func:`describe_model` read and checked it (not read again); None reads it. ``solver``: ``"shipped"`` (the
+    fixed-step solver chosen for inference at the end of ``harden``, when it chose one) or ``"declared"``
+    (``head.solver`` as configured, e.g. dopri5)."""
+    base, hardened, meta = _build(path, device, meta, solver)
     if hardened is None:
         raise ModelFileError(f"{path} is a base model file (from `sodef pretrain`), not a hardened one")
     return base, hardened, meta
 
 
-def load_hardened(path: str | Path, device: str | torch.device = "cpu") -> HardenedClassifier:
-    """The hardened classifier stored in a file written by ``sodef harden``; wrong inputs raise ValueError."""
-    model = load_pair(path, device)[1]
+def load_hardened(
+    path: str | Path, device: str | torch.device = "cpu", *, solver: str = "shipped"
+) -> HardenedClassifier:
+    """The hardened classifier stored in a file written by ``sodef harden``; wrong inputs raise ValueError.
+    ``solver``: as in :func:`load_pair`."""
+    model = load_pair(path, device, solver=solver)[1]
     return guard_inputs(model, model.spec.input_size)
 
 

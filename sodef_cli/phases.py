@@ -210,7 +210,9 @@ def phase3(head, z_tr, y_tr, z_val, y_val, cfg: Phase3Config, *, device, generat
         head.odefunc.requires_grad_(False)
     opt = torch.optim.Adam(groups, amsgrad=cfg.amsgrad)
     block = head.block
-    if block.adjoint and not cfg.adjoint:  # exact gradients: direct backprop through the same solver and tolerances
+    if cfg.solver:  # a fixed-step solver at the head's step size, exact gradients by plain backprop
+        block = block.with_solver(cfg.solver, adjoint=False)
+    elif block.adjoint and not cfg.adjoint:  # exact gradients: direct backprop through the same solver and tolerances
         block = block.with_solver(block.solver, adjoint=False)
     forward = lambda z: head.classifier(block(z))
     steps = max(1, math.ceil(len(y_tr) / cfg.batch_size))

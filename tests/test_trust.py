@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from sodef_cli.cli import app
@@ -116,9 +117,34 @@ def test_phase3_takes_exact_gradients_unless_told_otherwise(adjoint, tiny_harden
         **tiny_harden_overrides,
         "head.adjoint": True,
         "phase3.adjoint": adjoint,
+        "phase3.solver": "",  # the head's own solver, as the released code
         "phase2.epochs": 0,
         "phase1.epochs": 0,
     }
     harden(resolve(HardenConfig, overrides={"model": "test_resnet", **over}), tmp_path / "h.safetensors")
     assert bool(calls) is adjoint
     assert HardenConfig().phase3.adjoint is False  # the default trains phase 3 with exact gradients
+
+
+def test_phase3_trains_through_the_fixed_step_solver_by_default(tiny_harden_overrides, tmp_path, monkeypatch):
+    """Default phase 3: f and the classifier see the ODE through fixed RK4 steps, exact backprop, no adjoint."""
+    import torchdiffeq
+
+    calls = []
+    real = torchdiffeq.odeint
+    monkeypatch.setattr(
+        torchdiffeq,
+        "odeint",
+        lambda f, y0, t, **kw: calls.append((kw.get("method"), torch.is_grad_enabled())) or real(f, y0, t, **kw),
+    )
+    monkeypatch.setattr(torchdiffeq, "odeint_adjoint", lambda *a, **kw: pytest.fail("phase 3 used the adjoint"))
+    over = {
+        **tiny_harden_overrides,
+        "head.solver": "dopri5",
+        "head.adjoint": True,
+        "phase1.epochs": 0,
+        "phase2.epochs": 0,
+    }
+    harden(resolve(HardenConfig, overrides={"model": "test_resnet", **over}), tmp_path / "h.safetensors")
+    assert {m for m, grad in calls if grad} == {"rk4"}  # every differentiated solve: the training one
+    assert HardenConfig().phase3.solver == "rk4"

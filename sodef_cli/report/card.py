@@ -16,6 +16,7 @@ from typing import Any
 
 from ..config import ADAPTIVE_SOLVERS
 from ..errors import ModelFileError
+from ..inference_solver import summary_line as solver_line
 from .blocks import (
     Block,
     HistSeries,
@@ -225,6 +226,7 @@ def card_data(meta: dict, *, path: str, diagnostics: dict | None = None, notes: 
         "base_classifier": meta.get("base_classifier"),
         "config": m["config"] or {},
         "metrics": m["metrics"] or {},
+        "inference": meta.get("inference") if isinstance(meta.get("inference"), dict) else None,
         "check": check,
         "diagnostics": diagnostics,
         "versions": m["versions"] or {},
@@ -245,7 +247,7 @@ def _adjoint_text(head: dict) -> str:
     return "adjoint no (its gradients come from direct backprop through the solver)"
 
 
-def _sodef_head_rows(cfg: dict, head: dict) -> list[list[str]]:
+def _sodef_head_rows(cfg: dict, head: dict, inference: dict | None = None) -> list[list[str]]:
     solver = head.get("solver", "?")
     if solver in ADAPTIVE_SOLVERS:
         solver_txt = f"{solver} (adaptive, rtol {num(head.get('rtol'))}, atol {num(head.get('atol'))})"
@@ -264,6 +266,7 @@ def _sodef_head_rows(cfg: dict, head: dict) -> list[list[str]]:
             + (f", hidden {head.get('hidden', '?')}" if head.get("odefunc") not in (None, "sin") else ""),
         ],
         ["solver", f"{solver_txt}, T={num(head.get('t1'))}, {_adjoint_text(head)}"],
+        ["shipped solver", solver_line(inference) if inference else "head.solver as declared (no selection)"],
         ["attack copy", f"fixed-step RK4, step {num(head.get('step_size'))}"],
         [
             "regularizer",
@@ -362,7 +365,7 @@ def _detail_blocks(data: dict) -> list[Block]:
                 ],
             ],
         ),
-        kv("Head and solver", _sodef_head_rows(cfg, head))
+        kv("Head and solver", _sodef_head_rows(cfg, head, data.get("inference")))
         if ode
         else kv(
             "Head",
@@ -406,6 +409,7 @@ def _detail_blocks(data: dict) -> list[Block]:
         and p3.get("epochs", 1)
         and p3.get("train_odefunc", True)
         and p3.get("adjoint", True)
+        and not p3.get("solver")
     ):
         blocks.append(
             note(
