@@ -7,10 +7,12 @@ A block is a typed dictionary whose ``type`` names its kind; build them with the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NotRequired, TypedDict
 
 __all__ = [
     "BLOCK_TYPES",
+    "drawers",
     "KV",
     "Bar",
     "BarGroup",
@@ -152,6 +154,11 @@ class Hist(TypedDict):
 
 Block = Title | Heading | KV | Table | Note | Verdict | Chart | Bars | Hist
 BLOCK_TYPES = ("title", "heading", "kv", "table", "note", "verdict", "chart", "bars", "hist")
+
+
+def drawers(title, heading, kv, table, chart, picture, note, verdict) -> dict[str, Callable]:
+    """A renderer's ``{block type: drawing function}`` (bars and histograms share the picture function)."""
+    return dict(zip(BLOCK_TYPES, (title, heading, kv, table, note, verdict, chart, picture, picture), strict=True))
 
 
 def title(text: str) -> Title:

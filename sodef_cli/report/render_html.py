@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Callable
 
-from .blocks import KV, Bars, Block, Chart, Heading, Hist, Note, Table, Title, Verdict
+from .blocks import KV, Bars, Block, Chart, Heading, Hist, Note, Table, Title, Verdict, drawers
 from .pictures import svg_bars, svg_chart, svg_hist
 
 __all__ = ["render_blocks"]
@@ -95,17 +95,7 @@ def _verdict(bl: Verdict) -> list[str]:
     return [f'<div class="verdict {bl["level"]}"><b>{_e(label)}:</b> {_e(bl["text"])}</div>']
 
 
-_DRAW: dict[str, Callable[..., list[str]]] = {
-    "title": _title,
-    "heading": _heading,
-    "kv": _kv,
-    "table": _table,
-    "chart": _chart,
-    "bars": _picture,
-    "hist": _picture,
-    "note": _note,
-    "verdict": _verdict,
-}
+_DRAW: dict[str, Callable[..., list[str]]] = drawers(_title, _heading, _kv, _table, _chart, _picture, _note, _verdict)
 
 
 def render_blocks(blocks: list[Block]) -> str:

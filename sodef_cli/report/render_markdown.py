@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .blocks import KV, Bars, Block, Chart, Heading, Hist, Note, Table, Title, Verdict
+from .blocks import KV, Bars, Block, Chart, Heading, Hist, Note, Table, Title, Verdict, drawers
 from .pictures import bar_lines, chart_lines, hist_lines
 
 __all__ = ["render_blocks"]
@@ -74,17 +74,7 @@ def _verdict(bl: Verdict) -> list[str]:
     return [f"**{_esc(label)}:** {_esc(bl['text'])}", ""]
 
 
-_DRAW: dict[str, Callable[..., list[str]]] = {
-    "title": _title,
-    "heading": _heading,
-    "kv": _kv,
-    "table": _table,
-    "chart": _chart,
-    "bars": _picture,
-    "hist": _picture,
-    "note": _note,
-    "verdict": _verdict,
-}
+_DRAW: dict[str, Callable[..., list[str]]] = drawers(_title, _heading, _kv, _table, _chart, _picture, _note, _verdict)
 
 
 def render_blocks(blocks: list[Block]) -> str:

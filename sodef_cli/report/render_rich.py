@@ -11,7 +11,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderR
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from .blocks import KV, Bars, Block, Chart, Heading, Hist, Note, Table, Title, Verdict
+from .blocks import KV, Bars, Block, Chart, Heading, Hist, Note, Table, Title, Verdict, drawers
 from .pictures import BAR_GLYPHS, bar_lines, chart_lines, hist_lines
 
 __all__ = ["render_blocks", "to_text"]
@@ -130,17 +130,9 @@ def _verdict(bl: Verdict, prev: str) -> list[RenderableType]:
     return [Text(""), Text.assemble((label, "bold"), (bl["text"], _LEVEL_STYLE[bl["level"]]))]
 
 
-_DRAW: dict[str, Callable[..., list[RenderableType]]] = {
-    "title": _title,
-    "heading": _heading,
-    "kv": _kv,
-    "table": _table,
-    "chart": _chart,
-    "bars": _picture,
-    "hist": _picture,
-    "note": _note,
-    "verdict": _verdict,
-}
+_DRAW: dict[str, Callable[..., list[RenderableType]]] = drawers(
+    _title, _heading, _kv, _table, _chart, _picture, _note, _verdict
+)
 
 
 def render_blocks(blocks: list[Block]) -> Group:
