@@ -250,6 +250,36 @@ class _EMA:
                 s.copy_(v)
 
 
+def _optimizer(params: dict[str, nn.Parameter], cfg, lr_scale: dict[str, float], total: int):
+    """SGD (Nesterov) with a one-cycle schedule over ``total`` steps: no weight decay on biases and norms, and the
+    parameters ``lr_scale`` names (an ODE function) at a scaled learning rate. Returns (optimizer, scheduler)."""
+    buckets: dict[tuple[bool, float], list] = {}
+    for n, p in params.items():
+        buckets.setdefault((p.ndim > 1, float(lr_scale.get(n, 1.0))), []).append(p)
+    groups = [
+        {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
+        for (decay, scale), ps in sorted(buckets.items())
+    ]
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    if total < 8:  # too few steps for a warm-up
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    max_lr = [g["lr"] for g in groups]
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=max_lr, total_steps=total, pct_start=cfg.warmup, anneal_strategy="linear", cycle_momentum=False
+    )
+    return opt, sched
+
+
+def training_loss(model: nn.Module, x: torch.Tensor, xa: torch.Tensor, y: torch.Tensor, *, kind: str, beta: float):
+    """The training objective on a batch and its adversarial images: CE on ``xa``, or for ``trades``
+    CE(f(x), y) + beta KL(f(x) || f(xa))."""
+    if kind != "trades":
+        return F.cross_entropy(model(xa), y)
+    logits_clean = model(x)
+    kl = F.kl_div(F.log_softmax(model(xa), dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
+    return F.cross_entropy(logits_clean, y) + beta * kl
+
+
 def adversarial_train(
     model: nn.Module,
     trained: list[str],
@@ -292,29 +322,10 @@ def adversarial_train(
             for _, m in modules:
                 m.train()
 
-    lr_scale = lr_scale or {}
-    buckets: dict[tuple[bool, float], list] = {}
-    for n in trained:  # no weight decay on biases and norms; some parameters (an ODE function) at a scaled lr
-        buckets.setdefault((params[n].ndim > 1, float(lr_scale.get(n, 1.0))), []).append(params[n])
-    groups = [
-        {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr": cfg.lr * scale}
-        for (decay, scale), ps in sorted(buckets.items())
-    ]
-    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     trainable = [params[n] for n in trained]
     steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size))
     total = cfg.epochs * steps_per_epoch
-    if total >= 8:
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt,
-            max_lr=[g["lr"] for g in groups],
-            total_steps=total,
-            pct_start=cfg.warmup,
-            anneal_strategy="linear",
-            cycle_momentum=False,
-        )
-    else:  # too few steps for a warm-up
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    opt, sched = _optimizer({n: params[n] for n in trained}, cfg, lr_scale or {}, total)
     ema = _EMA(tensors(), cfg.ema) if cfg.ema > 0 else None
     eps, kind = cfg.eps, cfg.attack
     step_size = default_step(kind, eps, cfg.steps, cfg.step)
@@ -389,13 +400,7 @@ def adversarial_train(
                 x = random_crop_flip(x, generator)
             x, y = x.to(device), train_set.labels[j].to(device)
             xa = attack_batch(model, x, y, kind=kind, eps=eps, step=step_size, steps=cfg.steps, generator=generator)
-            if kind == "trades":
-                logits_clean = model(x)
-                loss = F.cross_entropy(logits_clean, y) + cfg.beta * F.kl_div(
-                    F.log_softmax(model(xa), dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean"
-                )
-            else:
-                loss = F.cross_entropy(model(xa), y)
+            loss = training_loss(model, x, xa, y, kind=kind, beta=cfg.beta)
             if extra_loss is not None:
                 loss = loss + extra_loss(model, x)
             if not torch.isfinite(loss):
