@@ -24,13 +24,14 @@ def main() -> None:
         "--base", default="sodef_cli/assets/demo_base.safetensors", help="a `sodef pretrain` file (or a timm name)"
     )
     ap.add_argument("--data", required=True)
-    ap.add_argument("--recipe", default="recipes/paper-cifar10.toml")
+    ap.add_argument("--recipe", default="recipes/paper-cifar10.toml", help="'' = the defaults (no recipe)")
     ap.add_argument("--suite", default="adaptive")
     ap.add_argument("--attacks", default="", help="comma-separated attacks instead of --suite")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--hardened", default=str(OUT_DIR / "pipeline_hardened.safetensors"))
     ap.add_argument("--skip-harden", action="store_true", help="attack an existing --hardened file")
+    ap.add_argument("--skip-attack", action="store_true", help="harden only (the harden profile)")
     ap.add_argument("--set", action="append", default=[], help="extra `harden --set key=value`")
     ap.add_argument("--attack-args", default="", help="extra `sodef attack` options, e.g. '--queries 1000' (recorded)")
     add_common_args(ap, default_out="pipeline.json", default_repeats=1)
@@ -47,8 +48,7 @@ def main() -> None:
             args.base,
             "--data",
             args.data,
-            "--recipe",
-            args.recipe,
+            *(["--recipe", args.recipe] if args.recipe else []),
             "--out",
             args.hardened,
             "--device",
@@ -70,14 +70,19 @@ def main() -> None:
         }
         t = summary["timings_s"]
         head = sum(t.get(k, 0.0) for k in ("phase1", "phase2", "phase3"))
+        doc["harden"]["total_over_features"] = t["total"] / t["features"]
+        profile = ", ".join(f"{k} {v:.1f}s" for k, v in t.items() if k != "total")
         figures.append(
-            f"harden {summary['data']['train']} imgs: head (phases 1-3) {head:.0f}s, features {t['features']:.0f}s, "
-            f"check {t.get('check', 0):.0f}s, total {t['total']:.0f}s, peak RSS {peak:.0f} MiB; clean base "
+            f"harden {summary['data']['train']} imgs ({args.recipe or 'defaults'}): total {t['total']:.0f}s = "
+            f"{t['total'] / t['features']:.1f}x features ({profile}); head (phases 1-3) {head:.0f}s, peak RSS "
+            f"{peak:.0f} MiB; clean base "
             f"{100 * summary['base']['test_clean_acc']:.1f}% / hardened {100 * summary['hardened']['test_clean_acc']:.1f}%"
             + (
                 f"; guard {summary['check']['gain_points']:+.1f} pts" if summary.get("check") else ""
             )  # no guard: the rest stays
         )
+    if args.skip_attack:
+        return _finish(doc, figures, args)
     cmd = [
         "attack",
         args.hardened,
@@ -106,6 +111,10 @@ def main() -> None:
         f"hardened clean {100 * m['hardened']['clean']:.1f}% white-box-direct {100 * m['hardened'].get('white_box_direct', float('nan')):.1f}% "
         f"worst {100 * m['hardened']['worst_case']:.1f}%"
     )
+    _finish(doc, figures, args)
+
+
+def _finish(doc: dict, figures: list[str], args) -> None:
     write_json(doc, args.out)
     text = "; ".join(f for f in figures if f)
     if args.results:
