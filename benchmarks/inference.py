@@ -6,7 +6,8 @@ under ``torch.no_grad`` after warm-up and interleaved in one process, a forward 
 test images through:
 
 - ``base``;
-- ``stored``: the hardened model as stored (its own solver, e.g. dopri5 with its rtol/atol);
+- ``stored``: the hardened model as shipped (the fixed-step solver ``harden`` chose, or its declared solver);
+- ``declared``: when ``harden`` chose a shipped solver, the same model with its declared solver (e.g. dopri5);
 - ``rk4@s``: ``hardened.variant("fixed", step_size=s)`` for each ``--step-sizes`` s, i.e. RK4 with fixed
   steps over [0, T] (s = 0.5, 1, 2.5, 5 at T = 5 gives 10, 5, 2, 1 steps, 4 function evaluations each).
 
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     x = test.floats(idx[: args.batch_size]).to(device)
 
     models: dict[str, torch.nn.Module] = {"base": base, "stored": hardened}
+    if (meta.get("inference") or {}).get("chosen"):  # the model with its declared solver (before the choice)
+        models["declared"] = load_pair(args.model, device, solver="declared")[1]
     for s in steps:
         models[f"rk4@{s:g}"] = hardened.variant("fixed", step_size=s)
     odefunc = hardened.head.odefunc
@@ -126,13 +129,14 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy": 100.0 * float((preds[k] == labels).float().mean()),
             "agree_with_stored": 100.0 * float((preds[k] == preds["stored"]).float().mean()),
         }
-        if k == "stored":
-            r.update(solver=head_cfg.get("solver"), rtol=head_cfg.get("rtol"), atol=head_cfg.get("atol"))
+        if k in ("stored", "declared"):
+            blk = m.head.block
+            r.update(solver=blk.solver, rtol=blk.rtol, atol=blk.atol, step_size=blk.step_size)
         if k.startswith("rk4@"):
             s = float(k[4:])
             r.update(solver="rk4", step_size=s, steps=t1 / s)
         if k != "base":
-            r["nfe"] = nfe_per_forward(m, odefunc, x)
+            r["nfe"] = nfe_per_forward(m, m.head.odefunc, x)
         results[k] = r
 
     env = C.environment(device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -158,3 +160,27 @@ def test_bad_inference_settings_exit_2(key, value, tmp_path):
         ],
     )
     assert result.exit_code == 2 and key in result.stderr, result.output
+
+
+@pytest.mark.parametrize("solver", ["euler", "midpoint", "rk4"])
+@pytest.mark.parametrize("t1,step", [(5.0, 0.5), (1.0, 0.3), (5.0, 5 / 3)])
+def test_own_fixed_steps_equal_torchdiffeq_bitwise(solver, t1, step):
+    """The plain fixed-step loop the head uses gives torchdiffeq's results and gradients exactly."""
+    import torchdiffeq
+
+    from sodef_cli.head import ODEBlock, SinODEFunc, fixed_grid_solve
+
+    torch.manual_seed(0)
+    f = SinODEFunc(16)
+    z = torch.randn(5, 16, requires_grad=True)
+    t = torch.tensor([0.0, t1])
+    ours = fixed_grid_solve(f, z, t, solver, step)
+    ref = torchdiffeq.odeint(f, z, t, method=solver, options={"step_size": step})[-1]
+    assert torch.equal(ours, ref)
+    (g_ours,) = torch.autograd.grad(ours.sum(), z)
+    (g_ref,) = torch.autograd.grad(ref.sum(), z)
+    assert torch.equal(g_ours, g_ref)
+    block = ODEBlock(f, t1=t1, solver=solver, rtol=1e-3, atol=1e-3, step_size=step, adjoint=False)
+    before = f.nfe
+    assert torch.equal(block(z), ref)
+    assert f.nfe - before == {"euler": 1, "midpoint": 2, "rk4": 4}[solver] * math.ceil(t1 / step - 1e-9)

@@ -130,13 +130,21 @@ def test_phase3_trains_through_the_fixed_step_solver_by_default(tiny_harden_over
     """Default phase 3: f and the classifier see the ODE through fixed RK4 steps, exact backprop, no adjoint."""
     import torchdiffeq
 
+    import sodef_cli.head as head_mod
+
     calls = []
-    real = torchdiffeq.odeint
+    real, real_fixed = torchdiffeq.odeint, head_mod.fixed_grid_solve
+
+    def spy_fixed(f, y0, t, solver, step):
+        calls.append((solver, torch.is_grad_enabled()))
+        return real_fixed(f, y0, t, solver, step)
+
     monkeypatch.setattr(
         torchdiffeq,
         "odeint",
         lambda f, y0, t, **kw: calls.append((kw.get("method"), torch.is_grad_enabled())) or real(f, y0, t, **kw),
     )
+    monkeypatch.setattr(head_mod, "fixed_grid_solve", spy_fixed)
     monkeypatch.setattr(torchdiffeq, "odeint_adjoint", lambda *a, **kw: pytest.fail("phase 3 used the adjoint"))
     over = {
         **tiny_harden_overrides,
