@@ -102,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         models["declared"] = load_pair(args.model, device, solver="declared")[1]
     for s in steps:
         models[f"rk4@{s:g}"] = hardened.variant("fixed", step_size=s)
-    odefunc = hardened.head.odefunc
 
     def forward(m):
         def run():
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device: {env['device']}  ({C.versions_text(env)})")
         print(
             f"{spec.timm_name} {spec.input_size[-1]}px, batch {args.batch_size}, T={t1:g}, stored solver "
-            f"{head_cfg.get('solver')}; median of {args.repeats} interleaved rounds; accuracy on {len(test)} test images"
+            f"{results['stored'].get('solver')} (declared {head_cfg.get('solver')}); median of {args.repeats} interleaved rounds; accuracy on {len(test)} test images"
         )
         rows = [
             [k, r.get("nfe", "-"), r["ms_per_batch"], r["ratio_to_base"], r["accuracy"], r["agree_with_stored"]]
