@@ -11,7 +11,7 @@ same ``--n`` test images:
 - A: the base as it is;
 - B: continued FGSM adversarial training of the same parameters as D (more training, not a better method);
 - C: the linear head alone, PGD-5, frozen backbone;
-- D: linear head + the last stages, PGD-5;
+- D: linear head + the last stages, trained with the recipe's attack and budget (`recipes/adversarial.toml`);
 - E: the SODEF head trained adversarially through the fixed-step solver, stability terms on, frozen backbone;
 - F: D with the SODEF head in place of the linear one.
 
