@@ -164,6 +164,7 @@ def _rk4(f, t0, dt, z):  # the 3/8 rule, as torchdiffeq's "rk4"
 
 _THIRD, _TWO_THIRDS = 1 / 3, 2 / 3
 _STEPS = {"euler": _euler, "midpoint": _midpoint, "rk4": _rk4}
+EVALUATIONS_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4}  # f evaluations of one step of each solver above
 
 
 def fixed_grid_solve(func, z0: torch.Tensor, t: torch.Tensor, solver: str, step_size: float) -> torch.Tensor:

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 
 from .errors import UsageError
+from .head import EVALUATIONS_PER_STEP
 from .inference import predict
 
-# function evaluations per step of each fixed-step solver tried, in torchdiffeq's names
-SOLVER_STAGES = {"euler": 1, "midpoint": 2, "rk4": 4}
+# the fixed-step solvers tried, with the f evaluations of one step (those the head solves in its own loop)
+SOLVER_STAGES = EVALUATIONS_PER_STEP
 STEP_COUNTS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 25, 32, 40, 50)
 
 
