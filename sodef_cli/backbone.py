@@ -22,9 +22,9 @@ __all__ = [
     "ModelSpec",
     "Normalize",
     "BaseClassifier",
+    "ImageModel",
     "create_timm",
     "build_backbone",
-    "backbone_features",
     "freeze",
     "check_timm_name",
     "normalization",
@@ -101,11 +101,6 @@ class Normalize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
-
-
-def backbone_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Pooled pre-logits features, (N, num_features)."""
-    return model.forward_head(model.forward_features(x), pre_logits=True)
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -286,18 +281,56 @@ def split_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-class BaseClassifier(nn.Module):
-    """[0,1] images -> logits of the backbone with its own head, or with a linear probe on its features."""
+class ImageModel(nn.Module):
+    """[0,1] images -> normalize -> a timm backbone: what every classifier here shares.
 
-    def __init__(self, backbone: nn.Module, spec: ModelSpec, probe: nn.Linear | None = None):
+    :meth:`fast_cpu` turns on the CPU fast paths for a model that is only evaluated from then on (``sodef
+    attack``): channels-last weights (oneDNN's faster convolutions, gradient passes included) and traced
+    no-gradient forwards (``tracing.py``; a weight changed in place rebuilds the trace).
+    """
+
+    def __init__(self, backbone: nn.Module, spec: ModelSpec):
         super().__init__()
         self.normalize = Normalize(spec.mean, spec.std)
         self.backbone = backbone
-        self.probe = probe
         self.spec = spec
+        self._traced: dict[bool, Any] = {}  # logits? -> TracedFeatures; empty: eager always
+
+    def fast_cpu(self, on: bool = True) -> None:
+        """CPU fast paths on (or off: contiguous weights, eager forwards). Results change by float rounding only."""
+        from .tracing import TracedFeatures
+
+        self.backbone.to(memory_format=torch.channels_last if on else torch.contiguous_format)
+        traced = {flag: TracedFeatures(self.normalize, self.backbone, logits=flag) for flag in (False, True)}
+        self._traced = traced if on else {}
+
+    def inference_status(self) -> str:
+        """What the traced no-gradient path did: ``off`` (not asked for), or its status (``on ...`` / ``off: why``)."""
+        if not self._traced:
+            return "off"
+        used = [t for t in self._traced.values() if t.disabled] or [t for t in self._traced.values() if t.used]
+        return used[0].status if used else "on (no forward without gradients ran)"
+
+    def _stem(self, x: torch.Tensor, logits: bool) -> torch.Tensor:
+        traced = self._traced.get(logits)
+        if traced is not None and traced.applies(x):
+            out = traced(x)
+            if out is not None:
+                return out
+        x = self.normalize(x)
+        return self.backbone(x) if logits else self.backbone.forward_features(x)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return backbone_features(self.backbone, self.normalize(x))
+        """Pooled pre-logits features (timm's ``forward_head(..., pre_logits=True)``)."""
+        return self.backbone.forward_head(self._stem(x, logits=False), pre_logits=True)
+
+
+class BaseClassifier(ImageModel):
+    """[0,1] images -> logits of the backbone with its own head, or with a linear probe on its features."""
+
+    def __init__(self, backbone: nn.Module, spec: ModelSpec, probe: nn.Linear | None = None):
+        super().__init__(backbone, spec)
+        self.probe = probe
 
     def classify_features(self, h: torch.Tensor) -> torch.Tensor:
         if self.probe is not None:
@@ -307,4 +340,4 @@ class BaseClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.probe is not None:
             return self.probe(self.features(x))
-        return self.backbone(self.normalize(x))
+        return self._stem(x, logits=True)

@@ -451,6 +451,13 @@ def attack(
     no_checks: Annotated[
         bool, typer.Option("--no-checks", help="Skip the large-eps and batch-composition checks.")
     ] = False,
+    plain_cpu: Annotated[
+        bool,
+        typer.Option(
+            "--plain-cpu",
+            help="On CPU, run every pass in plain eager PyTorch: no channels-last weights, no TorchScript traces for the no-gradient forwards (Square's queries, clean predictions, judging).",
+        ),
+    ] = False,
     checkpoint: Annotated[
         list[Path] | None,
         typer.Option(
@@ -505,6 +512,7 @@ def attack(
         steps=steps,
         queries=queries,
         checks=not no_checks,
+        fast_cpu=not plain_cpu,
     )
     from . import distributed
 

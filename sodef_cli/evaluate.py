@@ -73,6 +73,7 @@ class AttackConfig:
     queries: int | None = None
     checks: bool = True  # masking checks (large-eps and batch-composition run extra forward passes)
     check_samples: int = 64  # samples for the large-eps and batch-composition checks
+    fast_cpu: bool = True  # on CPU: channels-last weights, and no-gradient forwards through TorchScript traces
 
     def __post_init__(self) -> None:  # checked once, where the options are made, before any data or model is read
         self.validate()
@@ -267,6 +268,33 @@ def _new_results(
     }
 
 
+_EXECUTION_ONLY = ("batch_size", "fast_cpu")  # how the attacks run, not what they compute: a resume may change them
+
+
+def _settings(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in _EXECUTION_ONLY}
+
+
+def fast_cpu_models(models, cfg: AttackConfig, device) -> None:
+    """The CPU fast paths (``ImageModel.fast_cpu``) on for every model that has them, when ``cfg.fast_cpu`` and
+    the models run on CPU."""
+    from .backbone import ImageModel
+
+    on = cfg.fast_cpu and torch.device(device or "cpu").type == "cpu"
+    for m in models:
+        if isinstance(m, ImageModel):
+            m.fast_cpu(on)
+
+
+def forward_paths(named: dict) -> dict[str, str]:
+    """Per model label: how its no-gradient forwards ran (``ImageModel.inference_status``)."""
+    return {k: m.inference_status() for k, m in named.items() if hasattr(m, "inference_status")}
+
+
+def _paths_text(paths: dict[str, str]) -> str:
+    return "no-gradient forwards: " + "; ".join(f"{k} {v}" for k, v in paths.items())
+
+
 def _check_resume(doc: dict, fresh: dict) -> None:
     if doc.get("schema") != SCHEMA:
         raise ResultsError("the --out file is not a sodef attack results file; choose another --out")
@@ -279,9 +307,7 @@ def _check_resume(doc: dict, fresh: dict) -> None:
             )
     if doc["model"]["sha256"] != fresh["model"]["sha256"]:
         raise ResultsError("the --out file holds results for a different model file; use another --out")
-    if {k: v for k, v in doc.get("config", {}).items() if k != "batch_size"} != {
-        k: v for k, v in fresh["config"].items() if k != "batch_size"
-    }:
+    if _settings(doc.get("config", {})) != _settings(fresh["config"]):
         raise ResultsError(
             "the --out file was made with different attack settings; use another --out or the same options"
         )
@@ -310,6 +336,7 @@ def run_evaluation(
     reporter = reporter or Reporter()
     model_path = Path(model_path)
     base, hardened, meta = load_pair(model_path, device, meta=meta)
+    fast_cpu_models((base, hardened), cfg, device)
     classes = meta.get("classes", [])
     if len(classes) != len(data.classes):
         raise ModelError(
@@ -367,6 +394,7 @@ def run_evaluation(
         device=device,
     )
     reporter.end("all attacks")
+    reporter.log(_paths_text(forward_paths({"base": base, "hardened": hardened})))
     return state.finish()
 
 
@@ -861,6 +889,7 @@ def run_comparison(
     indices = select_samples(data.test.labels, cfg.n, cfg.seed)
     x_all = data.test.floats(indices)
     y_all = data.test.labels[indices]
+    fast_cpu_models([c.model for c in cands], cfg, device)
     entries = _comparison_entries(cands, cfg, n_classes=k, transfer_from=transfer_from)
     plan = {e["label"]: e["attacks"] for e in entries}
     estimate = estimate_plan(entries, x_all, y_all, cfg, n_classes=k, device=device) if is_main() else {}
@@ -943,6 +972,7 @@ def run_comparison(
                 )
         state.finish_eps(run)
     reporter.end("all attacks")
+    reporter.log(_paths_text(forward_paths({e["label"]: e["model"] for e in entries})))
     # seconds_run: attacks and checks of this session, to compare with the estimate
     return state.finish(seconds_run=time.perf_counter() - t_run)
 
@@ -958,9 +988,7 @@ def _check_comparison_resume(old: dict, doc: dict) -> None:
             )
     if [m.get("sha256") for m in old.get("models", [])] != [m.get("sha256") for m in doc["models"]]:
         raise ResultsError("the --out file holds results for different models; use another --out")
-    if {k_: v for k_, v in old.get("config", {}).items() if k_ != "batch_size"} != {
-        k_: v for k_, v in doc["config"].items() if k_ != "batch_size"
-    }:
+    if _settings(old.get("config", {})) != _settings(doc["config"]):
         raise ResultsError(
             "the --out file was made with different attack settings; use another --out or the same options"
         )

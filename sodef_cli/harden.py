@@ -296,7 +296,7 @@ def _load(run: _Run) -> _Source:
 
         stage_parameters(model, cfg.adversarial.stages)
     backbone = freeze(model).to(run.device)
-    return _Source(backbone, spec, source, data, state_digest(backbone))
+    return _Source(backbone, spec, source, data.materialize(), state_digest(backbone))
 
 
 def _split(cfg: HardenConfig, data: DataBundle) -> _Split:

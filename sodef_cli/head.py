@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
-from .backbone import BaseClassifier, ModelSpec, Normalize, backbone_features
+from .backbone import BaseClassifier, ImageModel, ModelSpec
 from .config import HeadConfig
 from .inputs import check_head_dim
 from .registry import ODEFUNCS, SOLVERS, register_odefunc
@@ -322,18 +322,12 @@ class SODEFHead(nn.Module):
         return {k: v for k, v in head.state_dict().items()}
 
 
-class HardenedClassifier(nn.Module):
+class HardenedClassifier(ImageModel):
     """[0,1] images -> logits through normalize -> frozen backbone -> SODEF head."""
 
     def __init__(self, backbone: nn.Module, spec: ModelSpec, head: SODEFHead):
-        super().__init__()
-        self.normalize = Normalize(spec.mean, spec.std)
-        self.backbone = backbone
+        super().__init__(backbone, spec)
         self.head = head
-        self.spec = spec
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return backbone_features(self.backbone, self.normalize(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -353,6 +347,7 @@ class HardenedClassifier(nn.Module):
             raise ValueError(f"unknown variant {kind!r}")
         out = HardenedClassifier(self.backbone, self.spec, self.head.with_ode(ode))
         out.normalize = self.normalize
+        out._traced = self._traced  # the same backbone: its no-gradient path too
         return out.eval()
 
 

@@ -539,3 +539,22 @@ def test_adaptive_solver_examples_are_also_judged_alone(request, monkeypatch, tm
     )
     assert res.exit_code == 0, res.output
     assert (1 in sizes) is alone
+
+
+def test_plain_cpu_is_an_execution_setting_a_resume_may_change(hardened_file, tmp_path):
+    """--plain-cpu turns the CPU fast paths off; the results file accepts either on resume, and Square's
+    score-based queries (forwards without gradients) reach the same verdicts either way on these samples."""
+    out = tmp_path / "r.json"
+    args = ["--attacks", "square", "--queries", "50", "--n", "16", "--no-checks"]
+    first = _attack(hardened_file, *args, "--out", str(out), "--plain-cpu")
+    assert first.exit_code == 0, first.output
+    assert "no-gradient forwards: base off; hardened off" in first.stderr
+    doc = json.loads(out.read_text())
+    assert doc["config"]["fast_cpu"] is False
+    again = _attack(hardened_file, *args, "--out", str(out))  # finished: resumed with the fast paths on
+    assert again.exit_code == 0, again.output
+    fast = _attack(hardened_file, *args, "--out", str(tmp_path / "fast.json"))
+    assert fast.exit_code == 0, fast.output
+    assert "no-gradient forwards: base on (TorchScript" in fast.stderr
+    flags = lambda d: {m: r["attacks"]["square"]["robust"] for m, r in d["runs"][0]["models"].items()}
+    assert flags(json.loads((tmp_path / "fast.json").read_text())) == flags(doc)

@@ -170,8 +170,10 @@ def test_test_classes_missing_from_train_raise_data_error(tmp_path):
 def test_undecodable_image_raises_data_error(tmp_path):
     root = _write_folder(tmp_path / "ds")
     (root / "train" / "dog" / "9.png").write_bytes(b"not a png")
+    data = load_data(str(root))  # splits are decoded on first use: the test split alone is fine
+    assert data.test.images.shape == (6, 3, 8, 8)
     with pytest.raises(DataError, match="cannot decode"):
-        load_data(str(root))
+        _ = data.train
 
 
 def test_missing_folder_and_plain_file_raise_data_error(tmp_path):
@@ -188,3 +190,39 @@ def test_torchvision_set_without_data_dir_is_a_usage_error():
         load_data("cifar10")
     with pytest.raises(UsageError):
         load_data("")
+
+
+# ---------------------------------------------------------------- JPEG decoding
+
+
+def test_batched_jpeg_decoding_gives_pillows_pixels(demo_data):
+    """The demo's JPEGs go through torchvision's batched decoder; every pixel must equal Pillow's."""
+    from sodef_cli.data import DEMO_ZIP, _decode, _FolderSource
+
+    src = _FolderSource(DEMO_ZIP)
+    order = [f for c in sorted(src.files["train"]) for f in src.files["test"].get(c, [])]  # load_data's order
+    assert order and all(f.lower().endswith(".jpg") for f in order)
+    pillow = torch.stack([torch.tensor(_decode(src.read(f), 3, 32, f)) for f in order])
+    assert pillow.shape == demo_data.test.images.shape
+    assert torch.equal(pillow, demo_data.test.images)
+
+
+def test_mixed_jpeg_sizes_modes_and_a_corrupt_jpeg(tmp_path):
+    """Grayscale and wrongly-sized JPEGs take Pillow's path (converted, resized); a corrupt one is named."""
+    from sodef_cli.data import _decode, _decode_chunk
+
+    rng = np.random.default_rng(1)
+    raws, names = [], []
+    for i, (mode, size) in enumerate((("RGB", 8), ("L", 8), ("RGB", 12), ("RGB", 8))):
+        shape = (size, size, 3) if mode == "RGB" else (size, size)
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path, quality=90)
+        raws.append(path.read_bytes())
+        names.append(str(path))
+    out = torch.zeros((4, 3, 8, 8), dtype=torch.uint8)
+    _decode_chunk(raws, names, out, channels=3, size=8)
+    for i in range(4):
+        assert torch.equal(out[i], torch.tensor(_decode(raws[i], 3, 8, names[i]))), i
+    bad = raws[0][:40]  # a truncated header
+    with pytest.raises(DataError, match="bad.jpg"):
+        _decode_chunk([raws[0], bad], [names[0], "bad.jpg"], torch.zeros((2, 3, 8, 8), dtype=torch.uint8), 3, 8)
