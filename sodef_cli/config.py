@@ -99,6 +99,9 @@ class RegularizerConfig:
     jacobian_samples: int = 0  # points per batch used for Jacobian terms; 0 = all (the code used 16)
 
 
+ORTHOGONAL_MAPS = ("cayley", "householder", "matrix_exp")  # torch.nn.utils.parametrizations.orthogonal
+
+
 @dataclass(frozen=True)
 class Phase1Config:
     """Projection against the fixed simplex classifier V, cross-entropy, on cached features."""
@@ -108,6 +111,9 @@ class Phase1Config:
     lr: float = 0.1
     eps: float = 1e-2
     amsgrad: bool = True
+    # torch's orthogonal parametrization of the projection while it trains (then a plain weight): "cayley" costs a
+    # quarter of "householder" (torch's default for a non-square matrix) per step; the released code used geotorch
+    orthogonal_map: str = "cayley"
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ class Phase2Config:
     """Regularizers alone on cached z(0); no integration (as the released code)."""
 
     epochs: int = 20
-    batch_size: int = 32
+    batch_size: int = 128  # the released code: 32 (recipes/paper-cifar10.toml); 128 reaches the same stability in a quarter of the steps
     lr: float = 1e-2
     eps: float = 1e-3
     amsgrad: bool = True
@@ -137,8 +143,9 @@ class Phase3Config:
     # f's gradients through odeint_adjoint when head.adjoint (the released code: inexact); false = exact
     adjoint: bool = False
     # the solver phase 3 trains through: a fixed-step one at head.step_size with exact backprop (fast, honest
-    # gradients), or "" for the head's own solver (the released code: dopri5, recipes/paper-cifar10.toml)
-    solver: str = "rk4"
+    # gradients; midpoint: 2 evaluations a step, the same test accuracy as RK4's 4 on CIFAR-10), or "" for the head's
+    # own solver (the released code: dopri5, recipes/paper-cifar10.toml)
+    solver: str = "midpoint"
 
 
 @dataclass(frozen=True)
@@ -451,6 +458,8 @@ def validate(cfg: Any) -> None:
             ph = getattr(cfg, name)
             if ph.epochs < 0 or ph.batch_size < 1:
                 raise UsageError(f"{name}.epochs must be >= 0 and {name}.batch_size >= 1")
+        if cfg.phase1.orthogonal_map not in ORTHOGONAL_MAPS:
+            raise UsageError(f"phase1.orthogonal_map must be {or_list(ORTHOGONAL_MAPS)}")
         if cfg.check.norm not in NORMS or not 0.0 <= cfg.check.eps <= 1.0:
             raise UsageError(f"check.norm must be {or_list(NORMS)} and check.eps in [0, 1]")
         for key in ("n", "batch_size", "steps"):

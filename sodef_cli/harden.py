@@ -373,7 +373,7 @@ def _baseline(run: _Run, src: _Source, f: _Features, ckpt: Checkpoint) -> _Basel
 def _sodef_head(run: _Run, f: _Features, ckpt: Checkpoint) -> tuple[SODEFHead, dict[str, Any]]:
     """Phases 1-3 of the paper on the cached features, with the stability diagnostics before phase 2, after it and
     at the end. Returns (head, {"phases", "stability"})."""
-    head = SODEFHead(f.h_tr.shape[1], f.k, run.cfg.head).to(run.device)
+    head = SODEFHead(f.h_tr.shape[1], f.k, run.cfg.head, orthogonal_map=run.cfg.phase1.orthogonal_map).to(run.device)
     with run.timed("phase1"):
         m1 = _phase1(run, head, f, ckpt)
     with torch.no_grad():

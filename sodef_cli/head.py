@@ -20,6 +20,7 @@ from torch.nn.utils import parametrizations, parametrize
 
 from .backbone import BaseClassifier, ImageModel, ModelSpec
 from .config import HeadConfig
+from .dopri5 import dopri5_solve
 from .inputs import check_head_dim
 from .registry import ODEFUNCS, SOLVERS, register_odefunc
 
@@ -222,6 +223,9 @@ class ODEBlock(nn.Module):
         use_adjoint = self.adjoint and torch.is_grad_enabled()
         if not use_adjoint and self.solver in _STEPS:  # the same steps as torchdiffeq's, without its per-step overhead
             return fixed_grid_solve(self.odefunc, z0, t, self.solver, self.step_size)
+        if self.solver == "dopri5" and not torch.is_grad_enabled():
+            # no gradients wanted: torchdiffeq's dopri5 steps without its bookkeeping (sodef_cli/dopri5.py)
+            return dopri5_solve(self.odefunc, z0, self.t1, rtol=self.rtol, atol=self.atol)
         solve = torchdiffeq.odeint_adjoint if use_adjoint else torchdiffeq.odeint
         return solve(self.odefunc, z0, t, **kwargs)[-1]
 
@@ -280,12 +284,20 @@ def simplex_classifier(num_classes: int, dim: int) -> torch.Tensor:
 class SODEFHead(nn.Module):
     """features (B, d) -> logits (B, k)."""
 
-    def __init__(self, in_features: int, num_classes: int, cfg: HeadConfig, *, orthogonal: bool = True):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        cfg: HeadConfig,
+        *,
+        orthogonal: bool = True,
+        orthogonal_map: str = "cayley",
+    ):
         super().__init__()
         self.cfg = cfg
         self.proj = nn.Linear(in_features, cfg.dim, bias=False)
         if orthogonal:
-            parametrizations.orthogonal(self.proj)
+            parametrizations.orthogonal(self.proj, orthogonal_map=orthogonal_map)
         self.block = ODEBlock(
             make_odefunc(cfg),
             t1=cfg.t1,

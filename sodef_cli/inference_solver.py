@@ -137,6 +137,13 @@ def summary_line(record: dict[str, Any] | None) -> str:
     """One line for the card and the harden summary."""
     if not record:
         return "head.solver as declared (no selection)"
+    try:
+        return _summary(record)
+    except (KeyError, TypeError, ValueError) as exc:  # a damaged file's record: say so, the card still renders
+        return f"unreadable inference record in the metadata ({type(exc).__name__}: {exc})"
+
+
+def _summary(record: dict[str, Any]) -> str:
     t, c = record["reference"], record.get("chosen")
     if c is None:
         return (

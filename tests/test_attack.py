@@ -28,7 +28,8 @@ def adaptive_file(tmp_path_factory, tiny_harden_overrides):
     from sodef_cli.harden import harden
 
     out = tmp_path_factory.mktemp("adaptive") / "h.safetensors"
-    cfg = resolve(HardenConfig, overrides={"model": "test_resnet", **tiny_harden_overrides, "head.solver": "dopri5"})
+    over = {**tiny_harden_overrides, "head.solver": "dopri5", "inference.solver": "declared"}  # ships dopri5
+    cfg = resolve(HardenConfig, overrides={"model": "test_resnet", **over})
     harden(cfg, out)
     return out
 
@@ -532,12 +533,13 @@ def test_adaptive_solver_examples_are_also_judged_alone(request, monkeypatch, tm
         "--attacks",
         "fgsm",
         "--n",
-        "8",
+        "32",
         "--no-checks",
         "--out",
         str(tmp_path / "r.json"),
     )
     assert res.exit_code == 0, res.output
+    assert any(json.loads((tmp_path / "r.json").read_text())["runs"][0]["models"]["hardened"]["clean"])  # attacked
     assert (1 in sizes) is alone
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TORCH_DEVICE
+from conftest import TINY_HARDEN, TORCH_DEVICE
 from typer.testing import CliRunner
 
 import sodef_cli.harden
@@ -18,22 +18,10 @@ runner = CliRunner()
 
 # the CLI spelling of conftest.TINY_HARDEN (minus data/device/image size/check, given as options)
 TINY_SET = [
-    "--set",
-    "phase1.epochs=1",
-    "--set",
-    "phase2.epochs=1",
-    "--set",
-    "phase3.epochs=1",
-    "--set",
-    "probe.epochs=1",
-    "--set",
-    "head.solver=rk4",
-    "--set",
-    "head.t1=1.0",
-    "--set",
-    "head.step_size=0.5",
-    "--set",
-    "head.dim=16",
+    item
+    for key, value in TINY_HARDEN.items()
+    if key not in ("data", "device", "image_size", "check.enabled")
+    for item in ("--set", f"{key}={value}")
 ]
 
 

@@ -387,6 +387,7 @@ def test_attack_on_mutated_metadata(real, data):
                 "--no-checks",
                 "--batch-size",
                 "2",
+                "--plain-cpu",  # about the metadata: no trace to build per example
             ]
         )
     assert result.exit_code in (0, 1, 2), result.output

@@ -184,3 +184,10 @@ def test_own_fixed_steps_equal_torchdiffeq_bitwise(solver, t1, step):
     before = f.nfe
     assert torch.equal(block(z), ref)
     assert f.nfe - before == {"euler": 1, "midpoint": 2, "rk4": 4}[solver] * math.ceil(t1 / step - 1e-9)
+
+
+def test_a_damaged_inference_record_is_named_not_a_crash():
+    from sodef_cli.inference_solver import summary_line
+
+    line = summary_line({"reference": {"solver": "dopri5", "nfe": 30}, "chosen": {"solver": "euler"}, "n": 4})
+    assert line.startswith("unreadable inference record in the metadata (KeyError")

@@ -80,3 +80,33 @@ def test_phase2_raises_the_share_of_stable_jacobians_when_hardening(hardened_run
     stab = hardened_run[1]["stability"]
     assert stab["after_phase2"]["frac_eig_negative"] >= 0.9 > stab["before_phase2"]["frac_eig_negative"]
     assert stab["warning"] is None
+
+
+@pytest.mark.parametrize("orthogonal_map", ["cayley", "householder", "matrix_exp"])
+def test_every_orthogonal_map_trains_an_orthonormal_projection(orthogonal_map):
+    torch.manual_seed(0)
+    h_tr, y_tr = _clusters(N, 1)
+    head = SODEFHead(D, K, HeadConfig(dim=8, solver="rk4", t1=1.0, step_size=0.5), orthogonal_map=orthogonal_map)
+    phase1(
+        head,
+        h_tr,
+        y_tr,
+        h_tr[:100],
+        y_tr[:100],
+        simplex_classifier(K, 8),
+        Phase1Config(epochs=2, batch_size=32, lr=0.05, orthogonal_map=orthogonal_map),
+        device=torch.device("cpu"),
+        generator=torch.Generator().manual_seed(0),
+        reporter=Reporter(),
+    )
+    head.materialize()
+    w = head.proj.weight  # (8, D): orthonormal rows
+    torch.testing.assert_close(w @ w.T, torch.eye(8), atol=1e-4, rtol=0)
+
+
+def test_an_unknown_orthogonal_map_is_a_usage_error():
+    from sodef_cli.config import HardenConfig, resolve, validate
+    from sodef_cli.errors import UsageError
+
+    with pytest.raises(UsageError, match="phase1.orthogonal_map"):
+        validate(resolve(HardenConfig, overrides={"model": "test_resnet", "phase1.orthogonal_map": "qr"}))

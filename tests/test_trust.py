@@ -127,7 +127,7 @@ def test_phase3_takes_exact_gradients_unless_told_otherwise(adjoint, tiny_harden
 
 
 def test_phase3_trains_through_the_fixed_step_solver_by_default(tiny_harden_overrides, tmp_path, monkeypatch):
-    """Default phase 3: f and the classifier see the ODE through fixed RK4 steps, exact backprop, no adjoint."""
+    """Default phase 3: f and the classifier see the ODE through fixed midpoint steps, exact backprop, no adjoint."""
     import torchdiffeq
 
     import sodef_cli.head as head_mod
@@ -154,5 +154,5 @@ def test_phase3_trains_through_the_fixed_step_solver_by_default(tiny_harden_over
         "phase2.epochs": 0,
     }
     harden(resolve(HardenConfig, overrides={"model": "test_resnet", **over}), tmp_path / "h.safetensors")
-    assert {m for m, grad in calls if grad} == {"rk4"}  # every differentiated solve: the training one
-    assert HardenConfig().phase3.solver == "rk4"
+    assert {m for m, grad in calls if grad} == {"midpoint"}  # every differentiated solve: the training one
+    assert HardenConfig().phase3.solver == "midpoint"
