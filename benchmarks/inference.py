@@ -8,6 +8,8 @@ test images through:
 - ``base``;
 - ``stored``: the hardened model as shipped (the fixed-step solver ``harden`` chose, or its declared solver);
 - ``declared``: when ``harden`` chose a shipped solver, the same model with its declared solver (e.g. dopri5);
+- ``torchdiffeq``: the adaptive one of those two solved by ``torchdiffeq.odeint`` itself (without gradients the
+  head runs ``sodef_cli/dopri5.py``: this is the "before" of that change);
 - ``rk4@s``: ``hardened.variant("fixed", step_size=s)`` for each ``--step-sizes`` s, i.e. RK4 with fixed
   steps over [0, T] (s = 0.5, 1, 2.5, 5 at T = 5 gives 10, 5, 2, 1 steps, 4 function evaluations each).
 
@@ -33,6 +35,7 @@ else:  # python benchmarks/inference.py
 
 from sodef_cli.data import load_data
 from sodef_cli.errors import SodefError
+from sodef_cli.head import HardenedClassifier
 from sodef_cli.models import load_pair
 
 DEFAULT_STEPS = (0.5, 1.0, 2.5, 5.0)
@@ -51,6 +54,22 @@ def nfe_per_forward(model: torch.nn.Module, odefunc: torch.nn.Module, x: torch.T
     with torch.no_grad():
         model(x)
     return int(odefunc.nfe - before)
+
+
+class _Torchdiffeq(torch.nn.Module):
+    """An adaptive ODE block solved by ``torchdiffeq.odeint`` itself, as ``head.ODEBlock`` did without gradients
+    before ``sodef_cli/dopri5.py`` (the "before" of that change, timed in the same run)."""
+
+    def __init__(self, block):
+        super().__init__()
+        object.__setattr__(self, "_block", block)  # not registered: shared weights
+
+    def forward(self, z0: torch.Tensor) -> torch.Tensor:
+        import torchdiffeq
+
+        b = self._block
+        t = torch.tensor([0.0, b.t1], dtype=z0.dtype, device=z0.device)
+        return torchdiffeq.odeint(b.odefunc, z0, t, method=b.solver, rtol=b.rtol, atol=b.atol)[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     models: dict[str, torch.nn.Module] = {"base": base, "stored": hardened}
     if (meta.get("inference") or {}).get("chosen"):  # the model with its declared solver (before the choice)
         models["declared"] = load_pair(args.model, device, solver="declared")[1]
+    adaptive = next((models[k] for k in ("declared", "stored") if k in models and models[k].head.block.adaptive), None)
+    if adaptive is not None:  # the same adaptive solve through torchdiffeq.odeint (before sodef_cli/dopri5.py)
+        models["torchdiffeq"] = HardenedClassifier(
+            adaptive.backbone, adaptive.spec, adaptive.head.with_ode(_Torchdiffeq(adaptive.head.block))
+        ).eval()
     for s in steps:
         models[f"rk4@{s:g}"] = hardened.variant("fixed", step_size=s)
 
@@ -128,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy": 100.0 * float((preds[k] == labels).float().mean()),
             "agree_with_stored": 100.0 * float((preds[k] == preds["stored"]).float().mean()),
         }
-        if k in ("stored", "declared"):
+        if k in ("stored", "declared", "torchdiffeq"):
             blk = m.head.block
             r.update(solver=blk.solver, rtol=blk.rtol, atol=blk.atol, step_size=blk.step_size)
         if k.startswith("rk4@"):
