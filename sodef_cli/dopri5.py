@@ -14,6 +14,7 @@ outputs, equal evaluation counts). Gradients always go through torchdiffeq (``he
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -66,7 +67,11 @@ def dopri5_solve(
     """z(t1) of dz/dt = func(t, z) from z(0) = z0 (t1 > 0), as ``torchdiffeq.odeint(func, z0, [0, t1],
     method="dopri5", rtol=rtol, atol=atol)[-1]`` computes it. Call without gradients."""
     dtype, device = z0.dtype, z0.device
-    beta = [torch.tensor(b, dtype=torch.float64).to(device=device, dtype=dtype) for b in _BETA]
+    beta = torch.zeros(len(_BETA), len(_BETA), dtype=torch.float64)
+    for i, row in enumerate(_BETA):
+        beta[i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+    beta = beta.to(device=device, dtype=dtype)
+    alpha = torch.tensor(_ALPHA, dtype=torch.float64).to(device=device, dtype=dtype)
     c_error = torch.tensor(_C_ERROR, dtype=torch.float64).to(device=device, dtype=dtype)
     c_mid = torch.tensor(_C_MID, dtype=torch.float64).to(device=device, dtype=dtype)
     f0 = func(torch.zeros((), dtype=dtype, device=device), z0)
@@ -81,17 +86,19 @@ def dopri5_solve(
         t_next = t + dt
         if not t_next > t:
             raise AssertionError(f"underflow in dt {dt}")
-        # inside a step torchdiffeq works in the state's dtype: t0, dt and t1 = t0 + dt (computed in float64)
-        t0_, dt_, t1_ = (torch.tensor(v, dtype=torch.float64).to(dtype) for v in (t, dt, t_next))
+        # inside a step torchdiffeq works in the state's dtype: t0, dt and t1 (= t0 + dt in float64) cast to it
+        t0_, dt_, t1_ = torch.tensor((t, dt, t_next), dtype=torch.float64).to(device=device, dtype=dtype).unbind()
+        coef = beta * dt_  # row i: stage i+1's coefficients times dt (the lower triangle of the tableau)
+        times = t0_ + alpha * dt_
         k = torch.empty(*f.shape, len(_ALPHA) + 1, dtype=dtype, device=device)
         k[..., 0] = f
         yi = y
-        for i, (alpha, b) in enumerate(zip(_ALPHA, beta)):
-            yi = y + torch.sum(k[..., : i + 1] * (b * dt_), dim=-1).view_as(f)
-            k[..., i + 1] = func(t1_ if alpha == 1.0 else t0_ + alpha * dt_, yi)
+        for i in range(len(_ALPHA)):
+            yi = y + torch.sum(k[..., : i + 1] * coef[i, : i + 1], dim=-1).view_as(f)
+            k[..., i + 1] = func(t1_ if _ALPHA[i] == 1.0 else times[i], yi)
         error = torch.sum(k * (dt_ * c_error), dim=-1)
         ratio = float(_rms(error / (atol + rtol * torch.max(y.abs(), yi.abs()))))
-        if not bool(torch.isfinite(yi).all()):
+        if not math.isfinite(ratio):  # a non-finite state makes its stages, hence the error estimate, non-finite
             raise AssertionError("non-finite values in state `y`")
         if ratio <= 1:
             last = (y, yi, k, dt_, t, t_next)
@@ -99,7 +106,10 @@ def dopri5_solve(
         dt = _next_step(dt, ratio)
         steps += 1
     y0, y1, kk, dt32, ta, tb = last
-    return _interpolate(y0, y1, kk, dt32, c_mid, (t_end - ta) / (tb - ta))
+    out = _interpolate(y0, y1, kk, dt32, c_mid, (t_end - ta) / (tb - ta))
+    if not bool(torch.isfinite(out).all()):
+        raise AssertionError("non-finite values in state `y`")
+    return out
 
 
 def _initial_step(func, y0: torch.Tensor, f0: torch.Tensor, rtol: float, atol: float) -> float:
@@ -122,18 +132,12 @@ def _initial_step(func, y0: torch.Tensor, f0: torch.Tensor, rtol: float, atol: f
 
 
 def _next_step(dt: float, ratio: float) -> float:
-    """torchdiffeq's ``_optimal_step_size`` in float64."""
+    """torchdiffeq's ``_optimal_step_size`` (its float64 tensor arithmetic, here in Python floats: the same IEEE
+    double operations)."""
     if ratio == 0:
         return dt * IFACTOR
     shrink = 1.0 if ratio < 1 else DFACTOR
-    exponent = torch.tensor(ORDER, dtype=torch.float64).reciprocal()
-    factor = torch.min(
-        torch.tensor(IFACTOR, dtype=torch.float64),
-        torch.max(
-            SAFETY / torch.tensor(ratio, dtype=torch.float64) ** exponent, torch.tensor(shrink, dtype=torch.float64)
-        ),
-    )
-    return float(torch.tensor(dt, dtype=torch.float64) * factor)
+    return dt * min(IFACTOR, max(SAFETY / ratio ** (1.0 / ORDER), shrink))
 
 
 def _interpolate(y0, y1, k, dt, c_mid, x: float) -> torch.Tensor:
