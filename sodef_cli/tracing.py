@@ -3,14 +3,14 @@
 Most of what ``sodef attack`` spends is forward passes without gradients through a frozen backbone: Square's
 5,000 queries per sample, the clean predictions, judging every adversarial example, the feature bank. On CPU,
 ``torch.jit.optimize_for_inference`` of a frozen trace folds BatchNorm into the convolutions and runs them in
-oneDNN's blocked layout (``benchmarks/inference.py --traced`` measures it). Anything that needs gradients
-(an input that requires them, or a trainable weight while autograd is on) runs the eager module as before.
+oneDNN's blocked layout (``benchmarks/suite.py`` and ``benchmarks/pipeline.py --attack-args=--plain-cpu`` measure
+it against eager). Anything that needs gradients (an input that requires them, or a trainable weight while autograd
+is on) runs the eager module as before.
 
-:class:`TracedFeatures` traces ``normalize -> backbone.forward_features`` (or the backbone's logits) once per
-input shape ``(C, H, W)``
-(batch sizes vary freely), checks the trace against the eager module on the batch that triggered it, and
-rebuilds it whenever a weight or buffer changed in place since (tensor version counters). A module that
-cannot be traced, or whose trace disagrees with it, runs eagerly from then on and says why in
+:class:`TracedFeatures` traces ``normalize -> backbone.forward_features`` (or the backbone's logits) once per input
+shape ``(C, H, W)``, checks the trace against the eager module on the batch that built it and once at every other
+batch size, and rebuilds it whenever a weight or buffer changed in place since (tensor version counters). A module
+that cannot be traced, or whose trace disagrees with it, runs eagerly from then on and says why in
 :attr:`TracedFeatures.status`: the fast path never changes what is computed beyond float rounding.
 """
 
@@ -63,6 +63,7 @@ class TracedFeatures:
     def __init__(self, normalize: nn.Module, backbone: nn.Module, *, logits: bool = False):
         self._stem = _Stem(normalize, backbone, logits)
         self._traces: dict[tuple[int, ...], Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._checked: set[tuple[int, ...]] = set()  # full input shapes whose traced output was compared with eager
         self._versions = _versions(self._stem)
         self.status = "on (no trace built yet)"
         self.disabled = False
@@ -84,6 +85,7 @@ class TracedFeatures:
         versions = _versions(self._stem)
         if versions != self._versions:  # a weight changed in place: every trace holds stale constants
             self._traces.clear()  # (``used`` reads False until the next one is built)
+            self._checked.clear()
             self._versions = versions
         key = tuple(x.shape[1:])
         fn = self._traces.get(key)
@@ -92,8 +94,25 @@ class TracedFeatures:
             if fn is None:
                 return None
             self._traces[key] = fn
+            self._checked.add(tuple(x.shape))
         with torch.no_grad():
-            return fn(x)
+            out = fn(x)
+            if tuple(x.shape) not in self._checked:  # each batch size once: the trace must still agree with eager
+                self._checked.add(tuple(x.shape))
+                if not _agree(out, self._eager(x)):
+                    return self._disable(
+                        f"off: the trace disagreed with the eager model by more than {TOLERANCE:g} at batch {len(x)}"
+                    )
+        return out
+
+    def _eager(self, x: torch.Tensor) -> torch.Tensor:
+        was_training = [(m, m.training) for m in self._stem.modules()]
+        self._stem.eval()
+        try:
+            return self._stem(x)
+        finally:
+            for m, flag in was_training:
+                m.training = flag
 
     def _build(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
         was_training = [(m, m.training) for m in self._stem.modules()]

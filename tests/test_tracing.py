@@ -129,3 +129,24 @@ def test_hardened_model_and_its_variants_share_the_fast_path(hardened_from_base)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     h.fast_cpu(False)
     assert h.inference_status() == "off" and conv.weight.is_contiguous()
+
+
+def test_every_new_batch_size_is_checked_once_against_eager(base, monkeypatch):
+    from sodef_cli import tracing
+
+    base.fast_cpu()
+    compared = []
+    real = tracing._agree
+    monkeypatch.setattr(tracing, "_agree", lambda a, b: compared.append(len(a)) or real(a, b))
+    with torch.no_grad():
+        for n in (5, 5, 9, 5, 9, 2):
+            base(torch.rand(n, 3, 32, 32))
+    assert compared == [5, 9, 2]  # the build (5), then each other batch size once
+    monkeypatch.setattr(tracing, "_agree", lambda a, b: False)  # a trace wrong at a new batch size only
+    with torch.no_grad():
+        x = torch.rand(3, 3, 32, 32)
+        got = base(x)
+    assert base.inference_status() == "off: the trace disagreed with the eager model by more than 0.0001 at batch 3"
+    base.fast_cpu(False)
+    with torch.no_grad():
+        torch.testing.assert_close(got, base(x))  # that batch was answered eagerly
