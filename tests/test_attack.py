@@ -432,7 +432,8 @@ def test_fixed_step_copy_matches_a_dopri5_model(adaptive_file):
 
     bpda = hardened.variant("bpda")
     xg = x[:4].clone().requires_grad_(True)
-    assert torch.allclose(bpda(xg), hardened(xg))  # true forward
+    # true forward (its forward runs without gradients: sodef_cli/dopri5.py, equal to torchdiffeq to float rounding)
+    torch.testing.assert_close(bpda(xg), hardened(xg), rtol=1e-4, atol=1e-5)
     g = torch.autograd.grad(bpda(xg).sum(), xg)[0]
     assert torch.isfinite(g).all() and g.abs().sum() > 0
 
