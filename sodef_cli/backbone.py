@@ -281,6 +281,12 @@ def split_state(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torc
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
+def stem(normalize: nn.Module, backbone: nn.Module, x: torch.Tensor, logits: bool) -> torch.Tensor:
+    """[0,1] images -> the backbone's logits (``logits``) or its unpooled ``forward_features`` (eager, or traced)."""
+    x = normalize(x)
+    return backbone(x) if logits else backbone.forward_features(x)
+
+
 class ImageModel(nn.Module):
     """[0,1] images -> normalize -> a timm backbone: what every classifier here shares.
 
@@ -301,8 +307,9 @@ class ImageModel(nn.Module):
         from .tracing import TracedFeatures
 
         self.backbone.to(memory_format=torch.channels_last if on else torch.contiguous_format)
-        traced = {flag: TracedFeatures(self.normalize, self.backbone, logits=flag) for flag in (False, True)}
-        self._traced = traced if on else {}
+        self._traced = {}
+        if on:
+            self._traced = {flag: TracedFeatures(self.normalize, self.backbone, logits=flag) for flag in (False, True)}
 
     def inference_status(self) -> str:
         """What the traced no-gradient path did: ``off`` (not asked for), or its status (``on ...`` / ``off: why``)."""
@@ -317,8 +324,7 @@ class ImageModel(nn.Module):
             out = traced(x)
             if out is not None:
                 return out
-        x = self.normalize(x)
-        return self.backbone(x) if logits else self.backbone.forward_features(x)
+        return stem(self.normalize, self.backbone, x, logits)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled pre-logits features (timm's ``forward_head(..., pre_logits=True)``)."""

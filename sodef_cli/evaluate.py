@@ -286,13 +286,10 @@ def fast_cpu_models(models, cfg: AttackConfig, device) -> None:
             m.fast_cpu(on)
 
 
-def forward_paths(named: dict) -> dict[str, str]:
-    """Per model label: how its no-gradient forwards ran (``ImageModel.inference_status``)."""
-    return {k: m.inference_status() for k, m in named.items() if hasattr(m, "inference_status")}
-
-
-def _paths_text(paths: dict[str, str]) -> str:
-    return "no-gradient forwards: " + "; ".join(f"{k} {v}" for k, v in paths.items())
+def _paths_text(named: dict) -> str:
+    """One log line: how each model's no-gradient forwards ran (``ImageModel.inference_status``)."""
+    paths = [f"{k} {m.inference_status()}" for k, m in named.items() if hasattr(m, "inference_status")]
+    return "no-gradient forwards: " + "; ".join(paths)
 
 
 def _check_resume(doc: dict, fresh: dict) -> None:
@@ -394,7 +391,7 @@ def run_evaluation(
         device=device,
     )
     reporter.end("all attacks")
-    reporter.log(_paths_text(forward_paths({"base": base, "hardened": hardened})))
+    reporter.log(_paths_text({"base": base, "hardened": hardened}))
     return state.finish()
 
 
@@ -972,7 +969,7 @@ def run_comparison(
                 )
         state.finish_eps(run)
     reporter.end("all attacks")
-    reporter.log(_paths_text(forward_paths({e["label"]: e["model"] for e in entries})))
+    reporter.log(_paths_text({e["label"]: e["model"] for e in entries}))
     # seconds_run: attacks and checks of this session, to compare with the estimate
     return state.finish(seconds_run=time.perf_counter() - t_run)
 

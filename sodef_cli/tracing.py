@@ -22,6 +22,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .backbone import stem
+from .inference import eval_mode
+
 __all__ = ["TracedFeatures", "TOLERANCE"]
 
 TOLERANCE = 1e-4  # most |trace - eager| of the outputs, relative to their largest magnitude (at least 1)
@@ -35,8 +38,7 @@ class _Stem(nn.Module):
         self.normalize, self.backbone, self.logits = normalize, backbone, logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(x)
-        return self.backbone(x) if self.logits else self.backbone.forward_features(x)
+        return stem(self.normalize, self.backbone, x, self.logits)
 
 
 def _versions(module: nn.Module) -> tuple[int, ...]:
@@ -106,29 +108,17 @@ class TracedFeatures:
         return out
 
     def _eager(self, x: torch.Tensor) -> torch.Tensor:
-        was_training = [(m, m.training) for m in self._stem.modules()]
-        self._stem.eval()
-        try:
+        with eval_mode(self._stem):
             return self._stem(x)
-        finally:
-            for m, flag in was_training:
-                m.training = flag
 
     def _build(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        was_training = [(m, m.training) for m in self._stem.modules()]
-        self._stem.eval()
         try:
-            with torch.no_grad(), warnings.catch_warnings():
+            with eval_mode(self._stem), torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TracerWarnings, and optimize_for_inference's deprecation notice
                 traced = torch.jit.optimize_for_inference(torch.jit.trace(self._stem, x, check_trace=False))
-                eager = self._stem(x)
-                got = traced(x)
-                ok = _agree(got, eager)
+                ok = _agree(traced(x), self._stem(x))
         except Exception as e:  # any model timm can build may hold an op TorchScript cannot trace
             return self._disable(f"off: tracing failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-        finally:
-            for m, flag in was_training:
-                m.training = flag
         if not ok:
             return self._disable(f"off: the trace disagreed with the eager model by more than {TOLERANCE:g}")
         self.status = "on (TorchScript, optimized for inference)"
