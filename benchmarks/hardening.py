@@ -53,7 +53,35 @@ ARMS = {
         "SODEF head + last 4 stages, PGD-5 (D with the SODEF head)",
         lambda a: ["--head", "sodef", "--adv-attack", "pgd", "--set", "adversarial.grad_clip=10"],
     ),
+    # issue 20: cheaper training attacks and budgets for the default (linear head + last 4 stages, selection on
+    # 1,000 validation images instead of 2,000; budgets sized for <= 8 min on the 2-core CPU)
+    "G": ("N-FGSM (noise 2 eps, step eps), 8 epochs, selection on 1,000", lambda a: _cheap("nfgsm", 8)),
+    "H": ("FGSM, random start, step 1.25 eps, 8 epochs, selection on 1,000", lambda a: _cheap("fgsm", 8)),
+    "I": ("PGD-2, 6 epochs, selection on 1,000", lambda a: _cheap("pgd", 6, "adversarial.steps=2")),
+    "J": (
+        "N-FGSM, eps ramp over 2 epochs, 8 epochs, selection on 1,000",
+        lambda a: _cheap("nfgsm", 8, "adversarial.eps_ramp=2"),
+    ),
+    "K": ("PGD-3, 5 epochs, selection on 1,000", lambda a: _cheap("pgd", 5, "adversarial.steps=3")),
+    "L": ("N-FGSM, 6 epochs, selection on 500", lambda a: _cheap("nfgsm", 6, "adversarial.select_n=500")),
 }
+
+
+def _cheap(attack: str, epochs: int, *sets: str) -> list[str]:
+    """A linear-head arm with the recipe's stages, learning rate and averaging, a cheaper attack and budget."""
+    out = [
+        "--head",
+        "linear",
+        "--adv-attack",
+        attack,
+        "--adv-epochs",
+        str(epochs),
+        "--set",
+        "adversarial.select_n=1000",
+    ]
+    for s in sets:
+        out += ["--set", s]
+    return out
 
 
 def _arm(name: str, args, env: dict) -> dict:

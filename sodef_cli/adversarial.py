@@ -7,6 +7,8 @@ statistics included), trained modules are switched to train mode.
 
 Training attacks (Linf, in [0,1] pixel space):
 - ``fgsm``: one step from a uniform random start (Wong et al. 2020), step ``1.25 eps`` by default;
+- ``nfgsm``: N-FGSM (de Jorge et al. 2022): uniform noise of ``2 eps``, one signed-gradient step of ``eps`` by
+  default, and no projection back onto the eps-ball (only onto the image range [0, 1]);
 - ``pgd``: k steps of size ``2.5 eps / k`` from a random start (Madry et al. 2018);
 - ``trades``: k steps maximizing KL(f(x) || f(x')) from x + 0.001 N(0,1); the loss is
   CE(f(x), y) + beta KL (Zhang et al. 2019).
@@ -163,10 +165,15 @@ def attack_batch(
     steps: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Adversarial images for training or selection. ``kind``: fgsm | pgd | trades (Linf, random start)."""
+    """Adversarial images for training or selection. ``kind``: fgsm | nfgsm | pgd | trades (Linf, random start)."""
     if kind == "none":
         return x
     with torch.enable_grad():
+        if kind == "nfgsm":  # noise of 2 eps, one step, clipped to the image range only
+            delta = ((torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1) * 2 * eps).requires_grad_(True)
+            loss = F.cross_entropy(model((x + delta).clamp(0, 1)), y)
+            (grad,) = torch.autograd.grad(loss, delta)
+            return (x + delta.detach() + step * grad.sign()).clamp(0, 1).detach()
         if kind == "trades":
             with torch.no_grad():
                 p_clean = F.softmax(model(x), dim=1)
@@ -191,6 +198,8 @@ def attack_batch(
 def default_step(kind: str, eps: float, steps: int, step: float = 0.0) -> float:
     if step > 0:
         return step
+    if kind == "nfgsm":
+        return eps
     return 1.25 * eps if kind == "fgsm" else 2.5 * eps / max(1, steps)
 
 
@@ -304,6 +313,9 @@ def adversarial_train(
     history and selection as data.
     """
     eval_model = eval_model if eval_model is not None else model
+    # channels-last activations: about a quarter less time per convolution pass on CPU (benchmarks/hardening.py
+    # notes); the weights go back to the default layout before returning, so the file is the same either way
+    model.to(memory_format=torch.channels_last)
     tset = set(trained)
     params = dict(model.named_parameters())
     unknown = tset - set(params)
@@ -330,6 +342,11 @@ def adversarial_train(
     eps, kind = cfg.eps, cfg.attack
     step_size = default_step(kind, eps, cfg.steps, cfg.step)
     sel = val_idx[torch.randperm(len(val_idx), generator=generator)[: cfg.select_n]]
+    ramp_steps = cfg.eps_ramp * steps_per_epoch
+
+    def ramp(step: int) -> float:
+        """The share of eps the training attack uses at ``step``: linear from 0 over ``cfg.eps_ramp`` epochs, then 1."""
+        return 1.0 if ramp_steps <= 0 else min(1.0, (step + 1) / ramp_steps)
 
     def evaluate(epoch: int) -> dict[str, Any]:
         set_mode(False)
@@ -398,8 +415,11 @@ def adversarial_train(
             x = train_set.floats(j)
             if cfg.augment:
                 x = random_crop_flip(x, generator)
-            x, y = x.to(device), train_set.labels[j].to(device)
-            xa = attack_batch(model, x, y, kind=kind, eps=eps, step=step_size, steps=cfg.steps, generator=generator)
+            x, y = x.to(device).contiguous(memory_format=torch.channels_last), train_set.labels[j].to(device)
+            r = ramp(step)
+            xa = attack_batch(
+                model, x, y, kind=kind, eps=eps * r, step=step_size * r, steps=cfg.steps, generator=generator
+            )
             loss = training_loss(model, x, xa, y, kind=kind, beta=cfg.beta)
             if extra_loss is not None:
                 loss = loss + extra_loss(model, x)
@@ -440,6 +460,7 @@ def adversarial_train(
         restore=load,
     )
     history = fit.history
+    model.to(memory_format=torch.contiguous_format)
     reporter.end(task)
     set_mode(False)
     for p in params.values():
@@ -448,7 +469,7 @@ def adversarial_train(
         "attack": kind,
         "eps": eps,
         "step": step_size,
-        "steps": cfg.steps if kind in ("pgd", "trades") else (1 if kind == "fgsm" else 0),
+        "steps": cfg.steps if kind in ("pgd", "trades") else (1 if kind in ("fgsm", "nfgsm") else 0),
         "beta": cfg.beta if kind == "trades" else None,
         "epochs": cfg.epochs,
         "epochs_run": len(history) - 1,

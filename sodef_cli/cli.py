@@ -337,7 +337,16 @@ def harden(
     require_gain: Annotated[
         bool,
         typer.Option(
-            "--require-gain", help="Exit 1 when the guard finds the hardened model less robust than its base."
+            "--require-gain",
+            help="Exit 1 when the guard finds the hardened model significantly less robust than its base "
+            "(exact McNemar p < 0.05); the file is still written and marked.",
+        ),
+    ] = False,
+    require_significant_gain: Annotated[
+        bool,
+        typer.Option(
+            "--require-significant-gain",
+            help="Exit 1 unless the guard finds a significant gain (McNemar p < 0.05): stricter than --require-gain.",
         ),
     ] = False,
     resume: Annotated[
@@ -372,6 +381,8 @@ def harden(
         overrides["check.enabled"] = False
     if require_gain:
         overrides["check.require_gain"] = True
+    if require_significant_gain:
+        overrides["check.require_significant_gain"] = True
     overrides.update(parse_set_options(set_))
     cfg = resolve(HardenConfig, recipe=recipe, overrides=overrides)
     if not cfg.model:
@@ -389,9 +400,13 @@ def harden(
         from .report import render_harden_summary
 
         _out_console().print(render_harden_summary(summary))
-    if (summary.get("check") or {}).get("require_gain_failed"):  # decided by harden, stored in the file
+    check = summary.get("check") or {}
+    if check.get("require_gain_failed"):  # decided by harden, stored in the file
+        rule = check.get("require_gain_rule") or "--require-gain"
         err_console.print(
-            "[bold red]--require-gain:[/] the hardened model is less robust than its base (file written, marked in metadata)"
+            f"[bold red]{rule}[/] (file written, marked in its metadata); the guard: {check.get('recommendation', '')}",
+            markup=True,
+            highlight=False,
         )
         raise typer.Exit(code=EXIT_RUNTIME)
 

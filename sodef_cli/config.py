@@ -166,9 +166,10 @@ class AdversarialConfig:
     ``ode_solver`` with plain backprop (never the adjoint), in training and in its attack alike.
     """
 
-    attack: str = "none"  # none | fgsm | pgd | trades
+    attack: str = "none"  # none | fgsm | nfgsm | pgd | trades
     eps: float = 8 / 255  # Linf radius of the training attack
-    step: float = 0.0  # attack step; 0 = 1.25 eps (fgsm) or 2.5 eps / steps (pgd, trades)
+    eps_ramp: float = 0.0  # epochs over which the training attack's eps (and step) grows linearly from 0 (0 = off)
+    step: float = 0.0  # attack step; 0 = 1.25 eps (fgsm), eps (nfgsm) or 2.5 eps / steps (pgd, trades)
     steps: int = 5  # pgd / trades iterations
     beta: float = 6.0  # trades: weight of the KL term
     stages: int = 0  # last N backbone stages trained with the head (timm's grouping; the stem is the first)
@@ -203,7 +204,8 @@ class CheckConfig:
     eps: float = 8 / 255
     steps: int = 50  # APGD-CE iterations of the check's attacks
     batch_size: int = 128
-    require_gain: bool = False
+    require_gain: bool = False  # exit 1 on a significant loss (McNemar p < 0.05)
+    require_significant_gain: bool = False  # exit 1 on anything but a significant gain
 
 
 @dataclass(frozen=True)
@@ -418,6 +420,8 @@ def _validate_adversarial(cfg: HardenConfig) -> None:
         return
     if not 0.0 < a.eps <= 1.0 or a.step < 0 or a.steps < 1 or a.beta < 0:
         raise UsageError("adversarial.eps must be in (0, 1], step >= 0, steps >= 1 and beta >= 0")
+    if not 0.0 <= a.eps_ramp <= a.epochs:
+        raise UsageError(f"adversarial.eps_ramp must be in [0, epochs = {a.epochs}] (epochs), got {a.eps_ramp}")
     if a.epochs < 1 or a.batch_size < 1 or a.lr <= 0 or not 0.0 <= a.warmup < 1.0 or not 0.0 <= a.ema < 1.0:
         raise UsageError("adversarial.epochs, batch_size must be >= 1, lr > 0, warmup in [0, 1) and ema in [0, 1)")
     if (

@@ -31,6 +31,7 @@ __all__ = [
     "stratified_split",
     "select_samples",
     "check_split",
+    "held_out_check_split",
     "DEMO_ZIP",
     "TORCHVISION_SETS",
 ]
@@ -59,6 +60,14 @@ class ImageSet:
 
     def subset(self, idx: torch.Tensor) -> ImageSet:
         return ImageSet(self.images[idx], self.labels[idx])
+
+    def digest(self) -> str:
+        """sha256 of the labels and the decoded images: which images a model file's training used."""
+        import hashlib
+
+        h = hashlib.sha256(self.labels.numpy().tobytes())
+        h.update(self.images.contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self), batch_size):
@@ -398,3 +407,26 @@ def check_split(labels: torch.Tensor, train_idx: torch.Tensor, n: int, seed: int
     keep = torch.ones(len(train_idx), dtype=torch.bool)
     keep[pos] = False
     return train_idx[keep], check
+
+
+def held_out_check_split(
+    labels: torch.Tensor, train_idx: torch.Tensor, val_idx: torch.Tensor, base_trained: torch.Tensor, n: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The guard's images when the base's training images are known: (train, val, check) with ``check`` drawn only
+    from images the base never trained on (``base_trained``: indices into the train split), and removed from both
+    the training and the validation indices. At most half of those images are taken.
+    """
+    seen = torch.zeros(len(labels), dtype=torch.bool)
+    seen[base_trained] = True
+    pool = torch.sort(torch.cat([train_idx, val_idx])).values
+    pool = pool[~seen[pool]]
+    take = min(n, len(pool) // 2)
+    if take < 1:
+        raise DataError(
+            "the base was trained on every training image: none is left for the hardening guard's check; pass "
+            "--no-check, or pretrain with a validation split (val_fraction > 0)"
+        )
+    check = pool[select_samples(labels[pool], take, seed + 7919)]
+    out = torch.zeros(len(labels), dtype=torch.bool)
+    out[check] = True
+    return train_idx[~out[train_idx]], val_idx[~out[val_idx]], check

@@ -30,11 +30,20 @@ from .evaluate import (
     worst_case_flags,
 )
 from .head import has_ode
-from .stats import ALPHA, n_to_resolve, paired_difference
+from .stats import OUTCOMES, decide, n_to_resolve, paired_difference
 
-__all__ = ["run_check", "recommendation", "OUTCOMES"]
+__all__ = ["run_check", "recommendation", "OUTCOMES", "decide", "require_gain_failure"]
 
-OUTCOMES = ("more robust", "LESS robust", "no significant difference")
+
+def require_gain_failure(check: dict[str, Any], *, require_gain: bool, require_significant_gain: bool) -> str | None:
+    """The rule a guard outcome fails, or None: ``require_gain`` fails on a significant loss,
+    ``require_significant_gain`` on anything but a significant gain (the one decision rule of ``stats.decide``)."""
+    outcome = check["outcome"]
+    if require_significant_gain and outcome != "more robust":
+        return "--require-significant-gain: no significant gain"
+    if require_gain and outcome == "LESS robust":
+        return "--require-gain: a significant loss"
+    return None
 
 
 def _fig(points: float, ci: list[float] | None, p: float | None, n: int) -> str:
@@ -89,12 +98,6 @@ def recommendation(
     if reduced:
         text += f". REDUCED: {reduced}, weaker than the reference evaluation"
     return text
-
-
-def decide(gain_points: float, p: float | None) -> str:
-    if p is not None and p < ALPHA and gain_points != 0:
-        return "more robust" if gain_points > 0 else "LESS robust"
-    return "no significant difference"
 
 
 def run_check(base, hardened, check: ImageSet, cfg, *, device, reporter) -> dict[str, Any]:

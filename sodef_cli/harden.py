@@ -25,7 +25,7 @@ from torch import nn
 
 from .backbone import BaseClassifier, ModelSpec, build_backbone, check_timm_name, freeze, split_state
 from .config import HardenConfig, to_dict, validate
-from .data import DataBundle, check_split, load_data, stratified_split
+from .data import DataBundle, check_split, held_out_check_split, load_data, stratified_split
 from .diagnostics import jacobian_stability
 from .distributed import device_for_rank, is_main, local, rank
 from .errors import ModelError, ModelFileError, OutputError, SodefError, TrainingDivergedError
@@ -81,7 +81,7 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -
     run = _Run(cfg, device_for_rank(resolve_device(cfg.device)), torch.Generator().manual_seed(cfg.seed), reporter)
     with run.timed("load"):
         src = _load(run)
-    split = _split(cfg, src.data)
+    split = _split(cfg, src.data, src.base_trained)
     ckpt = Checkpoint(
         out,
         config={k: v for k, v in to_dict(cfg).items() if k not in ("check", "device")},
@@ -125,7 +125,13 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -
     summary = {
         "out": str(out),
         "data": src.data.describe(),
-        "split": {"train": len(split.train), "val": len(split.val), "check": len(split.check), "seed": cfg.seed},
+        "split": {
+            "train": len(split.train),
+            "val": len(split.val),
+            "check": len(split.check),
+            "seed": cfg.seed,
+            "check_held_out_from_base": split.held_out_from_base,
+        },
         "base": {"classifier": base.kind, "val_acc": base.val_acc, "test_clean_acc": base.test_acc},
         "hardened": {"head": cfg.head.kind, "val_acc": hard_val, "test_clean_acc": hard_test},
         **sodef,
@@ -137,7 +143,7 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -
     }
     if cfg.check.enabled:
         with run.timed("check"):
-            summary["check"] = _guard(run, src, base.probe, hardened, split.check)
+            summary["check"] = _guard(run, src, base.probe, hardened, split)
     run.timings["total"] = time.perf_counter() - t_all
     summary["timings_s"] = run.timings
     _save(out, cfg, src, f, base, summary, head=head, tuned=tuned, linear=linear)
@@ -175,6 +181,7 @@ class _Source:
     source: dict[str, Any]
     data: DataBundle
     digest: str
+    base_trained: torch.Tensor | None = None  # indices of the train split the base trained on, when known
 
 
 @dataclass
@@ -184,6 +191,7 @@ class _Split:
     train: torch.Tensor
     val: torch.Tensor
     check: torch.Tensor
+    held_out_from_base: bool = False  # the check images are known not to be among the base's training images
 
 
 @dataclass
@@ -261,7 +269,7 @@ def _load(run: _Run) -> _Source:
     cfg = run.cfg
     if is_file_arg(cfg.model):
         src = Path(cfg.model)
-        model, spec, _ = load_base_file(src)  # the whole file is checked before the data is decoded
+        model, spec, base_meta = load_base_file(src)  # the whole file is checked before the data is decoded
         data = load_data(
             cfg.data,
             data_dir=cfg.data_dir,
@@ -296,15 +304,39 @@ def _load(run: _Run) -> _Source:
 
         stage_parameters(model, cfg.adversarial.stages)
     backbone = freeze(model).to(run.device)
-    return _Source(backbone, spec, source, data.materialize(), state_digest(backbone))
+    data = data.materialize()
+    trained = _base_trained(base_meta, data) if is_file_arg(cfg.model) and cfg.check.enabled else None
+    return _Source(backbone, spec, source, data, state_digest(backbone), trained)
 
 
-def _split(cfg: HardenConfig, data: DataBundle) -> _Split:
-    train, val = stratified_split(data.train.labels, cfg.val_fraction, cfg.seed)
+def _split(cfg: HardenConfig, data: DataBundle, base_trained: torch.Tensor | None = None) -> _Split:
+    """Train, validation and the guard's check images. With ``base_trained`` (the base's own training images, known
+    for `sodef pretrain` files on the same data) the check images are drawn outside them."""
+    labels = data.train.labels
+    train, val = stratified_split(labels, cfg.val_fraction, cfg.seed)
     check = torch.empty(0, dtype=torch.long)
-    if cfg.check.enabled:  # the guard's own images: held out from training and from every selection step
-        train, check = check_split(data.train.labels, train, cfg.check.n, cfg.seed)
-    return _Split(train, val, check)
+    if not cfg.check.enabled:
+        return _Split(train, val, check)
+    # the guard's own images: held out from training and from every selection step
+    if base_trained is None:
+        train, check = check_split(labels, train, cfg.check.n, cfg.seed)
+        return _Split(train, val, check)
+    train, val, check = held_out_check_split(labels, train, val, base_trained, cfg.check.n, cfg.seed)
+    return _Split(train, val, check, held_out_from_base=True)
+
+
+def _base_trained(meta: dict[str, Any], data: DataBundle) -> torch.Tensor | None:
+    """The train-split indices a `sodef pretrain` base trained on, when its file records them for these very
+    images (same decoded training images, bitwise); None when unknown (older files, other data, timm weights)."""
+    rec = meta.get("training_data")
+    if not isinstance(rec, dict) or rec.get("split") != "stratified_split":
+        return None
+    if rec.get("n_train") != len(data.train) or rec.get("train_digest") != data.train.digest():
+        return None
+    try:
+        return stratified_split(data.train.labels, float(rec["val_fraction"]), int(rec["seed"]))[0]
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _inputs_text(src: _Source, split: _Split) -> str:
@@ -505,21 +537,28 @@ def _hardened_accuracy(
     return robust_accuracy(hardened, data.train, split.val, **clean), test
 
 
-def _guard(
-    run: _Run, src: _Source, probe: nn.Linear | None, hardened: nn.Module, check_idx: torch.Tensor
-) -> dict[str, Any]:
-    """The hardening guard on the held-out check images; with ``check.require_gain`` a loss is marked in its record
-    (the file is still written)."""
-    from .guard import run_check
+def _guard(run: _Run, src: _Source, probe: nn.Linear | None, hardened: nn.Module, split: _Split) -> dict[str, Any]:
+    """The hardening guard on the held-out check images; with ``check.require_gain`` a significant loss (with
+    ``check.require_significant_gain`` anything but a significant gain) is marked in its record (the file is still
+    written)."""
+    from .guard import require_gain_failure, run_check
 
+    check_idx = split.check
     base_model = BaseClassifier(src.backbone, src.spec, probe).to(run.device).eval()
     with local():  # torchrun: the other ranks have finished; rank 0 checks alone
         check = run_check(
             base_model, hardened, src.data.train.subset(check_idx), run.cfg, device=run.device, reporter=run.reporter
         )
     check["train_indices"] = [int(check_idx[i]) for i in check.pop("positions")]  # indices into the train split
-    if run.cfg.check.require_gain and check["gain_points"] < 0:
+    # True: drawn outside the base's recorded training images; False: the base's training images are unknown
+    check["held_out_from_base"] = split.held_out_from_base
+    c = run.cfg.check
+    failed = require_gain_failure(
+        check, require_gain=c.require_gain, require_significant_gain=c.require_significant_gain
+    )
+    if failed:
         check["require_gain_failed"] = True
+        check["require_gain_rule"] = failed
     return check
 
 
@@ -676,6 +715,7 @@ def training_line(rec: dict) -> str:
     """One line for the model card: what was trained, with which attack, for how long."""
     attack = {
         "fgsm": "FGSM (random start)",
+        "nfgsm": "N-FGSM",
         "pgd": f"PGD-{rec['steps']}",
         "trades": f"TRADES-{rec['steps']} (beta {rec['beta']})",
     }.get(rec["attack"], rec["attack"])

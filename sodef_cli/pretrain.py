@@ -175,6 +175,14 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, reporter: Reporter | None 
     meta = {
         "backbone": spec.to_dict(),
         "config": to_dict(cfg),
+        # which images the base trained on: `sodef harden` on the same data draws its guard's check images elsewhere
+        "training_data": {
+            "train_digest": data.train.digest(),
+            "n_train": len(data.train),
+            "split": "stratified_split",
+            "val_fraction": cfg.val_fraction,
+            "seed": cfg.seed,
+        },
         "training": {
             "best_epoch": summary["best_epoch"],
             "test_clean_acc": test_acc,

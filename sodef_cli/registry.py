@@ -139,7 +139,7 @@ FORMAT_SUFFIXES: dict[str, str] = {
 }
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 HEAD_KINDS: tuple[str, ...] = ("sodef", "linear")  # projection -> ODE -> classifier, or a linear classifier alone
-TRAINING_ATTACKS: tuple[str, ...] = ("none", "fgsm", "pgd", "trades")  # adversarial training of `sodef harden`
+TRAINING_ATTACKS: tuple[str, ...] = ("none", "fgsm", "nfgsm", "pgd", "trades")  # adversarial training of `sodef harden`
 PRETRAIN_ATTACKS: tuple[str, ...] = ("none", "fgsm")  # adversarial training of `sodef pretrain`
 
 

@@ -3,9 +3,12 @@
 - :func:`wilson`: the Wilson score interval of one proportion (k successes of n).
 - :func:`paired_difference`: base vs hardened on the *same* samples: the difference of the two accuracies,
   Newcombe's hybrid score interval for paired proportions (Newcombe 1998, Statistics in Medicine 17:2635,
-  method 10: Wilson intervals of each proportion combined with the phi correlation of the 2x2 table) and the
-  exact McNemar test (two-sided binomial test on the discordant pairs, p = min(1, 2 P(X <= min(b, c))) with
-  X ~ Binomial(b + c, 1/2)).
+  method 10: Wilson intervals of each proportion combined with the continuity-corrected phi of the 2x2 table,
+  :func:`paired_phi`) and the exact McNemar test (two-sided binomial test on the discordant pairs,
+  p = min(1, 2 P(X <= min(b, c))) with X ~ Binomial(b + c, 1/2)).
+- :func:`decide`: the one decision rule of the tool: a difference is significant when the exact McNemar
+  p < 0.05. The guard, the verdict, the model card, ``--require-gain`` and ``--json`` all decide through it;
+  the interval is reported beside the decision, never used to make it.
 - :func:`n_to_resolve`: how many samples the measured difference needs before McNemar's test resolves it.
 
 Flags are per-sample booleans (``None`` counts as not robust, as in the worst case of ``evaluate.py``).
@@ -16,7 +19,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
-__all__ = ["Z95", "wilson", "mcnemar_exact", "paired_table", "newcombe_paired", "paired_difference", "n_to_resolve"]
+__all__ = [
+    "Z95",
+    "ALPHA",
+    "OUTCOMES",
+    "wilson",
+    "mcnemar_exact",
+    "paired_table",
+    "paired_phi",
+    "newcombe_paired",
+    "paired_difference",
+    "significant",
+    "decide",
+    "n_to_resolve",
+]
 
 Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 ALPHA = 0.05
@@ -79,16 +95,30 @@ def _combine(p1: float, w1: tuple[float, float], p2: float, w2: tuple[float, flo
     return max(-1.0, d - delta), min(1.0, d + eps)
 
 
+def paired_phi(a: int, b: int, c: int, d: int) -> float:
+    """Newcombe's continuity-corrected phi of a paired 2x2 table (method 10): with A = ad - bc and n = a+b+c+d,
+    phi = (A - n/2) / sqrt(margins) when A > n/2, 0 when 0 <= A <= n/2, A / sqrt(margins) when A < 0, and 0 when a
+    margin is empty. The correction only pulls a positive correlation towards 0 (a wider interval)."""
+    n = a + b + c + d
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    if margins == 0:
+        return 0.0
+    num = a * d - b * c
+    if num > n / 2:
+        num -= n / 2
+    elif num >= 0:
+        num = 0
+    return num / math.sqrt(margins)
+
+
 def newcombe_paired(a: int, b: int, c: int, d: int, z: float = Z95) -> tuple[float, float]:
     """95% interval of p1 - p2 for a paired 2x2 table: a = both succeed, b = only the first, c = only the
-    second, d = neither; p1 = (a + b) / n, p2 = (a + c) / n. phi is set to 0 when a margin is empty."""
+    second, d = neither; p1 = (a + b) / n, p2 = (a + c) / n (Newcombe 1998, method 10, with :func:`paired_phi`)."""
     n = a + b + c + d
     if n == 0:
         raise ValueError("newcombe_paired: empty table")
     p1, p2 = (a + b) / n, (a + c) / n
-    margins = (a + b) * (c + d) * (a + c) * (b + d)
-    phi = (a * d - b * c) / math.sqrt(margins) if margins > 0 else 0.0
-    return _combine(p1, wilson(a + b, n, z), p2, wilson(a + c, n, z), phi)
+    return _combine(p1, wilson(a + b, n, z), p2, wilson(a + c, n, z), paired_phi(a, b, c, d))
 
 
 def paired_difference(flags_a: Sequence, flags_b: Sequence) -> dict | None:
@@ -109,6 +139,21 @@ def paired_difference(flags_a: Sequence, flags_b: Sequence) -> dict | None:
         "discordant": [a_only, b_only],
         "n": n,
     }
+
+
+OUTCOMES = ("more robust", "LESS robust", "no significant difference")
+
+
+def significant(p: float | None, alpha: float = ALPHA) -> bool:
+    """The decision rule: a paired difference is significant when its exact McNemar p-value is below ``alpha``."""
+    return p is not None and p < alpha
+
+
+def decide(diff: float, p: float | None, alpha: float = ALPHA) -> str:
+    """One of :data:`OUTCOMES` for a paired difference (hardened - base) and its McNemar p-value."""
+    if significant(p, alpha) and diff != 0:
+        return "more robust" if diff > 0 else "LESS robust"
+    return "no significant difference"
 
 
 def n_to_resolve(a_only: int, b_only: int, n: int, alpha: float = ALPHA, limit: int = 10_000_000) -> int | None:

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from sodef_cli.cli import app
@@ -158,3 +159,39 @@ def test_no_check_and_require_gain(tmp_path, monkeypatch, tiny_harden_overrides)
     assert meta["check"]["require_gain_failed"] is True
     res = runner.invoke(app, args)  # without --require-gain a loss still exits 0
     assert res.exit_code == 0, res.output
+
+
+# ---------------------------------------------------------------- held-out for real (issue 22)
+
+
+@pytest.mark.parametrize("val_fraction", [0.1, 0.8])
+def test_guard_images_are_outside_the_pretrained_base_training_images(base_run, val_fraction):
+    """`sodef pretrain` records which images it trained on; `harden` on the same data draws the guard's check images
+    elsewhere (0.8: the base's own split; 0.1: another split, where harden's training images include images the base
+    never saw). Break: carve the check split from harden's own training split (`check_split`) -> overlap -> fails."""
+    from sodef_cli.data import load_data, stratified_split
+    from sodef_cli.harden import _base_trained, _split
+
+    meta = read_metadata(base_run[0])
+    rec = meta["training_data"]
+    data = load_data("demo")
+    trained = stratified_split(data.train.labels, rec["val_fraction"], rec["seed"])[0]
+    cfg = resolve(HardenConfig, overrides={"model": str(base_run[0]), "val_fraction": val_fraction, "check.n": 64})
+    known = _base_trained(meta, data)
+    assert known is not None and torch.equal(known, trained)
+    split = _split(cfg, data, known)
+    assert split.held_out_from_base and len(split.check) == 64
+    check, seen = set(split.check.tolist()), set(trained.tolist())
+    assert not check & seen, f"{len(check & seen)} check images were among the base's training images"
+    assert not check & set(split.train.tolist()) and not check & set(split.val.tolist())
+    # other data (here: the same images at another size) -> unknown, and the card says so
+    assert _base_trained(meta, load_data("demo", image_size=16)) is None
+
+
+def test_card_says_when_check_images_may_overlap():
+    from sodef_cli.report.card import _guard_blocks
+
+    check = {"outcome": "no significant difference", "recommendation": "x", "base": {}, "hardened": {}}
+    text = lambda c: " ".join(str(b) for b in _guard_blocks(c)[1])
+    assert "may overlap the base's training data" in text(check)
+    assert "may overlap" not in text({**check, "held_out_from_base": True})

@@ -12,6 +12,7 @@ from sodef_cli.stats import (
     n_to_resolve,
     newcombe_paired,
     paired_difference,
+    paired_phi,
     paired_table,
     wilson,
 )
@@ -70,11 +71,55 @@ def test_hybrid_score_with_zero_correlation_is_newcombes_method_10(x1, n1, x2, n
 
 
 def test_paired_interval_by_hand():
-    # a=3 both, b=2 first only, c=2 second only, d=3 neither: p1 = p2 = 0.5, phi = (9 - 4) / 25 = 0.2
+    # a=3 both, b=2 first only, c=2 second only, d=3 neither: p1 = p2 = 0.5; A = ad - bc = 5 <= n/2 = 5, so
+    # Newcombe's corrected phi is 0 (the raw phi would be 5 / 25 = 0.2)
     w = 0.7634069094874361 - 0.5  # Wilson(5, 10) half-width
-    half = math.sqrt(w * w - 2 * 0.2 * w * w + w * w)
+    half = math.sqrt(2 * w * w)
     lo, hi = newcombe_paired(3, 2, 2, 3)
     assert lo == pytest.approx(-half, abs=1e-12) and hi == pytest.approx(half, abs=1e-12)
+    # a=8 both, b=1, c=1, d=10 (n=20): A = 79 > n/2 = 10, phi = (79 - 10) / sqrt(9 * 11 * 9 * 11) = 69 / 99
+    assert paired_phi(8, 1, 1, 10) == pytest.approx(69 / 99, abs=1e-15)
+    assert paired_phi(1, 3, 4, 0) == pytest.approx(-12 / math.sqrt(4 * 4 * 5 * 3))  # A < 0: uncorrected
+    assert paired_phi(5, 0, 0, 0) == 0.0  # an empty margin
+
+
+# Published values of Newcombe's method 10 for paired data (the break each one catches: the raw phi
+# (ad - bc) / sqrt(margins) in place of the continuity-corrected one gives the values in the comments).
+@pytest.mark.parametrize(
+    "a,b,c,d,low,high",
+    [
+        # Cavo et al. 2012 (complete response before/after consolidation) in Fagerland, Lydersen & Laake,
+        # Statistical Analysis of Contingency Tables (2017) ch. 8, and the tests of their R package contingencytables:
+        # "estimate = -0.0621 (95% CI -0.1186 to -0.0046)" (raw phi: -0.1174, -0.0059)
+        (59, 6, 16, 80, -0.1186, -0.0046),
+        # Newcombe 1998 (Stat Med 17:2635), Table II example (a): 36, 12, 2, 0 -> 0.0569 to 0.3404
+        (36, 12, 2, 0, 0.0569, 0.3404),
+        # all 100 pairs concordant, 50 both right and 50 both wrong: +-0.0192 (raw phi = 1: [0, 0])
+        (50, 0, 0, 50, -0.0192, 0.0192),
+    ],
+)
+def test_paired_interval_matches_published_values(a, b, c, d, low, high):
+    lo, hi = newcombe_paired(a, b, c, d)
+    assert lo == pytest.approx(low, abs=6e-5) and hi == pytest.approx(high, abs=6e-5)
+
+
+def test_paired_interval_extreme_tables():
+    # all pairs discordant, 25 each way: phi = -1, each limit the sum of the two Wilson half-widths
+    w = 0.5 - wilson(25, 50)[0]
+    lo, hi = newcombe_paired(0, 25, 25, 0)
+    assert lo == pytest.approx(-2 * w, abs=1e-12) and hi == pytest.approx(2 * w, abs=1e-12)
+    # all discordant one way: p1 = 1, p2 = 0, the interval stays within [-1, 1] and excludes 0
+    lo, hi = newcombe_paired(0, 30, 0, 0)
+    assert 0 < lo < 1 and hi == 1.0
+    # n = 1: a single concordant pair says little; a single discordant pair says less than nothing about the sign
+    w1 = 1 - wilson(1, 1)[0]
+    assert newcombe_paired(1, 0, 0, 0) == pytest.approx((-w1, w1), abs=1e-12)
+    assert newcombe_paired(0, 0, 0, 1) == pytest.approx((-w1, w1), abs=1e-12)
+    lo, hi = newcombe_paired(0, 1, 0, 0)
+    assert lo < 0 < hi == 1.0
+    # a concordant table is never a zero-width interval (the raw phi gave [0, 0] at 50/50)
+    lo, hi = newcombe_paired(50, 0, 0, 0)
+    assert lo < 0 < hi
 
 
 def test_positive_correlation_narrows_the_paired_interval():

@@ -17,6 +17,7 @@ from typing import Any
 from ..config import ADAPTIVE_SOLVERS
 from ..errors import ModelFileError
 from ..inference_solver import summary_line as solver_line
+from ..stats import decide
 from .blocks import (
     Block,
     HistSeries,
@@ -531,7 +532,7 @@ def _diagnostics_blocks(d: dict | None) -> list[Block]:
 
 
 def _guard_level(check: dict) -> str:
-    outcome = check.get("outcome") or ("more robust" if (check.get("gain_points") or 0.0) > 0 else "LESS robust")
+    outcome = check.get("outcome") or decide(check.get("gain_points") or 0.0, check.get("p_mcnemar"))
     return {"more robust": "good", "LESS robust": "bad"}.get(outcome, "warn")
 
 
@@ -578,11 +579,20 @@ def _guard_blocks(check: dict | None) -> tuple[Verdict, list[Block]]:
             caption,
         )
     ]
+    if check.get("held_out_from_base") is not True:
+        blocks.append(
+            note(
+                "check images may overlap the base's training data (its file does not record which images it trained "
+                "on: a `sodef pretrain` base on the same data does, and the guard then draws its images elsewhere)",
+                "warn",
+            )
+        )
     flagged = [c["name"] for c in check.get("checks", []) if c.get("flagged") is True]
     if flagged:
         blocks.append(note(f"the guard's masking checks flagged: {', '.join(flagged)}", "warn"))
     if check.get("require_gain_failed"):
-        blocks.append(note("this file failed --require-gain: the guard found it less robust than its base", "warn"))
+        rule = check.get("require_gain_rule") or "--require-gain: a significant loss"
+        blocks.append(note(f"this file failed {rule}; the guard's outcome: {check.get('outcome', '?')}", "warn"))
     return verdict(str(check.get("recommendation", "")), _guard_level(check), "guard"), blocks
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ADAPTIVE_SOLVERS
+from ..stats import decide, n_to_resolve
 from .format import fmt_eps, p_eq, pct, pct_ci, points_ci
 
 __all__ = ["comparison_verdict", "file_verdict"]
@@ -52,12 +53,18 @@ def file_verdict(fd: dict) -> dict:
     ev = fd["evaluation"]
     diff = r.get("difference", {})
     ci, p = diff.get("worst_case_ci95"), diff.get("worst_case_p")
-    significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
+    # one decision rule (stats.decide): significant when the exact McNemar p < 0.05; the interval is only reported
+    outcome = decide(gain, p)
+    significant = outcome != "no significant difference"
+    discordant = diff.get("worst_case_discordant")
+    n_needed = n_to_resolve(*discordant, fd["n"]) if discordant and not significant else None
     out.update(
         evaluation=ev,
         gain_ci95_points=None if ci is None else [100 * ci[0], 100 * ci[1]],
         p_mcnemar=p,
         significant=significant,
+        outcome=outcome,
+        n_to_resolve=n_needed,
     )
     which = "adaptive worst case" if ev["adaptive"] else "white-box worst case"
     text = (
@@ -68,7 +75,7 @@ def file_verdict(fd: dict) -> dict:
             else ""
         )
         + f" (base {pct(b['worst_case'])} -> hardened {pct(h['worst_case'])})"
-        + ("" if significant or ci is None else "; not significant")
+        + ("" if significant or p is None else f"; {_unresolved(fd['n'], n_needed, discordant)}")
         + "; "
     )
     if claimed is None:
@@ -100,10 +107,20 @@ def file_verdict(fd: dict) -> dict:
             "white-box only: not an adaptive evaluation (no transfer, fixed-step, BPDA, feature or black-box attack ran; "
             "use --suite adaptive). " + text
         )
-    good = ev["adaptive"] and significant and fd["complete"] and not fd["reduced_iterations"]
-    out["level"] = "bad" if flagged or gain <= 0 else ("good" if good else "warn")
+    good = ev["adaptive"] and outcome == "more robust" and fd["complete"] and not fd["reduced_iterations"]
+    out["level"] = "bad" if flagged or outcome == "LESS robust" else ("good" if good else "warn")
     out["text"] = text
     return out
+
+
+def _unresolved(n: int, n_needed: int | None, discordant) -> str:
+    """The words for a difference McNemar's test does not resolve, whatever its sign."""
+    text = f"no significant difference at n={n}"
+    if n_needed is not None:
+        text += f" (about n={n_needed} samples would resolve a difference of this size)"
+    elif discordant and discordant[0] == discordant[1]:
+        text += " (the models disagree equally often each way: no sample size would resolve it)"
+    return text
 
 
 def comparison_verdict(fd: dict) -> dict:
@@ -137,9 +154,10 @@ def comparison_verdict(fd: dict) -> dict:
             ci, p = d.get("worst_case_ci95"), d.get("worst_case_p")
             if "worst_case" in d:
                 txt += f", {points_ci(d['worst_case'], ci)} points vs {tag[ref]} (McNemar p{p_eq(p)})"
-                if ci and ci[0] > 0:
+                outcome = decide(d["worst_case"], p)  # the one decision rule: McNemar p < 0.05
+                if outcome == "more robust":
                     significant_better.append(lab)
-                elif ci and ci[1] < 0:
+                elif outcome == "LESS robust":
                     worse.append(lab)
         if not fd["evaluation"][lab]["adaptive"]:
             txt += " [white-box only]"
