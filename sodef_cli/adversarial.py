@@ -26,6 +26,7 @@ With ``ema > 0`` the weights evaluated and kept are an exponential moving averag
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelError, TrainingDivergedError, UsageError
-from .inference import batched, eval_mode, fit_epochs, predict
+from .inference import Fit, batched, eval_mode, fit_epochs, predict
 from .registry import TRAINING_ATTACKS
 
 __all__ = [
@@ -117,9 +118,19 @@ def stage_groups(model: nn.Module) -> list[list[str]]:
     return stages
 
 
+ALL_BUT_STEM = -1  # adversarial.stages: every stage but the stem (the default)
+
+
+def resolve_stages(model: nn.Module, n_stages: int) -> int:
+    """How many stages ``adversarial.stages`` means for ``model``: ``ALL_BUT_STEM`` (-1) is every stage but the
+    first (the stem); any other value is itself."""
+    return len(stage_groups(model)) - 1 if n_stages == ALL_BUT_STEM else n_stages
+
+
 def stage_parameters(model: nn.Module, n_stages: int) -> list[str]:
-    """Names of the parameters of the last ``n_stages`` stages (0: none)."""
+    """Names of the parameters of the last ``n_stages`` stages (0: none; -1: all but the stem)."""
     stages = stage_groups(model)
+    n_stages = resolve_stages(model, n_stages)
     if n_stages < 0 or n_stages > len(stages):
         raise UsageError(
             f"adversarial.stages = {n_stages}: {type(model).__name__} has {len(stages)} stages "
@@ -241,6 +252,18 @@ def catastrophic_overfitting(rec: dict, history: list[dict]) -> bool:
     return bool(rec["val_pgd_acc"] < 0.5 * best_pgd and rec["val_fgsm_acc"] > history[-1]["val_fgsm_acc"])
 
 
+NO_ELIGIBLE_EPOCH = "no epoch met the clean constraint: the file holds the starting weights"
+NO_BETTER_EPOCH = "no trained epoch was more robust on validation than the start: the file holds the starting weights"
+
+
+def selection_warning(best_epoch: int | None, history: list[dict]) -> str | None:
+    """What to say loudly when selection kept the starting weights (epoch 0) after training ran; None otherwise."""
+    trained = history[1:]
+    if best_epoch != 0 or not trained:
+        return None
+    return NO_BETTER_EPOCH if any(r.get("eligible") and not r.get("rejected") for r in trained) else NO_ELIGIBLE_EPOCH
+
+
 class _EMA:
     """Exponential moving average of the trained tensors (float ones; integer buffers are copied)."""
 
@@ -304,6 +327,8 @@ def adversarial_train(
     extra_loss: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
     eval_model: nn.Module | None = None,
     lr_scale: dict[str, float] | None = None,
+    save_state: Callable[[dict[str, torch.Tensor], dict[str, Any]], None] | None = None,
+    resume_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train the parameters named ``trained`` of ``model`` adversarially; load the best epoch's weights into it.
 
@@ -311,6 +336,11 @@ def adversarial_train(
     (the SODEF stability terms). ``eval_model`` (default ``model``) is what selection attacks: it must share
     ``model``'s weights. ``lr_scale`` multiplies the learning rate of the parameters it names. Returns the
     history and selection as data.
+
+    Resuming: ``save_state(tensors, records)`` is called after every finished epoch with everything the next epoch
+    needs (live, averaged and best weights, optimizer and schedule, step count, selection history, random states);
+    ``resume_state`` (what it was last given) continues from there, so that the result equals an uninterrupted run's
+    bit for bit. The caller's ``generator`` must be in the state it had when the interrupted run began this stage.
     """
     eval_model = eval_model if eval_model is not None else model
     # channels-last activations: about a quarter less time per convolution pass on CPU (benchmarks/hardening.py
@@ -368,7 +398,9 @@ def adversarial_train(
         for k, v in sd.items():
             state[k].copy_(v)
 
-    start = evaluate(0)  # epoch 0: the starting point, a candidate like any other
+    start = evaluate(0) if resume_state is None else None  # epoch 0: the starting point, a candidate like any other
+    if resume_state is not None:
+        start = resume_state[1]["history"][0]
 
     def eligible(rec: dict[str, Any]) -> bool:
         """An epoch may be kept unless it costs more clean accuracy than ``cfg.max_clean_drop`` points."""
@@ -401,6 +433,58 @@ def adversarial_train(
     reporter.start(task, total)
     step = 0
     live = {k: v.detach().clone() for k, v in tensors().items()}
+    resumed = None
+    if resume_state is not None:
+        r_tensors, r_records = resume_state
+        step = int(r_records["step"])
+        live = {k: r_tensors[f"live.{k}"].clone() for k in state_names}
+        if ema is not None:
+            ema.shadow = {k: r_tensors[f"ema.{k}"].clone() for k in state_names}
+        load(live)
+        extra = torch.load(io.BytesIO(r_tensors["train_state"].numpy().tobytes()), weights_only=True)
+        opt.load_state_dict(extra["opt"])
+        sched.load_state_dict(extra["sched"])
+        torch.set_rng_state(extra["torch_rng"])
+        generator.set_state(extra["gen"])
+        fit0 = Fit(
+            history=list(r_records["history"]),
+            best_epoch=r_records["best_epoch"],
+            best_score=tuple(r_records["best_score"]) if r_records["best_score"] is not None else None,
+            epochs_run=int(r_records["epochs_run"]),
+        )
+        best = {k: r_tensors[f"best.{k}"].clone() for k in state_names} if fit0.best_epoch is not None else None
+        resumed = (fit0, best)
+        reporter.log(f"adversarial training: resuming after epoch {fit0.epochs_run}/{cfg.epochs}")
+        reporter.advance(task, step)
+
+    def checkpoint(fit: Fit, best: dict[str, torch.Tensor] | None) -> None:
+        """Everything the next epoch needs, handed to ``save_state`` (the caller writes it atomically)."""
+        if save_state is None:
+            return
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "gen": generator.get_state(),
+            },
+            buf,
+        )
+        out = {f"live.{k}": v for k, v in live.items()}
+        if ema is not None:
+            out.update({f"ema.{k}": v for k, v in ema.shadow.items()})
+        if best is not None:
+            out.update({f"best.{k}": v for k, v in best.items()})
+        out["train_state"] = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+        records = {
+            "step": step,
+            "history": fit.history,
+            "best_epoch": fit.best_epoch,
+            "best_score": list(fit.best_score) if fit.best_score is not None else None,
+            "epochs_run": fit.epochs_run,
+        }
+        save_state(out, records)
 
     def run_epoch(epoch: int) -> dict[str, Any]:
         nonlocal step, live
@@ -458,10 +542,15 @@ def adversarial_train(
         on_epoch=log,
         snapshot=snapshot,
         restore=load,
+        after_epoch=checkpoint,
+        resume=resumed,
     )
     history = fit.history
     model.to(memory_format=torch.contiguous_format)
     reporter.end(task)
+    warning = selection_warning(fit.best_epoch, history)
+    if warning:
+        reporter.log(f"warning: {warning}")
     set_mode(False)
     for p in params.values():
         p.requires_grad_(False)
@@ -475,6 +564,7 @@ def adversarial_train(
         "epochs_run": len(history) - 1,
         "stopped_early": fit.stopped_early,
         "best_epoch": fit.best_epoch,
+        "selection_warning": warning,
         "val_pgd_acc": fit.best_score[0],
         "select": {
             "n": len(sel),

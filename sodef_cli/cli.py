@@ -401,13 +401,12 @@ def harden(
 
         _out_console().print(render_harden_summary(summary))
     check = summary.get("check") or {}
-    if check.get("require_gain_failed"):  # decided by harden, stored in the file
-        rule = check.get("require_gain_rule") or "--require-gain"
-        err_console.print(
-            f"[bold red]{rule}[/] (file written, marked in its metadata); the guard: {check.get('recommendation', '')}",
-            markup=True,
-            highlight=False,
-        )
+    rule = summary.get("require_gain_failed") or (
+        (check.get("require_gain_rule") or "--require-gain") if check.get("require_gain_failed") else None
+    )
+    if rule:  # decided by harden, stored in the file
+        guard = f"; the guard: {check['recommendation']}" if check.get("recommendation") else ""
+        err_console.print(f"[bold red]{rule}[/] (file written, marked in its metadata){guard}", highlight=False)
         raise typer.Exit(code=EXIT_RUNTIME)
 
 

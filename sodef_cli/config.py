@@ -72,9 +72,9 @@ class HeadConfig:
     atol: float = 1e-3
     step_size: float = 0.5  # fixed-step solvers, and the fixed-step attack copy
     adjoint: bool = True  # odeint_adjoint in training (O(1) memory, inexact gradients)
-    kind: str = (
-        "sodef"  # "sodef": projection -> ODE -> classifier; "linear": the model's own classifier or a linear probe
-    )
+    # "sodef": projection -> ODE -> classifier; "linear": the model's own classifier or a linear probe; "auto" (the
+    # default): linear when training adversarially (adversarial.attack != none), sodef otherwise (the paper's method)
+    kind: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -162,28 +162,32 @@ class ProbeConfig:
 class AdversarialConfig:
     """Adversarial training in image space after the head is fitted (``sodef_cli/adversarial.py``).
 
-    ``attack = "none"`` skips it (the paper's method). Gradients through a SODEF head use the fixed-step
-    ``ode_solver`` with plain backprop (never the adjoint), in training and in its attack alike.
+    The defaults are the default path of ``sodef harden``: adversarial fine-tuning of the model's own classifier and
+    every stage but the stem (``benchmarks/hardening.py`` chose them). ``attack = "none"`` skips it (the paper's
+    method: a SODEF head on the frozen extractor). Gradients through a SODEF head use the fixed-step ``ode_solver``
+    with plain backprop (never the adjoint), in training and in its attack alike.
     """
 
-    attack: str = "none"  # none | fgsm | nfgsm | pgd | trades
+    attack: str = "nfgsm"  # none | fgsm | nfgsm | pgd | trades
     eps: float = 8 / 255  # Linf radius of the training attack
     eps_ramp: float = 0.0  # epochs over which the training attack's eps (and step) grows linearly from 0 (0 = off)
     step: float = 0.0  # attack step; 0 = 1.25 eps (fgsm), eps (nfgsm) or 2.5 eps / steps (pgd, trades)
     steps: int = 5  # pgd / trades iterations
     beta: float = 6.0  # trades: weight of the KL term
-    stages: int = 0  # last N backbone stages trained with the head (timm's grouping; the stem is the first)
-    epochs: int = 5
+    stages: int = (
+        -1
+    )  # last N backbone stages trained with the head (timm's grouping; the stem is the first); -1: all but the stem
+    epochs: int = 8
     batch_size: int = 128
     lr: float = 0.05  # peak of a one-cycle schedule (linear warm-up, linear decay), SGD + Nesterov
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup: float = 0.3  # fraction of the steps spent warming up
-    ema: float = 0.0  # weight averaging: decay of an exponential moving average of the trained weights (0 = off)
+    ema: float = 0.999  # weight averaging: decay of an exponential moving average of the trained weights (0 = off)
     augment: bool = True  # random crop + flip
     select_n: int = 1000  # validation images for model selection
     select_steps: int = 10  # PGD steps of the selection attack
-    max_clean_drop: float = -1.0  # selection: epochs whose val clean accuracy is more than this many points below the start's are not kept (< 0 = off)
+    max_clean_drop: float = 1.0  # selection: epochs whose val clean accuracy is more than this many points below the start's are not kept (< 0 = off)
     ode_solver: str = "rk4"  # fixed-step solver used whenever training differentiates through the ODE
     stability_weight: float = 1.0  # SODEF head: weight of the stability regularizers during adversarial training
     lr_ode: float = (
@@ -400,6 +404,9 @@ def resolve(cls: type, *, recipe: str | Path | None = None, overrides: dict[str,
     flat = {k: v for k, v in (overrides or {}).items() if v is not None}
     data = _merge(data, _dotted(flat))
     cfg = from_dict(cls, data)
+    if isinstance(cfg, HardenConfig) and cfg.head.kind == "auto":
+        kind = "sodef" if cfg.adversarial.attack == "none" else "linear"
+        cfg = dataclasses.replace(cfg, head=dataclasses.replace(cfg.head, kind=kind))
     validate(cfg)
     return cfg
 
@@ -415,7 +422,7 @@ def _validate_adversarial(cfg: HardenConfig) -> None:
                 "head.kind = linear trains a linear head adversarially; choose a training attack "
                 f"(adversarial.attack = {trained})"
             )
-        if a.stages:
+        if a.stages > 0:
             raise UsageError(f"adversarial.stages needs a training attack (adversarial.attack = {trained})")
         return
     if not 0.0 < a.eps <= 1.0 or a.step < 0 or a.steps < 1 or a.beta < 0:
@@ -425,7 +432,7 @@ def _validate_adversarial(cfg: HardenConfig) -> None:
     if a.epochs < 1 or a.batch_size < 1 or a.lr <= 0 or not 0.0 <= a.warmup < 1.0 or not 0.0 <= a.ema < 1.0:
         raise UsageError("adversarial.epochs, batch_size must be >= 1, lr > 0, warmup in [0, 1) and ema in [0, 1)")
     if (
-        a.stages < 0
+        a.stages < -1
         or a.select_n < 1
         or a.select_steps < 1
         or a.stability_weight < 0
@@ -433,7 +440,7 @@ def _validate_adversarial(cfg: HardenConfig) -> None:
         or a.grad_clip < 0
     ):
         raise UsageError(
-            "adversarial.stages must be >= 0, select_n and select_steps >= 1, stability_weight, lr_ode and "
+            "adversarial.stages must be >= 0 (or -1: all but the stem), select_n and select_steps >= 1, stability_weight, lr_ode and "
             "grad_clip >= 0"
         )
     fixed = [name for name, solver in SOLVERS.items() if not solver.adaptive]

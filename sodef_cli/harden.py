@@ -113,6 +113,7 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -
                 device=run.device,
                 generator=run.gen,
                 reporter=reporter,
+                ckpt=ckpt,
             )
     inference = None
     if head is not None and adv is None and cfg.inference.solver == "auto":
@@ -144,6 +145,7 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -
     if cfg.check.enabled:
         with run.timed("check"):
             summary["check"] = _guard(run, src, base.probe, hardened, split)
+    summary["require_gain_failed"] = _require_gain_failed(cfg, summary)
     run.timings["total"] = time.perf_counter() - t_all
     summary["timings_s"] = run.timings
     _save(out, cfg, src, f, base, summary, head=head, tuned=tuned, linear=linear)
@@ -562,6 +564,19 @@ def _guard(run: _Run, src: _Source, probe: nn.Linear | None, hardened: nn.Module
     return check
 
 
+def _require_gain_failed(cfg: HardenConfig, summary: dict[str, Any]) -> str | None:
+    """The rule ``--require-gain`` / ``--require-significant-gain`` found broken, or None: the guard's (stored in
+    its record), or a selection that kept the starting weights (the file is not hardened at all)."""
+    c = cfg.check
+    if not (c.require_gain or c.require_significant_gain):
+        return None
+    warning = (summary.get("adversarial") or {}).get("selection_warning")
+    if warning:
+        return f"--require-gain: {warning}"
+    check = summary.get("check") or {}
+    return check.get("require_gain_rule") if check.get("require_gain_failed") else None
+
+
 def _save(
     out: Path,
     cfg: HardenConfig,
@@ -585,7 +600,11 @@ def _save(
         "base_classifier": base.kind,
         "source": src.source,
         "config": to_dict(cfg),
-        "metrics": {k: v for k, v in summary.items() if k not in ("out", "check", "timings_s", "device", "inference")},
+        "metrics": {
+            k: v
+            for k, v in summary.items()
+            if k not in ("out", "check", "timings_s", "device", "inference", "require_gain_failed")
+        },
         "inference": summary["inference"],
         "check": summary["check"],
         "versions": versions(),
@@ -620,18 +639,22 @@ def _adversarial_stage(
     device,
     generator,
     reporter,
+    ckpt: Checkpoint | None = None,
 ):
     """Adversarial training in image space (``cfg.adversarial``). Returns (tuned backbone, head, linear head, record).
+
+    With ``ckpt`` every finished epoch is saved to the resume file, and an interrupted run continues from there.
 
     The original backbone is never touched: the last ``stages`` stages are trained on a copy, and the file stores
     only the copy's trained tensors (``tuned.*``) next to the original weights. Gradients through a SODEF head come
     from the fixed-step ``adversarial.ode_solver`` with plain backprop (no adjoint), in training and its attack alike.
     """
-    from .adversarial import adversarial_train, stage_parameters, trained_state_names
+    from .adversarial import adversarial_train, resolve_stages, stage_parameters, trained_state_names
 
     a = cfg.adversarial
+    n_stages = resolve_stages(backbone, a.stages)
     # a copy only when backbone tensors will change (stages, or the model's own classifier as the linear head)
-    tuned = copy.deepcopy(backbone) if a.stages or (head is None and probe is None) else backbone
+    tuned = copy.deepcopy(backbone) if n_stages or (head is None and probe is None) else backbone
     stage_names = stage_parameters(tuned, a.stages)  # UsageError when the model has fewer stages
     trained = [f"backbone.{n}" for n in stage_names]
     linear = None
@@ -661,8 +684,8 @@ def _adversarial_stage(
                 return a.stability_weight * stability_loss(head.odefunc, z0, cfg.regularizer)["loss"]
 
     model = model.to(device)
-    if a.stages:
-        what += f" + the last {a.stages} backbone stage(s) ({len(stage_names)} tensors)"
+    if n_stages:
+        what += f" + the last {n_stages} backbone stage(s) ({len(stage_names)} tensors)"
     reporter.log(f"adversarial training of {what}: {a.attack}, eps {a.eps:.4g}, {a.epochs} epoch(s)")
     lr_scale = {n: a.lr_ode for n in trained if n.startswith("head.ode.odefunc.")}
     rec = adversarial_train(
@@ -678,6 +701,8 @@ def _adversarial_stage(
         reporter=reporter,
         extra_loss=extra_loss,
         lr_scale=lr_scale,
+        save_state=None if ckpt is None else (lambda t, r: ckpt.progress("adversarial", t, r)),
+        resume_state=None if ckpt is None else ckpt.partial("adversarial"),
     )
     tuned_state = [n[len("backbone.") :] for n in trained_state_names(model, set(trained)) if n.startswith("backbone.")]
     # bitwise check: everything outside the trained stages is the original
@@ -696,7 +721,7 @@ def _adversarial_stage(
     rec["trained_parameters"] = sorted(n.replace("head.ode.", "head.block.") for n in rec["trained_parameters"])
     rec["trained_state"] = sorted(n.replace("head.ode.", "head.block.") for n in rec["trained_state"])
     rec["tuned_backbone_state"] = tuned_state
-    rec["stages"] = a.stages
+    rec["stages"] = n_stages
     rec["head"] = cfg.head.kind
     rec["ode_solver"] = a.ode_solver if head is not None else None
     rec["summary"] = training_line(rec)

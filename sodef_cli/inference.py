@@ -91,6 +91,7 @@ class Fit(Generic[R]):
     best_epoch: int | None = None
     best_score: Any = None
     stopped_early: bool = False
+    epochs_run: int = 0  # training epochs finished (the start record not counted)
 
 
 def fit_epochs(
@@ -104,6 +105,8 @@ def fit_epochs(
     eligible: Callable[[R], bool] | None = None,
     stop: Callable[[R, list[R]], bool] | None = None,
     on_epoch: Callable[[R], None] | None = None,
+    after_epoch: Callable[[Fit[R], Any], None] | None = None,
+    resume: tuple[Fit[R], Any] | None = None,
 ) -> Fit[R]:
     """Run epochs ``1..epochs`` and keep the best one's weights.
 
@@ -115,16 +118,23 @@ def fit_epochs(
     training ends there (no later epoch runs). ``on_epoch(record)`` runs after those two decisions, before the
     weights are kept. ``snapshot()`` copies the weights to keep; ``restore(copy)`` loads the best copy at the end
     (not called when no epoch was a candidate).
+
+    Resuming: ``after_epoch(fit, best_copy)`` runs after every epoch that does not stop training (a checkpoint);
+    ``resume=(fit, best_copy)`` continues from such a checkpoint at epoch ``fit.epochs_run + 1`` (``start`` is then
+    not used again).
     """
     fit: Fit[R] = Fit()
     best_state: Any = None
-    if start is not None:
+    if resume is not None:
+        fit, best_state = resume
+    elif start is not None:
         fit.history.append(start)
         fit.best_epoch, fit.best_score, best_state = 0, score(start), snapshot()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(fit.epochs_run + 1, epochs + 1):
         rec = run_epoch(epoch)
         halt = bool(stop(rec, list(fit.history))) if stop is not None else False
         fit.history.append(rec)
+        fit.epochs_run = epoch
         ok = not halt and (eligible is None or bool(eligible(rec)))
         if on_epoch is not None:
             on_epoch(rec)
@@ -135,6 +145,8 @@ def fit_epochs(
             s = score(rec)
             if fit.best_epoch is None or s > fit.best_score:
                 fit.best_epoch, fit.best_score, best_state = epoch, s, snapshot()
+        if after_epoch is not None:
+            after_epoch(fit, best_state)
     if fit.best_epoch is not None:
         restore(best_state)
     return fit

@@ -1,4 +1,5 @@
-"""``sodef harden --resume``: a checkpoint beside the output after each finished stage.
+"""``sodef harden --resume``: a checkpoint beside the output after each finished stage, and after every epoch
+of adversarial training (:meth:`Checkpoint.progress`: Ctrl-C loses at most the epoch it interrupts).
 
 ``OUT.resume`` is a safetensors file holding what the finished stages produced (cached features, probe and head
 weights), the random states at the end of the last of them, and a JSON record: the stage name, each stage's
@@ -107,6 +108,28 @@ class Checkpoint:
         self.meta.update(records, stage=stage, digest=self.digest)
         with atomic_path(self.path) as tmp:
             save_file(self.tensors, str(tmp), metadata={self.KEY: json.dumps(self.meta)})
+
+    def progress(self, name: str, tensors: dict[str, torch.Tensor], records: dict[str, Any]) -> None:
+        """Save the progress of the unfinished stage ``name`` (replacing its previous progress), atomically."""
+        from safetensors.torch import save_file
+
+        from .io import atomic_path
+
+        prefix = f"{name}."
+        self.tensors = {k: v for k, v in self.tensors.items() if not k.startswith(prefix)}
+        self.tensors.update({prefix + k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()})
+        self.meta[f"{name}_progress"] = records
+        self.meta["digest"] = self.digest
+        with atomic_path(self.path) as tmp:
+            save_file(self.tensors, str(tmp), metadata={self.KEY: json.dumps(self.meta)})
+
+    def partial(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The progress of stage ``name`` an interrupted run saved, or None."""
+        records = self.meta.get(f"{name}_progress")
+        if records is None:
+            return None
+        prefix = f"{name}."
+        return {k[len(prefix) :]: v for k, v in self.tensors.items() if k.startswith(prefix)}, records
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

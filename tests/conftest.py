@@ -22,6 +22,9 @@ torch.set_num_threads(int(os.environ.get("SODEF_TEST_THREADS", "1")))
 # small but complete hardening: every phase runs once, the fixed-step solver keeps it fast
 TINY_HARDEN = {
     "data": "demo",
+    # the paper's path (SODEF head, frozen extractor): most fixtures test the head; the default path (adversarial
+    # fine-tuning, linear head) has tests of its own
+    "adversarial.attack": "none",
     "device": TORCH_DEVICE,
     "image_size": 16,
     "phase1.epochs": 1,

@@ -258,9 +258,11 @@ def _cli(args):
     [
         (["--adv-attack", "pgd", "--adv-stages", "9"], "has 5 stages"),
         (["--set", "adversarial.attack=pgdx"], "adversarial.attack 'pgdx' unknown"),
-        (["--adv-attack", "pgd", "--set", "adversarial.ode_solver=dopri5"], "fixed-step solver"),
-        (["--head", "linear"], "choose a training attack"),
-        (["--adv-stages", "1"], "needs a training attack"),
+        (["--head", "sodef", "--adv-attack", "pgd", "--set", "adversarial.ode_solver=dopri5"], "fixed-step solver"),
+        (["--head", "linear", "--adv-attack", "none"], "choose a training attack"),
+        (["--adv-attack", "none", "--adv-stages", "1"], "needs a training attack"),
+        (["--set", "adversarial.eps_ramp=20"], "eps_ramp must be in [0, epochs = 8]"),
+        (["--set", "adversarial.stages=-2"], "stages must be >= 0 (or -1"),
     ],
 )
 def test_bad_adversarial_settings_exit_2_with_one_line(tmp_path, extra, message):

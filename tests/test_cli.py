@@ -75,7 +75,8 @@ def test_harden_end_to_end_writes_the_file_and_json(tmp_path, hardened_file):
     assert summary["check"] is None
     assert summary["data"]["train"] == 2000 and summary["data"]["test"] == 500
     assert 0.0 <= summary["hardened"]["test_clean_acc"] <= 1.0
-    assert summary["split"] == {"train": 1800, "val": 200, "check": 0, "seed": 0}  # --no-check: nothing held out
+    # --no-check: nothing held out
+    assert summary["split"] == {"train": 1800, "val": 200, "check": 0, "seed": 0, "check_held_out_from_base": False}
     # same settings and seed as the session fixture: the file is bitwise the same
     assert out.read_bytes() == hardened_file.read_bytes()
 

@@ -21,6 +21,7 @@ OVERRIDES = {
     "phase2.epochs": 1,
     "phase3.epochs": 1,
     "check.enabled": False,
+    "adversarial.attack": "none",
 }
 
 

@@ -387,6 +387,8 @@ def _detail_blocks(data: dict) -> list[Block]:
         blocks.append(
             kv("Adversarial training", _adversarial_rows(metrics["adversarial"], cfg.get("adversarial") or {}, head))
         )
+        if metrics["adversarial"].get("selection_warning"):
+            blocks.append(note(f"WARNING: {metrics['adversarial']['selection_warning']}", "warn"))
     phases = metrics.get("phases") or {}
     rows = [
         [
@@ -783,6 +785,8 @@ def harden_summary_blocks(s: dict) -> list[Block]:
                 f"accuracy {pct(adv['history'][0]['val_pgd_acc'])} -> {pct(adv['val_pgd_acc'])}"
             )
         )
+        if adv.get("selection_warning"):
+            blocks.append(note(f"WARNING: {adv['selection_warning']}", "warn"))
     if s.get("timings_s"):
         blocks.append(note("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in s["timings_s"].items())))
     check = s.get("check")
