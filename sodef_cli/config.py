@@ -411,6 +411,34 @@ def resolve(cls: type, *, recipe: str | Path | None = None, overrides: dict[str,
     return cfg
 
 
+def hardening_path(cfg: HardenConfig) -> str:
+    """One sentence: which path `sodef harden` ran (the default, the paper's method, or another), and why the default
+    is the default. The card, the guard's record and the summary print it."""
+    a, d = cfg.adversarial, AdversarialConfig()
+    if a.attack == "none":
+        return (
+            "the paper's method: a SODEF head fitted on the frozen extractor, no adversarial training "
+            "(`--adv-attack none`); the default path is adversarial fine-tuning, which the hardening ablation "
+            "measured to harden where this does not"
+        )
+    same = (a.attack, a.stages, a.epochs, a.select_n, a.max_clean_drop) == (
+        d.attack,
+        d.stages,
+        d.epochs,
+        d.select_n,
+        d.max_clean_drop,
+    )
+    head = "the model's own classifier" if cfg.head.kind == "linear" else "a SODEF head"
+    what = f"adversarial fine-tuning of {head} and " + (
+        "every backbone stage but the stem" if a.stages == -1 else f"the last {a.stages} backbone stage(s)"
+    )
+    if same and cfg.head.kind == "linear":
+        return (
+            f"the default path: {what} ({a.attack}), chosen by the hardening ablation (README, benchmarks/hardening.py)"
+        )
+    return f"{what} ({a.attack}, {a.epochs} epochs): not the default path"
+
+
 def _validate_adversarial(cfg: HardenConfig) -> None:
     a = cfg.adversarial
     if a.attack not in TRAINING_ATTACKS:

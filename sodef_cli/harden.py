@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .backbone import BaseClassifier, ModelSpec, build_backbone, check_timm_name, freeze, split_state
-from .config import HardenConfig, to_dict, validate
+from .config import HardenConfig, hardening_path, to_dict, validate
 from .data import DataBundle, check_split, held_out_check_split, load_data, stratified_split
 from .diagnostics import jacobian_stability
 from .distributed import device_for_rank, is_main, local, rank
@@ -135,6 +135,7 @@ def _harden(cfg: HardenConfig, out: Path, *, reporter: Reporter, resume: bool) -
         },
         "base": {"classifier": base.kind, "val_acc": base.val_acc, "test_clean_acc": base.test_acc},
         "hardened": {"head": cfg.head.kind, "val_acc": hard_val, "test_clean_acc": hard_test},
+        "path": hardening_path(cfg),
         **sodef,
         "adversarial": adv,
         "inference": inference,
@@ -552,6 +553,7 @@ def _guard(run: _Run, src: _Source, probe: nn.Linear | None, hardened: nn.Module
             base_model, hardened, src.data.train.subset(check_idx), run.cfg, device=run.device, reporter=run.reporter
         )
     check["train_indices"] = [int(check_idx[i]) for i in check.pop("positions")]  # indices into the train split
+    check["path"] = hardening_path(run.cfg)  # which path was checked
     # True: drawn outside the base's recorded training images; False: the base's training images are unknown
     check["held_out_from_base"] = split.held_out_from_base
     c = run.cfg.check

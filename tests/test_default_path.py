@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import sodef_cli.adversarial as adv
 from sodef_cli import harden as H
 from sodef_cli.cli import app
-from sodef_cli.config import HardenConfig, resolve
+from sodef_cli.config import HardenConfig, hardening_path, resolve
 from sodef_cli.io import read_metadata
 from sodef_cli.resume import Checkpoint
 
@@ -57,6 +57,10 @@ def test_the_default_is_adversarial_fine_tuning_and_recipes_keep_their_meaning()
     )
     sodef = resolve(HardenConfig, overrides={"model": "test_resnet", "head.kind": "sodef"})
     assert sodef.adversarial.attack == "nfgsm"  # `--head sodef`: the SODEF head trained adversarially (arm F')
+    # which path ran, in words (summary, guard record, card)
+    assert hardening_path(resolve(HardenConfig, overrides={"model": "m"})).startswith("the default path: adversarial")
+    assert hardening_path(paper).startswith("the paper's method: a SODEF head")
+    assert hardening_path(sodef).endswith("not the default path")
 
 
 def test_default_harden_end_to_end(tmp_path):
@@ -75,6 +79,7 @@ def test_default_harden_end_to_end(tmp_path):
     assert rec["summary"].startswith("linear head + last 4 backbone stage(s) trained adversarially with N-FGSM")
     meta = read_metadata(out)
     assert meta["config"]["head"]["kind"] == "linear"  # the resolved kind is stored, never "auto"
+    assert summary["path"].startswith("the default path") and meta["metrics"]["path"] == summary["path"]
 
 
 def test_nfgsm_and_eps_ramp():

@@ -35,9 +35,9 @@ def test_recommendation_names_the_three_outcomes():
         "McNemar p=0.01, n=400; clean -1.0)"
     )
     low = recommendation("LESS robust", -3.25, 0.5, ci_points=[-6.0, -0.5], p=0.02, n=400)
-    assert "--recipe" not in low  # a linear head's loss is not pointed to the recipe it may come from
+    assert "default path" not in low  # a linear head's loss is not pointed to the path it may come from
     sodef_low = recommendation("LESS robust", -3.25, 0.5, ci_points=[-6.0, -0.5], p=0.02, n=400, sodef_head=True)
-    assert sodef_low.startswith(low) and "--recipe recipes/adversarial.toml" in sodef_low
+    assert sodef_low.startswith(low) and "`sodef harden BASE --data D` (the default path" in sodef_low
     from pathlib import Path
 
     from sodef_cli.guard import ROBUST_RECIPE

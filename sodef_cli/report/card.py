@@ -383,6 +383,8 @@ def _detail_blocks(data: dict) -> list[Block]:
             ],
         ),
     ]
+    if metrics.get("path"):
+        blocks.append(kv("Path", [[metrics["path"]]]))
     if metrics.get("adversarial"):
         blocks.append(
             kv("Adversarial training", _adversarial_rows(metrics["adversarial"], cfg.get("adversarial") or {}, head))
@@ -777,6 +779,8 @@ def harden_summary_blocks(s: dict) -> list[Block]:
     skipped = [p for p, m in (s.get("phases") or {}).items() if isinstance(m, dict) and m.get("skipped")]
     if skipped:
         blocks.append(note(f"skipped (epochs = 0): {', '.join(skipped)}", "warn"))
+    if s.get("path"):
+        blocks.append(note(f"path: {s['path']}"))
     adv = s.get("adversarial")
     if adv:
         blocks.append(
