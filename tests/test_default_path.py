@@ -79,7 +79,12 @@ def test_default_harden_end_to_end(tmp_path):
     assert rec["summary"].startswith("linear head + last 4 backbone stage(s) trained adversarially with N-FGSM")
     meta = read_metadata(out)
     assert meta["config"]["head"]["kind"] == "linear"  # the resolved kind is stored, never "auto"
-    assert summary["path"].startswith("the default path") and meta["metrics"]["path"] == summary["path"]
+    # 2 epochs, selection on 32: the default path's method, not its budget, and the file says so
+    assert summary["path"] == (
+        "adversarial fine-tuning of the model's own classifier and every backbone stage but the stem (nfgsm, 2 epochs): "
+        "not the default path"
+    )
+    assert meta["metrics"]["path"] == summary["path"]
 
 
 def test_nfgsm_and_eps_ramp():
