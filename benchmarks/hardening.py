@@ -13,7 +13,10 @@ same ``--n`` test images:
 - C: the linear head alone, PGD-5, frozen backbone;
 - D: linear head + the last stages, trained with the recipe's attack and budget (`recipes/adversarial.toml`);
 - E: the SODEF head trained adversarially through the fixed-step solver, stability terms on, frozen backbone;
-- F: D with the SODEF head in place of the linear one.
+- F: D with the SODEF head in place of the linear one;
+- G-L: cheaper training attacks and budgets for the default (issue 20): N-FGSM, FGSM with random start, PGD-2/3, an
+  eps ramp, fewer epochs and validation images;
+- F2 (F'): the default's attack, budget and selection with the SODEF head.
 
 The attack list is the adaptive suite without FAB-T and SPSA (too slow on CPU; ``--attacks`` changes it); attacks
 that need an ODE run only on the SODEF arms. A's worst case is the base under the attacks that need no other model
@@ -64,14 +67,21 @@ ARMS = {
     ),
     "K": ("PGD-3, 5 epochs, selection on 1,000", lambda a: _cheap("pgd", 5, "adversarial.steps=3")),
     "L": ("N-FGSM, 6 epochs, selection on 500", lambda a: _cheap("nfgsm", 6, "adversarial.select_n=500")),
+    # F': the default's attack, budget and selection with the SODEF head (fixed-step solver, stability terms): decides
+    # whether the default keeps the SODEF head (README, "The default path")
+    "F2": (
+        "F': the default (N-FGSM, 8 epochs, selection on 1,000) with the SODEF head",
+        lambda a: _cheap("nfgsm", 8, "adversarial.grad_clip=10", head="sodef"),
+    ),
 }
 
 
-def _cheap(attack: str, epochs: int, *sets: str) -> list[str]:
-    """A linear-head arm with the recipe's stages, learning rate and averaging, a cheaper attack and budget."""
+def _cheap(attack: str, epochs: int, *sets: str, head: str = "linear") -> list[str]:
+    """An arm with the recipe's stages, learning rate and averaging, a cheaper attack and budget (linear head unless
+    ``head``)."""
     out = [
         "--head",
-        "linear",
+        head,
         "--adv-attack",
         attack,
         "--adv-epochs",
