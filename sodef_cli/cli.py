@@ -396,8 +396,21 @@ def harden(
     from . import distributed
 
     distributed.init_from_env(cfg.device)
-    with _reporter() as rep:
-        summary = run(cfg, out, reporter=rep, resume=resume)
+    try:
+        with _reporter() as rep:
+            summary = run(cfg, out, reporter=rep, resume=resume)
+    except KeyboardInterrupt:
+        from .resume import Checkpoint
+
+        kept = Checkpoint.path_for(out)
+        if not kept.exists():
+            raise
+        err_console.print(
+            f"[bold red]interrupted[/]: {out} was not written; {kept} holds the finished stages and epochs: "
+            "rerun the same command with --resume to continue",
+            highlight=False,
+        )
+        raise typer.Exit(code=EXIT_INTERRUPTED) from None
     if not distributed.is_main():
         return
     if json_:

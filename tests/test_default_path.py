@@ -175,3 +175,21 @@ def test_resume_mid_epoch_gives_the_uninterrupted_file(uninterrupted, tmp_path, 
     assert _sha(out) == digest
     assert saved == [1, 2, 3]  # epochs 2 and 3 ran again from the checkpoint, epoch 1 did not
     assert not Checkpoint.path_for(out).exists()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    """Ctrl-C after a checkpoint: exit 130 with one line naming the resume file and --resume.
+    Break: the generic 'no partial output was left behind' (false: the resume file is there) -> fails."""
+    from sodef_cli.errors import EXIT_INTERRUPTED
+
+    out = tmp_path / "h.safetensors"
+
+    def interrupted(cfg, out_, *, reporter=None, **options):
+        Checkpoint.path_for(out_).write_bytes(b"x")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(H, "harden", interrupted)
+    res = runner.invoke(app, ["harden", "test_resnet", "--data", "demo", "--out", str(out)])
+    assert res.exit_code == EXIT_INTERRUPTED
+    text = " ".join(res.stderr.split())
+    assert "rerun the same command with --resume to continue" in text and "no partial output" not in text
