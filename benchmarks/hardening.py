@@ -201,7 +201,36 @@ def analyze(records: dict[str, dict]) -> dict:
             "best_epoch": (rec["harden"]["adversarial"] or {}).get("best_epoch"),
             "command": rec["harden_command"],
         }
-    return {"n": n, "a_consistent_across_runs": same, "rows": rows}
+    out = {"n": n, "a_consistent_across_runs": same, "rows": rows}
+    if "F2" in docs and DEFAULT_ARM in docs:
+        out["head_decision"] = head_decision(
+            rows["F2"], _flags(docs["F2"], "hardened")[1], _flags(docs[DEFAULT_ARM], "hardened")[1]
+        )
+    return out
+
+
+DEFAULT_ARM = "G"  # the arm whose settings are the default path's (linear head)
+
+
+def head_decision(f2: dict, f2_worst: list[bool], default_worst: list[bool]) -> dict:
+    """Issue 20's rule: the default keeps the SODEF head when F' gains >= 3 points over the base with its 95% interval
+    above 0 and its worst-case flags are not significantly below the linear-head default's (paired exact McNemar
+    between the two hardened models, p >= 0.05); otherwise the default head is linear."""
+    from sodef_cli.stats import paired_difference
+
+    vs = paired_difference(default_worst, f2_worst)  # F' - default
+    gain_ok = f2["gain_points"] >= 3.0 and f2["gain_points_ci95"][0] > 0
+    not_worse = not (vs["diff"] < 0 and vs["p_mcnemar"] < 0.05)
+    return {
+        "f2_gain_points": f2["gain_points"],
+        "f2_gain_points_ci95": f2["gain_points_ci95"],
+        "f2_minus_default_points": 100 * vs["diff"],
+        "f2_minus_default_ci95": [100 * v for v in vs["diff_ci95"]],
+        "f2_vs_default_p": vs["p_mcnemar"],
+        "gain_rule_met": gain_ok,
+        "not_significantly_worse": not_worse,
+        "default_head": "sodef" if gain_ok and not_worse else "linear",
+    }
 
 
 def capacity(records: dict[str, dict], data_spec: str, n: int = 1000, steps: int = 10) -> dict:
@@ -331,6 +360,14 @@ def main() -> None:
         )
         append_results(
             f"hardening.py n={doc['n']} jobs={args.jobs}x{args.threads} threads", doc["env"], figures, path=args.results
+        )
+    hd = doc.get("head_decision")
+    if hd:
+        text += (
+            f"\n\nHead decision: F' gains {hd['f2_gain_points']:+.1f} [{hd['f2_gain_points_ci95'][0]:+.1f}, "
+            f"{hd['f2_gain_points_ci95'][1]:+.1f}]; F' - {DEFAULT_ARM} {hd['f2_minus_default_points']:+.1f} "
+            f"[{hd['f2_minus_default_ci95'][0]:+.1f}, {hd['f2_minus_default_ci95'][1]:+.1f}], McNemar p={hd['f2_vs_default_p']:.3g} "
+            f"-> the default head is {hd['default_head']}"
         )
     print(text)
 
