@@ -358,3 +358,42 @@ def test_results_of_another_model_are_refused(hardened_file, linear_file, tmp_pa
     _error(_export(linear_file, "--to", "hub", "--out", tmp_path / "hub", "--results", other), 2, "other models")
     assert not (tmp_path / "hub").exists()
     _error(_export(linear_file, "--to", "timm", "--out", tmp_path / "w.safetensors", "--results", other), 2, "--to hub")
+
+
+def test_a_base_file_is_not_exported(base_run, tmp_path):
+    """Catches: a `sodef pretrain` file exported as if it had been hardened."""
+    _error(_export(base_run[0], "--to", "timm", "--out", tmp_path / "w.safetensors"), 1, "expected sodef_cli/hardened")
+    assert _listing(tmp_path) == []
+
+
+def test_a_linear_head_timm_cannot_hold_is_a_usage_error(linear_file, tmp_path, monkeypatch):
+    """Catches: a linear head written into a classifier of another kind (here a 1x1 convolution) without a word."""
+    import sodef_cli.export
+
+    made = sodef_cli.export._timm_model
+
+    def conv_classifier(spec, k, device="meta"):
+        model = made(spec, k, device)
+        with torch.device(device):
+            model.fc = torch.nn.Conv2d(model.num_features, k, 1)
+        return model
+
+    monkeypatch.setattr(sodef_cli.export, "_timm_model", conv_classifier)
+    _error(_export(linear_file, "--to", "timm", "--out", tmp_path / "w.safetensors"), 2, "Conv2d", "--to onnx")
+    assert _listing(tmp_path) == []
+
+
+def test_hub_card_of_a_comparison_marks_this_model(base_run, linear_on_base, tmp_path):
+    """Catches: a card of a several-model results file that does not say which row is the exported model."""
+    from sodef_cli.report import results_data
+
+    cmp = tmp_path / "cmp.json"
+    res = runner.invoke(app, ["attack", str(base_run[0]), str(linear_on_base), *FAST, "--no-checks", "--out", str(cmp)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "hub"
+    res = _export(linear_on_base, "--to", "hub", "--out", out, "--results", cmp)
+    assert res.exit_code == 0, res.output
+    body = " ".join((out / "README.md").read_text().split())
+    assert "| own.safetensors (this model) |" in body and "| base.safetensors |" in body
+    fd = results_data([json.loads(cmp.read_text())], labels=["cmp.json"])["files"][0]
+    assert fd["verdict"]["text"][:60] in body
