@@ -711,11 +711,12 @@ def report(
 @app.command()
 @_handle
 def export(
-    file: Annotated[Path, typer.Argument(help="A hardened file (`sodef harden`).", show_default=False)],
+    file: Annotated[Path, typer.Argument(help="A hardened file (`sodef harden`).", show_default=False, metavar="FILE")],
     to: Annotated[
-        str,
+        str,  # checked by sodef_cli.export against EXPORT_TARGETS: one line naming the targets, not Typer's box
         typer.Option(
             "--to",
+            metavar=f"<{'|'.join(EXPORT_TARGETS)}>",
             help=f"{or_list(EXPORT_TARGETS)}. timm: a safetensors state dict plain timm loads (a linear head only); "
             "hub: a folder for timm's local-dir:/hf-hub: loaders with config.json and a README.md model card "
             "(a linear head only); onnx: the whole model, [0,1] images in, normalization and a fixed-step ODE "

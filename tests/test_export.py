@@ -310,9 +310,13 @@ def test_files_that_are_not_hardened_files(kind, needle, to, bad_files, tmp_path
 
 
 def test_unknown_target_is_a_usage_error(hardened_file, tmp_path):
-    """Catches: an unknown --to accepted, or rejected without the valid names."""
+    """Catches: an unknown --to accepted, or rejected without the valid names (in one line, and in --help)."""
+    from sodef_cli.registry import EXPORT_TARGETS
+
     _error(_export(hardened_file, "--to", "tflite", "--out", tmp_path / "m"), 2, "'tflite'", "timm, hub or onnx")
     assert _listing(tmp_path) == []
+    wide = {"env": {"COLUMNS": "200"}, "terminal_width": 200}
+    assert f"<{'|'.join(EXPORT_TARGETS)}>" in runner.invoke(app, ["export", "--help"], **wide).output
 
 
 def test_existing_out_needs_force_and_survives_a_failed_export(linear_file, tmp_path, monkeypatch):
