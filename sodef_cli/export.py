@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -47,7 +48,9 @@ HUB_FILES = ("model.safetensors", "config.json", "README.md")
 _INSTALL = "pip install 'sodef-cli[export]'"
 
 
-def export(path: str | Path, *, to: str, out: str | Path, force: bool = False, results: str | Path | None = None):
+def export(
+    path: str | Path, *, to: str, out: str | Path, force: bool = False, results: str | Path | None = None
+) -> dict[str, Any]:
     """Export the hardened file ``path`` as ``to`` (timm, hub or onnx) to ``out``; returns what was written and checked.
 
     Args:
@@ -241,23 +244,34 @@ def _compare(model: nn.Module, x: torch.Tensor, got: torch.Tensor, by: str, out:
     return {"by": by, "images": len(x), "max_abs_diff": diff, "tolerance": tol}
 
 
-def _quiet_timm():
-    """timm logs where it loads weights from; the command prints its own line."""
-    import logging
+@contextlib.contextmanager
+def _read_back(out: Path) -> Iterator[None]:
+    """Loading the export the way its users do: timm's info logs silenced (the command prints its own line), and a
+    failure to load is this export's failure, with nothing written."""
+    logger = logging.getLogger("timm")
+    saved = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    except SodefError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - timm and onnxruntime raise many types; none may escape as a traceback
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise SodefError(
+            f"the export does not load back ({type(exc).__name__}: {first}); {out} was not written"
+        ) from None
+    finally:
+        logger.setLevel(saved)
 
-    return _LogLevel(logging.getLogger("timm"), logging.WARNING)
 
+def _normalized(plain: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` normalized with the mean/std timm resolves for ``plain`` (its pretrained config)."""
+    from timm.data import resolve_data_config
 
-class _LogLevel:
-    def __init__(self, logger, level):
-        self.logger, self.level = logger, level
-
-    def __enter__(self):
-        self.saved = self.logger.level
-        self.logger.setLevel(self.level)
-
-    def __exit__(self, *exc):
-        self.logger.setLevel(self.saved)
+    cfg = resolve_data_config({}, model=plain)
+    mean = torch.tensor(cfg["mean"], dtype=x.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(cfg["std"], dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - mean) / std
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -272,7 +286,7 @@ def _to_timm(path: Path, model: nn.Module, meta: dict, state: dict, out: Path) -
     x = _check_images(spec)
     with _staged(out) as new:
         save_file(state, str(new), metadata={"format": "pt"})
-        with _quiet_timm():
+        with _read_back(out), torch.no_grad():
             plain = timm.create_model(
                 spec.timm_name,
                 num_classes=k,
@@ -280,8 +294,8 @@ def _to_timm(path: Path, model: nn.Module, meta: dict, state: dict, out: Path) -
                 pretrained_cfg_overlay=dict(file=str(new), num_classes=k),
                 **_timm_kwargs(spec),
             ).eval()
-        with torch.no_grad():
-            check = _compare(model, x, plain(model.normalize(x)), "timm", out)
+            got = plain(model.normalize(x))  # the file's mean/std: the load line's users normalize with them
+        check = _compare(model, x, got, "timm", out)
     return {
         "to": "timm",
         "file": str(path),
@@ -336,10 +350,10 @@ def _to_hub(path: Path, model: nn.Module, meta: dict, state: dict, out: Path, do
         save_file(state, str(new / "model.safetensors"), metadata={"format": "pt"})
         (new / "config.json").write_text(json.dumps(hub_config_json(spec, meta), indent=2) + "\n", encoding="utf-8")
         (new / "README.md").write_text(card, encoding="utf-8")
-        with _quiet_timm():
+        with _read_back(out), torch.no_grad():
             plain = timm.create_model(f"local-dir:{new}", pretrained=True).eval()
-        with torch.no_grad():
-            check = _compare(model, x, plain(model.normalize(x)), "timm local-dir:", out)
+            got = plain(_normalized(plain, x))  # the mean/std timm reads from config.json
+        check = _compare(model, x, got, "timm local-dir:", out)
     return {
         "to": "hub",
         "file": str(path),
@@ -427,9 +441,10 @@ def _to_onnx(path: Path, model: nn.Module, meta: dict, out: Path) -> dict:
             raise UsageError(
                 f"--to onnx checks the graph with onnxruntime, which is not installed: {_INSTALL}"
             ) from None
-        session = onnxruntime.InferenceSession(str(new), providers=["CPUExecutionProvider"])
-        got = session.run(None, {"images": x.numpy()})[0]
-        check = _compare(model, x, torch.from_numpy(got), "onnxruntime", out)
+        with _read_back(out):
+            session = onnxruntime.InferenceSession(str(new), providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        check = _compare(model, x, got, "onnxruntime", out)
     return {
         "to": "onnx",
         "file": str(path),

@@ -401,3 +401,21 @@ def test_hub_card_of_a_comparison_marks_this_model(base_run, linear_on_base, tmp
     assert "| own.safetensors (this model) |" in body and "| base.safetensors |" in body
     fd = results_data([json.loads(cmp.read_text())], labels=["cmp.json"])["files"][0]
     assert fd["verdict"]["text"][:60] in body
+
+
+@pytest.mark.parametrize("to", ["timm", "hub"])
+def test_an_export_timm_cannot_load_leaves_nothing(to, linear_file, tmp_path, monkeypatch):
+    """Catches: a failure to read the export back escaping as a traceback, or leaving the file or folder behind."""
+    import timm
+
+    create = timm.create_model
+
+    def broken(*args, **kwargs):  # sodef_cli builds its models with pretrained=False: only the read-back breaks
+        if kwargs.get("pretrained"):
+            raise RuntimeError("Error(s) in loading state_dict for ResNet:\n\tMissing key(s): fc.weight")
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", broken)
+    out = tmp_path / ("w.safetensors" if to == "timm" else "hub")
+    _error(_export(linear_file, "--to", to, "--out", out), 1, "does not load back", "Missing key(s)", "not written")
+    assert _listing(tmp_path) == []
