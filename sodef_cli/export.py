@@ -256,9 +256,9 @@ def _read_back(out: Path) -> Iterator[None]:
     except SodefError:
         raise
     except Exception as exc:  # noqa: BLE001 - timm and onnxruntime raise many types; none may escape as a traceback
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        why = " ".join(str(exc).split())[:300]  # one line: torch's load errors spread over several
         raise SodefError(
-            f"the export does not load back ({type(exc).__name__}: {first}); {out} was not written"
+            f"the export does not load back ({type(exc).__name__}: {why}); {out} was not written"
         ) from None
     finally:
         logger.setLevel(saved)
