@@ -35,10 +35,11 @@ import torch
 from torch import nn
 
 from .backbone import BaseClassifier, ModelSpec, check_shapes, hub_config
+from .config import HeadConfig
 from .errors import ModelFileError, OutputError, SodefError, UsageError
 from .io import _file_mode, read_json, sha256_file
-from .models import hardened_meta, load_pair
-from .registry import EXPORT_TARGETS, or_list
+from .models import hardened_meta, load_pair, shipped_head_config
+from .registry import EXPORT_TARGETS, SOLVERS, or_list
 
 __all__ = ["export", "timm_state_dict", "hub_config_json", "model_card", "CHECK_IMAGES", "TOLERANCE"]
 
@@ -46,6 +47,9 @@ CHECK_IMAGES = 8  # random [0,1] images the written artifact is checked on
 TOLERANCE = 1e-4  # most |logit difference| accepted, relative to max(1, largest |logit|)
 HUB_FILES = ("model.safetensors", "config.json", "README.md")
 _INSTALL = "pip install 'sodef-cli[export]'"
+_NO_TIMM_ODE = (
+    "{path} has a SODEF head (a neural ODE), which a timm model cannot express; export the whole model with --to onnx"
+)
 
 
 def export(
@@ -74,6 +78,11 @@ def export(
         raise UsageError(f"--to timm writes a safetensors file: give --out a .safetensors name, not {out.name!r}")
     _check_out(out, force, folder=to == "hub")
     meta = hardened_meta(path)  # ModelFileError for anything but a complete hardened file, before any tensor is read
+    head = shipped_head_config(meta)  # what the head is and how it solves its ODE: refusals before loading weights
+    if head.kind == "sodef" and to != "onnx":
+        raise UsageError(_NO_TIMM_ODE.format(path=path))
+    if head.kind == "sodef" and SOLVERS.require(head.solver, "head.solver").adaptive:
+        raise _adaptive_refusal(path, meta, head)
     doc = _results_for(Path(results), path) if results is not None else None
     model = load_pair(path, meta=meta)[1]
     if to == "onnx":
@@ -163,10 +172,7 @@ def timm_state_dict(model: nn.Module, meta: dict, *, path: str | Path = "FILE") 
     from .head import has_ode
 
     if has_ode(model) or not isinstance(model, BaseClassifier):
-        raise UsageError(
-            f"{path} has a SODEF head (a neural ODE), which a timm model cannot express; "
-            "export the whole model with --to onnx"
-        )
+        raise UsageError(_NO_TIMM_ODE.format(path=path))
     spec, k = model.spec, int(meta["num_classes"])
     state = dict(model.backbone.state_dict())
     target = _timm_model(spec, k)
@@ -366,12 +372,20 @@ def _to_hub(path: Path, model: nn.Module, meta: dict, state: dict, out: Path, do
     }
 
 
-def _adaptive_refusal(path: Path, meta: dict, block) -> UsageError:
+def _adaptive_refusal(path: Path, meta: dict, block: HeadConfig) -> UsageError:
     """Why an adaptive solver cannot be exported, naming the fixed-step solver the file ships or can rebuild."""
     adv = (meta.get("config") or {}).get("adversarial") or {}
     trained = (adv.get("attack") or "none") != "none"
     record = meta.get("inference") if isinstance(meta.get("inference"), dict) else {}
-    tried = [t for t in record.get("tried") or [] if isinstance(t, dict) and "agreement" in t]
+    tried = [
+        t
+        for t in record.get("tried") or []  # from the file: only well-formed candidates are quoted
+        if isinstance(t, dict)
+        and isinstance(t.get("agreement"), (int, float))
+        and isinstance(t.get("steps"), int)
+        and t.get("solver") in SOLVERS
+    ]
+    required = record.get("agreement_required")
     if trained:
         alt = (
             f"{adv.get('ode_solver', 'rk4')} with step {block.step_size:g}, the solver its adversarial training "
@@ -381,8 +395,9 @@ def _adaptive_refusal(path: Path, meta: dict, block) -> UsageError:
         best = max(tried, key=lambda t: t["agreement"])
         alt = (
             f"{best['solver']} with {best['steps']} step(s) agreed best with {block.solver} "
-            f"({100 * best['agreement']:.2f}% of its predictions, {100 * record.get('agreement_required', 0):.1f}% "
-            "required): re-harden with --set inference.agreement=... to ship it"
+            f"({100 * best['agreement']:.2f}% of its predictions"
+            + (f", {100 * required:.1f}% required" if isinstance(required, (int, float)) else "")
+            + "): re-harden with --set inference.agreement=... to ship it"
         )
     else:
         alt = (
@@ -403,8 +418,8 @@ def _to_onnx(path: Path, model: nn.Module, meta: dict, out: Path) -> dict:
     except ImportError:
         raise UsageError(f"--to onnx needs the onnx and onnxruntime packages: {_INSTALL}") from None
     ode = has_ode(model)
-    if ode and model.head.block.adaptive:
-        raise _adaptive_refusal(path, meta, model.head.block)
+    if ode and model.head.block.adaptive:  # export() refuses these from the metadata already
+        raise _adaptive_refusal(path, meta, shipped_head_config(meta))
     spec = model.spec
     x = _check_images(spec)
     with _staged(out) as new:

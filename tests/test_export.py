@@ -262,15 +262,41 @@ def test_onnx_unrolls_every_step_of_the_declared_solver(hardened_file, tmp_path)
     assert (torch.from_numpy(got) - _expected(declared, x)).abs().max().item() <= 1e-4
 
 
-def test_onnx_refuses_an_adaptive_solver_and_names_the_fixed_step_one(hardened_file, tmp_path):
-    """Catches: an adaptive (dopri5) head traced into a graph whose step count is that of the example input."""
+_TRIED = {
+    "n": 200,
+    "agreement_required": 0.995,
+    "reference": {"solver": "dopri5", "nfe": 26},
+    "tried": [
+        {"solver": "euler", "steps": 2, "nfe": 2, "agreement": 0.9, "qualifies": False},
+        {"solver": "midpoint", "steps": 2, "nfe": 4, "agreement": 0.97, "qualifies": False},
+    ],
+    "chosen": None,
+}
+
+
+@pytest.mark.parametrize(
+    "history, needle",
+    [
+        ("declared", "rk4 with step 0.5 (head.step_size"),  # inference.solver=declared: no record
+        (
+            "none qualified",
+            "midpoint with 2 step(s) agreed best with dopri5 (97.00% of its predictions, 99.5% required",
+        ),
+        ("adversarial", "rk4 with step 0.5, the solver its adversarial training differentiated through"),
+    ],
+)
+def test_onnx_refuses_an_adaptive_solver_and_names_the_fixed_step_one(history, needle, hardened_file, tmp_path):
+    """Catches: an adaptive (dopri5) head traced into a graph whose step count is that of the example input, and a
+    refusal that does not say which fixed-step solver the file can have instead."""
     meta = read_metadata(hardened_file)
     meta["config"]["head"]["solver"] = "dopri5"
-    meta["inference"] = None
+    meta["inference"] = _TRIED if history == "none qualified" else None
+    if history == "adversarial":
+        meta["config"]["adversarial"]["attack"] = "fgsm"
     adaptive = tmp_path / "adaptive.safetensors"
     save_model_file(adaptive, load_tensors(hardened_file), meta)
     out = tmp_path / "out" / "m.onnx"
-    _error(_export(adaptive, "--to", "onnx", "--out", out), 2, "adaptive dopri5", "rk4 with step 0.5")
+    _error(_export(adaptive, "--to", "onnx", "--out", out), 2, "adaptive dopri5", needle)
     assert not out.parent.exists() or _listing(out.parent) == []
 
 
