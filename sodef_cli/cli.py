@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .config import AdversarialConfig, HeadConfig
@@ -179,8 +180,10 @@ def _handle(fn):
             if _state["debug"]:
                 traceback.print_exc()
             flag = _FLAGS.get(getattr(exc, "key", ""))  # library errors name config keys; the CLI adds its flag
-            err_console.print(
-                f"[bold red]error:[/] {exc}" + (f" (option {flag})" if flag else ""), highlight=False, soft_wrap=True
+            err_console.print(  # the message is text, not markup: "sodef-cli[export]" must print as written
+                f"[bold red]error:[/] {escape(str(exc))}" + (f" (option {flag})" if flag else ""),
+                highlight=False,
+                soft_wrap=True,
             )
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:

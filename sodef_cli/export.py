@@ -251,9 +251,9 @@ def _compare(model: nn.Module, x: torch.Tensor, got: torch.Tensor, by: str, out:
 
 
 @contextlib.contextmanager
-def _read_back(out: Path) -> Iterator[None]:
-    """Loading the export the way its users do: timm's info logs silenced (the command prints its own line), and a
-    failure to load is this export's failure, with nothing written."""
+def _read_back(out: Path, failure: str = "the export does not load back") -> Iterator[None]:
+    """Loading the export the way its users do (or writing it with another library): timm's info logs silenced (the
+    command prints its own line), and a failure there is this export's failure, one line, with nothing written."""
     logger = logging.getLogger("timm")
     saved = logger.level
     logger.setLevel(logging.WARNING)
@@ -263,9 +263,7 @@ def _read_back(out: Path) -> Iterator[None]:
         raise
     except Exception as exc:  # noqa: BLE001 - timm and onnxruntime raise many types; none may escape as a traceback
         why = " ".join(str(exc).split())[:300]  # one line: torch's load errors spread over several
-        raise SodefError(
-            f"the export does not load back ({type(exc).__name__}: {why}); {out} was not written"
-        ) from None
+        raise SodefError(f"{failure} ({type(exc).__name__}: {why}); {out} was not written") from None
     finally:
         logger.setLevel(saved)
 
@@ -415,6 +413,7 @@ def _to_onnx(path: Path, model: nn.Module, meta: dict, out: Path) -> dict:
 
     try:
         import onnx
+        import onnxruntime
     except ImportError:
         raise UsageError(f"--to onnx needs the onnx and onnxruntime packages: {_INSTALL}") from None
     ode = has_ode(model)
@@ -423,7 +422,7 @@ def _to_onnx(path: Path, model: nn.Module, meta: dict, out: Path) -> dict:
     spec = model.spec
     x = _check_images(spec)
     with _staged(out) as new:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _read_back(out, "torch.onnx cannot export this model"):
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notes and the solver loop's constants
             # the TorchScript-based exporter: the dynamo one needs onnxscript, and tracing unrolls the fixed-step loop
             torch.onnx.export(
@@ -450,12 +449,6 @@ def _to_onnx(path: Path, model: nn.Module, meta: dict, out: Path) -> dict:
         }
         onnx.helper.set_model_props(graph, {"sodef_cli": json.dumps(info)})
         onnx.save(graph, str(new))
-        try:
-            import onnxruntime
-        except ImportError:
-            raise UsageError(
-                f"--to onnx checks the graph with onnxruntime, which is not installed: {_INSTALL}"
-            ) from None
         with _read_back(out):
             session = onnxruntime.InferenceSession(str(new), providers=["CPUExecutionProvider"])
             got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])

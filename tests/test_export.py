@@ -445,3 +445,10 @@ def test_an_export_timm_cannot_load_leaves_nothing(to, linear_file, tmp_path, mo
     out = tmp_path / ("w.safetensors" if to == "timm" else "hub")
     _error(_export(linear_file, "--to", to, "--out", out), 1, "does not load back", "Missing key(s)", "not written")
     assert _listing(tmp_path) == []
+
+
+def test_onnx_without_the_export_extra_says_how_to_install_it(hardened_file, tmp_path, monkeypatch):
+    """Catches: a missing optional dependency surfacing as an internal error instead of the pip line."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime fails
+    _error(_export(hardened_file, "--to", "onnx", "--out", tmp_path / "m.onnx"), 2, "pip install 'sodef-cli[export]'")
+    assert _listing(tmp_path) == []
