@@ -523,10 +523,10 @@ def _guard_section(check: dict | None) -> list[str]:
     ]
 
 
-def _results_section(doc: dict, name: str, sha: str) -> list[str]:
-    from .report import fmt_eps, pct_ci, results_data
+def _results_section(doc: dict, fd: dict, name: str, sha: str) -> list[str]:
+    """The card's section on a results document ``doc``, from ``fd``: its file in ``report.results_data``."""
+    from .report.format import fmt_eps, pct_ci
 
-    fd = results_data([doc], labels=[name])["files"][0]
     lines = [f"From `{name}` (`sodef attack`):", "", f"> {_md(fd['verdict']['text'])}", ""]
     lines += ["| eps | model | clean [95% CI] | worst case [95% CI] |", "|---|---|---|---|"]
     if fd.get("kind") == "comparison":
@@ -574,14 +574,13 @@ def model_card(meta: dict, *, path: str | Path, results: dict | None = None, res
     data = cfg.get("data", "?")
     name = path.stem
     verdicts = [f"**Verdict (hardening guard).** {_md(cd['verdict'])}", ""]
+    fd = None
     if results is not None:
         from .report import results_data
 
-        fd = results_data([results], labels=[results_name or "results"])["files"][0]
-        verdicts += [
-            f"**Verdict (`sodef attack`, {_md(results_name or 'results')}).** {_md(fd['verdict']['text'])}",
-            "",
-        ]
+        results_name = results_name or "results"
+        fd = results_data([results], labels=[results_name])["files"][0]  # the figures as `sodef report` shows them
+        verdicts += [f"**Verdict (`sodef attack`, {_md(results_name)}).** {_md(fd['verdict']['text'])}", ""]
     lines = [
         "---",
         f"license: {license_}",
@@ -603,8 +602,8 @@ def model_card(meta: dict, *, path: str | Path, results: dict | None = None, res
         "",
         *_guard_section(cd["check"]),
     ]
-    if results is not None:
-        lines += ["### Attack results", "", *_results_section(results, results_name or "results", sha256_file(path))]
+    if results is not None and fd is not None:
+        lines += ["### Attack results", "", *_results_section(results, fd, str(results_name), sha256_file(path))]
     else:
         lines += ["No `sodef attack` results were given (`sodef export ... --results RESULTS.json` adds them).", ""]
     lines += [
