@@ -1,5 +1,5 @@
 # Developer entry points. `make test` is what CI runs (.ci/run).
-#   make venv    create .venv and install torch + this package with its test extras
+#   make venv    create .venv and install torch + this package with its test and export extras
 #   make test    ruff (lint + format check), then the test suite, offline, on CPU (PYTEST_ARGS="-k cli -x")
 #   make lint    ruff alone (configured in pyproject.toml, line length 120)
 #   make demo    harden the shipped demo base on the embedded CIFAR-10 subset, attack it, report
@@ -22,7 +22,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,export]'
 	touch $@
 
 test: venv lint

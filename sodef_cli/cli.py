@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .config import AdversarialConfig, HeadConfig
@@ -27,6 +28,7 @@ from .errors import EXIT_INTERRUPTED, EXIT_RUNTIME, SodefError, UsageError
 from .registry import (
     ADAPTIVE_SOLVERS,
     DEVICES,
+    EXPORT_TARGETS,
     FIXED_SOLVERS,
     FORMAT_SUFFIXES,
     FORMATS,
@@ -178,8 +180,10 @@ def _handle(fn):
             if _state["debug"]:
                 traceback.print_exc()
             flag = _FLAGS.get(getattr(exc, "key", ""))  # library errors name config keys; the CLI adds its flag
-            err_console.print(
-                f"[bold red]error:[/] {exc}" + (f" (option {flag})" if flag else ""), highlight=False, soft_wrap=True
+            err_console.print(  # the message is text, not markup: "sodef-cli[export]" must print as written
+                f"[bold red]error:[/] {escape(str(exc))}" + (f" (option {flag})" if flag else ""),
+                highlight=False,
+                soft_wrap=True,
             )
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
@@ -723,6 +727,53 @@ def report(
         labels = names if len(set(names)) == len(names) else [str(f) for f in files]
         doc = results_data([read_json(f) for f in files], labels=labels)
     _emit(render(doc, fmt), fmt, out)
+
+
+@app.command()
+@_handle
+def export(
+    file: Annotated[Path, typer.Argument(help="A hardened file (`sodef harden`).", show_default=False, metavar="FILE")],
+    to: Annotated[
+        str,  # checked by sodef_cli.export against EXPORT_TARGETS: one line naming the targets, not Typer's box
+        typer.Option(
+            "--to",
+            metavar=f"<{'|'.join(EXPORT_TARGETS)}>",
+            help=f"{or_list(EXPORT_TARGETS)}. timm: a safetensors state dict plain timm loads (a linear head only); "
+            "hub: a folder for timm's local-dir:/hf-hub: loaders with config.json and a README.md model card "
+            "(a linear head only); onnx: the whole model, [0,1] images in, normalization and a fixed-step ODE "
+            "unrolled inside the graph (needs the export extra: onnx, onnxruntime).",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output file (timm: .safetensors; onnx) or folder (hub).", show_default=False)
+    ],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --out (a folder only if an earlier hub export).")
+    ] = False,
+    results: Annotated[
+        Path | None,
+        typer.Option("--results", help="Hub: a `sodef attack` results JSON of FILE, shown in the model card."),
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Export a hardened model for timm, the Hugging Face Hub or ONNX; the written model is read back and checked
+    against the hardened one before it replaces anything. A SODEF head (an ODE) exports to onnx only."""
+    from .export import export as run
+
+    summary = run(file, to=to, out=out, force=force, results=results)
+    if json_:
+        _print_json(summary)
+        return
+    c = summary["check"]
+    _out_console().print(
+        f"wrote {summary['out']} ({summary['to']}): read back by {c['by']}, max |logit diff| {c['max_abs_diff']:.2g} "
+        f"on {c['images']} random images (tolerance {c['tolerance']:.2g})\nload: {summary['load']}\ninput: {summary['input']}"
+        + (f"\npublish: {summary['publish']}" if summary.get("publish") else ""),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _emit(rendered, fmt: str, out: Path | None) -> None:

@@ -5,7 +5,7 @@ and the code that does the work dispatches through here. This module imports no 
 read it when it starts.
 
 - ``NORMS``, ``FORMATS`` / ``FORMAT_SUFFIXES``, ``DEVICES``, ``HEAD_KINDS``, ``TRAINING_ATTACKS``,
-  ``PRETRAIN_ATTACKS``: constants.
+  ``PRETRAIN_ATTACKS``, ``EXPORT_TARGETS``: constants.
 - ``SOLVERS``: the torchdiffeq methods the head accepts, each adaptive (error control at ``head.rtol``/
   ``atol``) or fixed-step (steps of ``head.step_size``), with its order. Declared below as data.
 - ``ODEFUNCS``: ODE function families, registered where they are implemented (``sodef_cli.head``) with
@@ -42,6 +42,7 @@ __all__ = [
     "HEAD_KINDS",
     "TRAINING_ATTACKS",
     "PRETRAIN_ATTACKS",
+    "EXPORT_TARGETS",
     "Solver",
     "SOLVERS",
     "ADAPTIVE_SOLVERS",
@@ -141,6 +142,7 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 HEAD_KINDS: tuple[str, ...] = ("sodef", "linear")  # projection -> ODE -> classifier, or a linear classifier alone
 TRAINING_ATTACKS: tuple[str, ...] = ("none", "fgsm", "nfgsm", "pgd", "trades")  # adversarial training of `sodef harden`
 PRETRAIN_ATTACKS: tuple[str, ...] = ("none", "fgsm")  # adversarial training of `sodef pretrain`
+EXPORT_TARGETS: tuple[str, ...] = ("timm", "hub", "onnx")  # `sodef export --to`: a timm state dict, a Hub folder, ONNX
 
 
 # ------------------------------------------------------------------------------------------------ solvers
