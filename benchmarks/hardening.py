@@ -146,22 +146,31 @@ def _arm(name: str, args, env: dict) -> dict:
 
 
 def _flags(results: dict, model: str, attacks=None) -> tuple[list[bool], list[bool]]:
-    """(clean, worst-case) per-sample flags of ``model`` over ``attacks`` (all when None) at the first eps."""
+    """(clean, worst-case) per-sample flags of ``model`` over ``attacks`` (all when None) at the first eps; only the
+    first ``results["prefix"]`` samples when the analysis is restricted to a common prefix."""
     from sodef_cli.evaluate import worst_case_flags
 
     mrec = results["runs"][0]["models"][model]
     atk = {k: v for k, v in mrec["attacks"].items() if attacks is None or k in attacks}
-    return mrec["clean"], worst_case_flags(mrec["clean"], atk)
+    k = results.get("prefix")
+    clean, worst = mrec["clean"], worst_case_flags(mrec["clean"], atk)
+    return (clean[:k], worst[:k]) if k else (clean, worst)
 
 
-def analyze(records: dict[str, dict]) -> dict:
-    """The ablation table as data: per arm clean and worst case (Wilson 95%), gain over A (paired 95%, McNemar)."""
+def analyze(records: dict[str, dict], prefix: int | None = None) -> dict:
+    """The ablation table as data: per arm clean and worst case (Wilson 95%), gain over A (paired 95%, McNemar).
+
+    ``prefix``: compare arms attacked on different numbers of samples on the first ``prefix`` of them (the sample
+    order is prefix-consistent: the first 500 of 1,000 images drawn with a seed are the 500 drawn with it)."""
     from sodef_cli.stats import paired_difference, wilson
 
     docs = {name: json.loads(Path(r["attack"]["results"]).read_text()) for name, r in records.items()}
-    indices = {tuple(d["indices"]) for d in docs.values()}
+    if prefix:
+        for d in docs.values():
+            d["prefix"] = prefix
+    indices = {tuple(d["indices"][:prefix] if prefix else d["indices"]) for d in docs.values()}
     if len(indices) != 1:
-        raise SystemExit("the arms were attacked on different samples; rerun with the same --n and seed")
+        raise SystemExit("the arms were attacked on different samples; rerun with the same --n and seed (or --prefix)")
     a_runs = {name: _flags(d, "base", BASE_ATTACKS) for name, d in docs.items()}
     a_clean, a_worst = next(iter(a_runs.values()))
     same = all(w == a_worst and c == a_clean for c, w in a_runs.values())
@@ -298,6 +307,12 @@ def main() -> None:
     )
     ap.add_argument("--arms", default="B,C,D,E,F", help="trained arms to run (A comes with every run)")
     ap.add_argument("--n", type=int, default=1000, help="test images attacked (default 1000)")
+    ap.add_argument(
+        "--prefix",
+        type=int,
+        default=0,
+        help="analyze every arm on its first N attacked images (arms run with other --n)",
+    )
     ap.add_argument("--attacks", default="", help="comma-separated attacks instead of the default list")
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--jobs", type=int, default=1, help="arms run at once, each a process with --threads threads")
@@ -329,7 +344,7 @@ def main() -> None:
         "env": environment(device),
         "jobs": args.jobs,
         "threads": args.threads,
-        **analyze(records),
+        **analyze(records, args.prefix or None),
     }
     if args.capacity:
         doc["capacity"] = capacity(records, args.data)
