@@ -13,6 +13,7 @@ attacks already finished. What has been done lives in a typed state (``results.E
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import asdict, dataclass
@@ -150,24 +151,6 @@ def masking_checks(run: dict) -> list[dict]:
     for extra in run.get("extra_checks", []):
         checks.append(extra)
     return checks
-
-
-def _target(name: str, base, hardened, fixed_step: float | None) -> Target:
-    if not has_ode(hardened):  # two plain classifiers, attacked alike: each is the other's transfer source
-        other = hardened if name == "base" else base
-        return Target(
-            name, base if name == "base" else hardened, other, features=(base if name == "base" else hardened).features
-        )
-    if name == "base":
-        return Target("base", base, base, features=base.features)
-    return Target(
-        "hardened",
-        hardened,
-        base,
-        fixed=hardened.variant("fixed", step_size=fixed_step),
-        bpda=hardened.variant("bpda"),
-        features=hardened.features,
-    )
 
 
 def _large_eps_check(hardened, base, x, y, cfg: AttackConfig, device) -> dict:
@@ -356,19 +339,8 @@ def run_evaluation(
         "classes": list(data.classes),
         "test_size": len(data.test),
     }
-    ode = has_ode(hardened)
-    fixed_step = meta.get("config", {}).get("head", {}).get("step_size") if ode else None
-    entries = [
-        {"label": "base", "model": base, "attacks": plan["base"], "source": None if ode else hardened},
-        {
-            "label": "hardened",
-            "model": hardened,
-            "attacks": plan["hardened"],
-            "source": base,
-            "fixed": hardened.variant("fixed", step_size=fixed_step) if ode else None,
-            "judge_alone": ode and hardened.head.block.adaptive,
-        },
-    ]
+    fixed_step = meta.get("config", {}).get("head", {}).get("step_size") if has_ode(hardened) else None
+    entries = _pair_entries(base, hardened, plan, fixed_step)
     estimate = estimate_plan(entries, x_all, y_all, cfg, n_classes=len(classes), device=device) if is_main() else {}
     reporter.log(plan_text(estimate))
     if dry_run:
@@ -377,18 +349,16 @@ def run_evaluation(
     fresh["estimate"] = {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")}
     state = EvaluationState.open(fresh, out, check=_check_resume)
     reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
-    cascade(
-        base,
-        hardened,
+    _cascade(
+        entries,
         x_all,
         y_all,
         cfg,
-        plan=plan,
         n_classes=len(classes),
-        fixed_step=fixed_step,
         state=state,
         reporter=reporter,
         device=device,
+        run_checks=_pair_checks(base, hardened, x_all, y_all, cfg, device, fixed_step),
     )
     reporter.end("all attacks")
     reporter.log(_paths_text({"base": base, "hardened": hardened}))
@@ -406,6 +376,48 @@ def _check_samples(n: int, cfg: AttackConfig) -> torch.Tensor:
     return torch.linspace(0, n - 1, min(cfg.check_samples, n)).round().long()
 
 
+def _pair_entries(base, hardened, plan: dict, fixed_step: float | None) -> list[dict]:
+    """The two models of one hardened file as cascade entries (``_cascade``), each with its own attack seeds."""
+    if has_ode(hardened):  # the base attacked through itself, the hardened model through its ODE copies too
+        fixed = hardened.variant("fixed", step_size=fixed_step)
+        bpda = hardened.variant("bpda")
+        targets = [Target("base", base, base), Target("hardened", hardened, base, fixed=fixed, bpda=bpda)]
+    else:  # two plain classifiers, attacked alike: each is the other's transfer source
+        targets = [Target("base", base, hardened), Target("hardened", hardened, base)]
+    return [
+        {
+            "label": t.name,
+            "model": t.model,
+            "attacks": plan[t.name],
+            "target": dataclasses.replace(t, features=t.model.features),
+            "source": t.base,
+            "fixed": t.fixed,
+            "seed_key": t.name,
+            # an adaptive solver's output depends on the rest of the batch: an example that fools the model in
+            # some batch composition is not counted robust (one extra forward per attacked sample)
+            "judge_alone": t.fixed is not None and hardened.head.block.adaptive,
+        }
+        for t in targets
+    ]
+
+
+def _pair_checks(base, hardened, x_all, y_all, cfg: AttackConfig, device, fixed_step):
+    """The masking checks of a hardened file, run once both models finished an eps: ``run -> finish_eps`` kwargs."""
+
+    def checks(run: EpsRun) -> dict:
+        extra = None
+        if cfg.checks and run.extra_checks is None and is_main():
+            sub = _check_samples(len(y_all), cfg)
+            extra = [_batch_check(hardened, x_all[sub], cfg, device)]
+            if has_ode(hardened):
+                extra.append(_surrogate_check(hardened, x_all[sub], cfg, device, fixed_step))
+            if run.models["hardened"].attacks:
+                extra.append(_large_eps_check(hardened, base, x_all[sub], y_all[sub], cfg, device))
+        return {"extra_checks": extra, "checks": masking_checks}
+
+    return checks
+
+
 def cascade(
     base,
     hardened,
@@ -420,43 +432,66 @@ def cascade(
     reporter,
     device,
 ) -> EvaluationState:
-    """Run every eps of ``cfg`` over both models into ``state`` (persisted after every attack), skipping finished
-    attacks and finished budgets."""
+    """Run every eps of ``cfg`` over both models of a hardened file into ``state`` (persisted after every attack),
+    skipping finished attacks and finished budgets."""
+    return _cascade(
+        _pair_entries(base, hardened, plan, fixed_step),
+        x_all,
+        y_all,
+        cfg,
+        n_classes=n_classes,
+        state=state,
+        reporter=reporter,
+        device=device,
+        run_checks=_pair_checks(base, hardened, x_all, y_all, cfg, device, fixed_step),
+    )
+
+
+def _cascade(
+    entries: list[dict],
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    cfg: AttackConfig,
+    *,
+    n_classes: int,
+    state: EvaluationState,
+    reporter,
+    device,
+    model_checks=None,
+    run_checks=None,
+) -> EvaluationState:
+    """The one cascade loop: every eps of ``cfg``, every model of ``entries`` (``label``, ``model``, ``attacks``,
+    ``target``, ``seed_key``, ``judge_alone``) in order, finished attacks and budgets skipped. ``model_checks(run,
+    entry)`` runs after each model's attacks; ``run_checks(run)`` gives ``state.finish_eps``'s keyword arguments."""
     for eps in cfg.eps:
         run = state.eps_run(eps)
         if run.done:
             continue
-        for label, model in (("base", base), ("hardened", hardened)):
-            state.clean(run, label, lambda: _clean_flags(model, x_all, y_all, cfg, device))  # the same at every eps
-            # an adaptive solver's output depends on the rest of the batch: an example that fools the model in
-            # some batch composition is not counted robust (one extra forward per attacked sample)
-            judge_alone = label == "hardened" and has_ode(hardened) and hardened.head.block.adaptive
+        for e in entries:
+            model = e["model"]
+            state.clean(
+                run, e["label"], lambda: _clean_flags(model, x_all, y_all, cfg, device)
+            )  # the same at every eps
             _attack_model(
                 state,
                 run,
-                label,
+                e["label"],
                 model,
-                _target(label, base, hardened, fixed_step),
-                plan[label],
+                e["target"],
+                e["attacks"],
                 x_all,
                 y_all,
                 cfg,
                 eps=eps,
                 n_classes=n_classes,
-                seed_key=label,
-                judge_alone=judge_alone,
+                seed_key=e["seed_key"],
+                judge_alone=e["judge_alone"],
                 reporter=reporter,
                 device=device,
             )
-        extra = None
-        if cfg.checks and run.extra_checks is None and is_main():
-            sub = _check_samples(len(y_all), cfg)
-            extra = [_batch_check(hardened, x_all[sub], cfg, device)]
-            if has_ode(hardened):
-                extra.append(_surrogate_check(hardened, x_all[sub], cfg, device, fixed_step))
-            if run.models["hardened"].attacks:
-                extra.append(_large_eps_check(hardened, base, x_all[sub], y_all[sub], cfg, device))
-        state.finish_eps(run, extra_checks=extra, checks=masking_checks)
+            if model_checks is not None:
+                model_checks(run, e)
+        state.finish_eps(run, **(run_checks(run) if run_checks is not None else {}))
     return state
 
 
@@ -814,6 +849,7 @@ def _comparison_entries(cands: list, cfg: AttackConfig, *, n_classes: int, trans
                 "source_name": source_name,
                 "fixed": fixed,
                 "judge_alone": ode and c.model.head.block.adaptive,
+                "seed_key": "",  # the same seed for every model: attack randomness depends on the attack and eps only
                 "target": Target(
                     c.label,
                     c.model,
@@ -928,46 +964,34 @@ def run_comparison(
     state = EvaluationState.open(doc, out, check=_check_comparison_resume, summary=summary)
     reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
     t_run = time.perf_counter()
-    for eps in cfg.eps:
-        run = state.eps_run(eps)
-        if run.done:
-            continue
-        for e in entries:
-            lab, model = e["label"], e["model"]
-            state.clean(run, lab, lambda: _clean_flags(model, x_all, y_all, cfg, device))
-            # the same seed for every model: attack randomness depends on the attack and eps only
-            _attack_model(
-                state,
-                run,
-                lab,
-                model,
-                e["target"],
-                e["attacks"],
-                x_all,
-                y_all,
-                cfg,
-                eps=eps,
-                n_classes=k,
-                seed_key="",
-                judge_alone=e["judge_alone"],
-                reporter=reporter,
-                device=device,
+
+    def model_checks(run: EpsRun, e: dict) -> None:
+        mrec, model = run.model(e["label"]), e["model"]
+        if cfg.checks and mrec.checks is None and is_main():
+            sub = _check_samples(len(y_all), cfg)
+            extra = []
+            if has_ode(model):
+                extra += [
+                    _batch_check(model, x_all[sub], cfg, device),
+                    _surrogate_check(model, x_all[sub], cfg, device, e["fixed"].head.ode.step_size),
+                ]
+            if mrec.attacks:
+                extra.append(_large_eps_one(model, x_all[sub], y_all[sub], cfg, device, k))
+            state.record_model_checks(
+                run, e["label"], masking_checks({"models": {"hardened": mrec.to_dict()}, "extra_checks": extra})
             )
-            mrec = run.model(lab)
-            if cfg.checks and mrec.checks is None and is_main():
-                sub = _check_samples(len(y_all), cfg)
-                extra = []
-                if has_ode(model):
-                    extra += [
-                        _batch_check(model, x_all[sub], cfg, device),
-                        _surrogate_check(model, x_all[sub], cfg, device, e["fixed"].head.ode.step_size),
-                    ]
-                if mrec.attacks:
-                    extra.append(_large_eps_one(model, x_all[sub], y_all[sub], cfg, device, k))
-                state.record_model_checks(
-                    run, lab, masking_checks({"models": {"hardened": mrec.to_dict()}, "extra_checks": extra})
-                )
-        state.finish_eps(run)
+
+    _cascade(
+        entries,
+        x_all,
+        y_all,
+        cfg,
+        n_classes=k,
+        state=state,
+        reporter=reporter,
+        device=device,
+        model_checks=model_checks,
+    )
     reporter.end("all attacks")
     reporter.log(_paths_text({e["label"]: e["model"] for e in entries}))
     # seconds_run: attacks and checks of this session, to compare with the estimate
