@@ -227,6 +227,9 @@ def _batch_check(hardened, x, cfg: AttackConfig, device) -> dict:
 def _new_results(
     model_path: Path, meta: dict, data_desc: dict, cfg: AttackConfig, indices, labels, device, plan
 ) -> dict:
+    from .models import describe_hardened
+
+    desc = describe_hardened(meta)
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -235,7 +238,9 @@ def _new_results(
             "path": str(model_path),
             "sha256": sha256_file(model_path),
             "backbone": meta.get("backbone", {}).get("timm_name"),
-            "head": meta.get("config", {}).get("head", {}),
+            # what the file holds (models.describe_hardened): a linear-head file records no ODE settings
+            "head": meta.get("config", {}).get("head", {}) if desc["ode"] else None,
+            "description": desc,
             "base_classifier": meta.get("base_classifier"),
         },
         "data": data_desc,
