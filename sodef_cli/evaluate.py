@@ -25,6 +25,7 @@ import torch
 from .attacks import ATTACKS, AttackParams, Target, project, suite_attacks
 from .distributed import all_gather_objects, gather_merge, is_main, map_batches, mine
 from .errors import ModelError, ResultsError, UsageError
+from .examples import ExampleBank
 from .head import has_ode
 from .inference import logits
 from .inference import predict as _predict  # module global: tests spy on the judging of attacked images
@@ -309,16 +310,19 @@ def run_evaluation(
     data_spec: str = "",
     dry_run: bool = False,
     meta: dict | None = None,
+    save_adversarial: str | Path | None = None,
 ) -> dict:
     """Run the suite on base and hardened; returns the results document (also written to ``out``), or
     ``{"plan": ...}`` with ``dry_run`` (the plan is logged through ``reporter`` before the first attack either way).
 
     ``cfg`` is validated here. ``meta``: the file's metadata as ``models.describe_model`` already read and
-    checked it (not read again); None reads it."""
+    checked it (not read again); None reads it. ``save_adversarial``: a directory for each model's adversarial
+    examples (``examples.ExampleBank``), recorded under ``adversarial_examples``."""
     from .models import load_pair
     from .phases import Reporter
 
     reporter = reporter or Reporter()
+    bank = _bank(save_adversarial, dry_run)  # a bad directory fails before anything is loaded
     model_path = Path(model_path)
     base, hardened, meta = load_pair(model_path, device, meta=meta)
     fast_cpu_models((base, hardened), cfg, device)
@@ -351,9 +355,11 @@ def run_evaluation(
     if dry_run:
         return {"plan": estimate}
     fresh = _new_results(model_path, meta, data_desc, cfg, indices, y_all, device, plan)
-    fresh["estimate"] = {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")}
+    fresh["estimate"] = _estimate_record(estimate)
     state = EvaluationState.open(fresh, out, check=_check_resume)
-    reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
+    work = _Work(estimate, cfg, reporter)
+    work.start()
+    t_run = time.perf_counter()
     _cascade(
         entries,
         x_all,
@@ -364,10 +370,14 @@ def run_evaluation(
         reporter=reporter,
         device=device,
         run_checks=_pair_checks(base, hardened, x_all, y_all, cfg, device, fixed_step),
+        work=work,
+        bank=bank,
     )
     reporter.end("all attacks")
     reporter.log(_paths_text({"base": base, "hardened": hardened}))
-    return state.finish()
+    seconds_run = time.perf_counter() - t_run  # attacks and checks of this session, to compare with the estimate
+    saved = _write_examples(bank, ["base", "hardened"], cfg, x_all, y_all, indices, fresh, reporter)
+    return state.finish(seconds_run=seconds_run, **saved)
 
 
 def _clean_flags(model, x_all: torch.Tensor, y_all: torch.Tensor, cfg: AttackConfig, device) -> list[bool]:
@@ -464,10 +474,13 @@ def _cascade(
     device,
     model_checks=None,
     run_checks=None,
+    work: _Work | None = None,
+    bank: ExampleBank | None = None,
 ) -> EvaluationState:
     """The one cascade loop: every eps of ``cfg``, every model of ``entries`` (``label``, ``model``, ``attacks``,
     ``target``, ``seed_key``, ``judge_alone``) in order, finished attacks and budgets skipped. ``model_checks(run,
-    entry)`` runs after each model's attacks; ``run_checks(run)`` gives ``state.finish_eps``'s keyword arguments."""
+    entry)`` runs after each model's attacks; ``run_checks(run)`` gives ``state.finish_eps``'s keyword arguments;
+    ``work`` counts the "all attacks" progress (``_Work``); ``bank`` keeps each fooled sample's first example."""
     for eps in cfg.eps:
         run = state.eps_run(eps)
         if run.done:
@@ -493,10 +506,14 @@ def _cascade(
                 judge_alone=e["judge_alone"],
                 reporter=reporter,
                 device=device,
+                work=work,
+                bank=bank,
             )
             if model_checks is not None:
                 model_checks(run, e)
         state.finish_eps(run, **(run_checks(run) if run_checks is not None else {}))
+        for e in entries if work is not None else ():
+            work.checked(eps, e["label"])
     return state
 
 
@@ -517,6 +534,8 @@ def _attack_model(
     judge_alone: bool,
     reporter,
     device,
+    work: _Work | None = None,
+    bank: ExampleBank | None = None,
 ) -> None:
     """Run ``names`` on model ``label`` at ``run``'s eps (the cascade), each recorded in ``state`` once finished;
     finished attacks are skipped."""
@@ -526,12 +545,16 @@ def _attack_model(
             feats = map_batches(lambda a, b: target.features(x_all[a:b].to(device)).float(), len(y_all), cfg.batch_size)
         target.bank = (feats, y_all)
     clean = torch.tensor(mrec.clean, dtype=torch.bool)
-    for aname in names:
+    if work is not None:
+        work.skip(eps, label, [a for a in names if a in mrec.attacks])
+    for k, aname in enumerate(names):
         if aname in mrec.attacks:
             continue
         spec = ATTACKS[aname]
         pool = clean if cfg.all_samples else torch.tensor(mrec.robust(), dtype=torch.bool)
         idx = torch.nonzero(pool).flatten()
+        if work is not None:
+            work.begin(eps, label, aname, len(idx), names[k + 1 :], first=k == 0)
         flags: list[bool | None] = [None] * len(y_all)
         p = AttackParams(
             norm=cfg.norm,
@@ -543,6 +566,8 @@ def _attack_model(
         )
         task = f"{label}: {aname} (eps={eps:.4g})"
         reporter.start(task, len(idx))
+        if bank is not None:
+            bank.started(label, eps, aname)
         t0 = time.perf_counter()
         projected = 0
         for b, s in enumerate(range(0, len(idx), cfg.batch_size)):
@@ -555,17 +580,38 @@ def _attack_model(
             xp = project(xa, x, cfg.norm, eps)
             if (xp - xa).abs().max().item() > 1e-6:
                 projected += int(((xp - xa).flatten(1).abs().amax(1) > 1e-6).sum())
-            ok = _predict(model, xp, cfg.batch_size, device) == y.cpu()
+            pred = _predict(model, xp, cfg.batch_size, device)
+            ok = pred == y.cpu()
             if judge_alone:  # adaptive solver: robust only if also correct when judged on its own
-                ok &= _predict(model, xp, 1, device) == y.cpu()
+                alone = _predict(model, xp, 1, device)
+                pred = torch.where(ok, alone, pred)  # the wrong prediction, where one of the two is wrong
+                ok &= alone == y.cpu()
+            if bank is not None and not bool(ok.all()):  # --save-adversarial: the examples that fooled it
+                bad = ~ok
+                _keep(
+                    bank,
+                    model,
+                    label,
+                    aname,
+                    eps,
+                    j[bad].tolist(),
+                    xp[bad.to(xp.device)],
+                    y.cpu()[bad],
+                    pred[bad],
+                    cfg,
+                    device,
+                )
             for jj, good in zip(j.tolist(), ok.tolist()):
                 flags[jj] = bool(good)
             reporter.advance(task, len(j))
+            if work is not None:
+                work.advance(label, aname, len(j))
         flags = gather_merge(flags)
         seconds = max(all_gather_objects(time.perf_counter() - t0))
         projected = sum(all_gather_objects(projected))
         reporter.end(task)
-        reporter.advance("all attacks", 1)
+        if work is not None:
+            work.finished(eps, label, aname)
         state.record_attack(
             run,
             label,
@@ -579,6 +625,51 @@ def _attack_model(
                 projected=projected,
             ),
         )
+
+
+def _keep(bank: ExampleBank, model, label, aname, eps, positions, xf, yf, pf, cfg: AttackConfig, device) -> None:
+    """Keep the examples that fooled ``model``: rounded to uint8 where the rounded image still fools it (one more
+    forward pass), else as they are."""
+    xr = (xf.cpu() * 255).round() / 255
+    pr = _predict(model, xr, cfg.batch_size, device)
+    fools = pr != yf
+    bank.add(
+        label,
+        eps,
+        aname,
+        positions,
+        torch.where(fools.view(-1, 1, 1, 1), xr, xf.cpu()),
+        fools,
+        torch.where(fools, pr, pf),
+    )
+
+
+def _bank(directory: str | Path | None, dry_run: bool) -> ExampleBank | None:
+    """The example bank of ``--save-adversarial`` (its directory checked, and created unless ``dry_run``), or None."""
+    from .examples import check_dir
+
+    if directory is None:
+        return None
+    return ExampleBank(check_dir(directory, create=not dry_run))
+
+
+def _write_examples(bank, labels, cfg: AttackConfig, x_all, y_all, indices, doc: dict, reporter) -> dict:
+    """Write the bank's files (main process, after gathering every rank's examples); the results fields."""
+    if bank is None:
+        return {}
+    gathered = all_gather_objects(bank)
+    if not is_main():
+        return {}
+    bank.merge(gathered)
+    meta = {"classes": doc["data"]["classes"], "data": doc["data"]["spec"], "norm": cfg.norm}
+    saved = bank.write(labels=labels, eps_list=list(cfg.eps), x_all=x_all, y_all=y_all, indices=indices, meta=meta)
+    for lab, recs in saved.items():
+        for r in recs:
+            reporter.log(
+                f"adversarial examples of {lab} at eps {_eps_text(r['eps'], cfg.norm)}: {r['saved']} in {r['file']} "
+                f"({r['uint8']} uint8, {r['float32']} float32)" + (f"; grid {r['grid']}" if r["grid"] else "")
+            )
+    return {"adversarial_examples": saved}
 
 
 def _ci(flags: list) -> list[float] | None:
@@ -730,22 +821,75 @@ def _units(name: str, p: AttackParams) -> tuple[float, str]:
     return ATTACKS[name].cost(p)
 
 
-def _time_passes(model, x: torch.Tensor, y: torch.Tensor, device) -> tuple[float, float, float]:
-    """(seconds per sample of a forward pass, of a forward + backward pass, clean accuracy) on one batch."""
+def _time_passes(
+    models: list, x: torch.Tensor, y: torch.Tensor, device, *, norm: str, eps: float, rounds: int = 3
+) -> dict[int, tuple[float, float, float, float | None]]:
+    """{id(model): (seconds per sample of a forward pass, of a forward + backward pass, clean accuracy, the share
+    of the clean-correct samples one gradient-sign step of ``eps`` fools, seconds a first pass at a new batch shape
+    costs beyond a later one)} on one batch.
+
+    Times are the median of ``rounds`` timed passes, the models taken in turn within each round so that a busy
+    spell of the machine does not fall on one model only (on a loaded 2-core machine single passes vary 3x). Each
+    model first runs one untimed pass of each kind at the timed shape (a first pass builds the trace for that shape,
+    oneDNN's primitives, the allocator, and can cost 100x a later one). The one-step attack reuses the warm-up's
+    gradient: it is the plan's prior for how many samples the first attack of a cascade fools."""
+    import statistics
+
     import torch.nn.functional as F
 
     x, y = x.to(device), y.to(device)
-    with torch.no_grad():
-        model(x[:1])  # warm-up (lazy initialization, allocator)
+
+    def forward(model) -> float:
         t0 = time.perf_counter()
-        acc = float((model(x).argmax(1) == y).float().mean())
-        fwd = time.perf_counter() - t0
-    xg = x.clone().requires_grad_(True)
-    t0 = time.perf_counter()
-    with torch.enable_grad():
-        (g,) = torch.autograd.grad(F.cross_entropy(model(xg), y), xg)
-    grad = time.perf_counter() - t0
-    return fwd / len(x), grad / len(x), acc
+        with torch.no_grad():
+            model(x)
+        return time.perf_counter() - t0
+
+    def grad_pass(model) -> tuple[float, torch.Tensor]:
+        xg = x.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(F.cross_entropy(model(xg), y), xg)
+        return time.perf_counter() - t0, g
+
+    acc, fooled, fwd, grad, first = {}, {}, {}, {}, {}
+    for m in models:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            correct = m(x).argmax(1) == y  # also the forward warm-up
+        first[id(m)] = time.perf_counter() - t0
+        acc[id(m)] = float(correct.float().mean())
+        g = grad_pass(m)[1]
+        if norm == "Linf":
+            step = eps * g.sign()
+        else:
+            step = eps * g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (g.ndim - 1))
+        with torch.no_grad():
+            wrong = m((x + step).clamp(0, 1)).argmax(1) != y
+        fooled[id(m)] = float((wrong & correct).sum() / correct.sum()) if correct.any() else None
+    for _ in range(rounds):
+        for m in models:
+            fwd.setdefault(id(m), []).append(forward(m))
+            grad.setdefault(id(m), []).append(grad_pass(m)[0])
+    n = len(x)
+    return {
+        k: (
+            statistics.median(fwd[k]) / n,
+            statistics.median(grad[k]) / n,
+            acc[k],
+            fooled[k],
+            max(0.0, first[k] - statistics.median(fwd[k])),
+        )
+        for k in acc
+    }
+
+
+# the share of a model's clean-correct samples the first attack of a cascade fools, before it has run (every later
+# attack runs on the rest): what one gradient-sign step fooled on the timing batch, within these bounds (the first
+# attack is usually stronger than one step, and a few samples survive even a model that one step breaks). Replaced
+# by the real count once the attack ran.
+FIRST_SUCCESS_BOUNDS = (0.0, 0.95)
+FIRST_SUCCESS_DEFAULT = 0.5  # a timing batch without a clean-correct sample
 
 
 def estimate_plan(
@@ -755,23 +899,30 @@ def estimate_plan(
     first batch of the evaluated samples (at most 32 images).
 
     ``entries``: ``{"label", "model", "attacks", "fixed" (fixed-step copy or None), "source" (transfer source or
-    None), "judge_alone"}`` per model. The estimate assumes every attack runs on every clean-correct sample (the
-    all-samples mode); the cascade attacks fewer, so it is an upper bound for a cascade.
+    None), "judge_alone"}`` per model. The cascade is modelled: the first attack runs on the clean-correct samples
+    (the clean accuracy of the timing batch), every later one on those it is expected not to fool (the prior: what
+    one gradient-sign step fooled on the timing batch, ``FIRST_SUCCESS_BOUNDS``); with ``all_samples`` every attack
+    runs on every clean-correct sample.
+    Per model: ``cost_per_sample`` (seconds per attacked sample of each attack), ``expected_samples`` (per attack),
+    ``checks_seconds`` (per eps) and ``estimated_seconds``.
     """
     m = min(len(y), cfg.batch_size, 32)
     xb, yb = x[:m], y[:m]
-    timed: dict[int, tuple[float, float, float]] = {}
+    t_start = time.perf_counter()
+    surrogates = [e.get(k) for e in entries for k in ("model", "source", "fixed")]
+    timed = _time_passes(
+        list({id(m): m for m in surrogates if m is not None}.values()), xb, yb, device, norm=cfg.norm, eps=cfg.eps[0]
+    )
 
     def cost(model) -> tuple[float, float, float]:
-        if id(model) not in timed:
-            timed[id(model)] = _time_passes(model, xb, yb, device)
-        return timed[id(model)]
+        return timed[id(model)][:3]
 
-    t_start = time.perf_counter()
     models, total = [], 0.0
+    p = AttackParams(norm=cfg.norm, eps=cfg.eps[0], n_classes=n_classes, steps=cfg.steps, queries=cfg.queries)
     for e in entries:
         fwd, grad, acc = cost(e["model"])
-        per_eps = 0.0
+        per_sample: dict[str, float] = {}
+        fixed: dict[str, float] = {}
         for name in e["attacks"]:
             kind = ATTACKS[name].kind
             via = e["model"]
@@ -780,22 +931,32 @@ def estimate_plan(
             elif kind == "fixed-step" and e.get("fixed") is not None:
                 via = e["fixed"]
             f_via, g_via, _ = cost(via)
-            p = AttackParams(norm=cfg.norm, eps=cfg.eps[0], n_classes=n_classes, steps=cfg.steps, queries=cfg.queries)
             units, what = _units(name, p)
-            per_sample = units * (g_via if what == "grad" else f_via) + fwd * (2 if e.get("judge_alone") else 1)
-            per_eps += per_sample * acc * len(y)
+            per_sample[name] = units * (g_via if what == "grad" else f_via) + fwd * (2 if e.get("judge_alone") else 1)
+            # every attack meets new batch shapes (its pool, the last batch): traces and kernels built again
+            fixed[name] = timed[id(e["model"])][4] + (timed[id(via)][4] if via is not e["model"] else 0.0)
+        one_step = timed[id(e["model"])][3]
+        lo, hi = FIRST_SUCCESS_BOUNDS
+        prior = min(hi, max(lo, FIRST_SUCCESS_DEFAULT if one_step is None else one_step))
+        expected = _expected_samples(list(e["attacks"]), acc * len(y), prior, cfg.all_samples)
+        checks = 0.0
         if cfg.checks:  # masking checks: PGD-20 at a very large eps, and forward passes in other batch compositions
             m_chk = min(cfg.check_samples, len(y))
-            per_eps += m_chk * (20 * grad + 3 * fwd + (cost(e["fixed"])[0] if e.get("fixed") is not None else 0.0))
-        seconds = per_eps * len(cfg.eps)
+            checks = m_chk * (20 * grad + 3 * fwd + (cost(e["fixed"])[0] if e.get("fixed") is not None else 0.0))
+        seconds = (sum(per_sample[a] * expected[a] + fixed[a] for a in per_sample) + checks) * len(cfg.eps)
         total += seconds
         models.append(
             {
                 "label": e["label"],
                 "attacks": list(e["attacks"]),
                 "clean_first_batch": acc,
+                "prior_first_success": prior,
                 "seconds_per_sample_forward": fwd,
                 "seconds_per_sample_grad": grad,
+                "cost_per_sample": per_sample,
+                "cost_fixed": fixed,
+                "expected_samples": expected,
+                "checks_seconds": checks,
                 "estimated_seconds": seconds,
             }
         )
@@ -811,6 +972,82 @@ def estimate_plan(
         "mode": "all samples" if cfg.all_samples else "cascade",
         "checks": cfg.checks,
     }
+
+
+def _estimate_record(plan: dict) -> dict:
+    """The plan's estimate as the results file keeps it: the total and, per model, what it was made of."""
+    keep = ("label", "clean_first_batch", "prior_first_success", "cost_per_sample", "cost_fixed", "expected_samples")
+    return {
+        "seconds": plan.get("estimated_seconds"),
+        "timing_batch": plan.get("timing_batch"),
+        "models": [{k: m.get(k) for k in keep} for m in plan.get("models", [])],
+    }
+
+
+def _expected_samples(names: list[str], pool: float, first_success: float, all_samples: bool) -> dict[str, float]:
+    """Samples each attack of ``names`` is expected to run on, from the ``pool`` the first one gets: in a cascade
+    the later ones get what the first did not fool (later attacks fool few more: ignored)."""
+    return {a: pool if i == 0 or all_samples else pool * (1 - first_success) for i, a in enumerate(names)}
+
+
+class _Work:
+    """The "all attacks" progress task, counted in estimated seconds of work: each attack's cost per sample (from
+    the plan) times the samples it attacks, plus its fixed cost (new batch shapes) when it ends. When an attack starts, its real pool replaces the plan's expectation
+    for it and (in a cascade) for the attacks after it, and the task's total is restarted with the new sum: the
+    bar's remaining time follows the real count."""
+
+    def __init__(self, plan: dict, cfg: AttackConfig, reporter):
+        self.reporter, self.all_samples = reporter, cfg.all_samples
+        self.models = {m["label"]: m for m in plan.get("models", [])}
+        self.expected = {  # (eps index, label) -> {attack: samples}
+            (i, lab): dict(m["expected_samples"]) for i in range(len(cfg.eps)) for lab, m in self.models.items()
+        }
+        self.fixed = {  # (eps index, label) -> {attack: seconds}
+            (i, lab): dict(m.get("cost_fixed") or {}) for i in range(len(cfg.eps)) for lab, m in self.models.items()
+        }
+        self.checks = {(i, lab): m["checks_seconds"] for i in range(len(cfg.eps)) for lab, m in self.models.items()}
+        self.eps = list(cfg.eps)
+
+    def total(self) -> float:
+        return sum(
+            sum(self.models[key[1]]["cost_per_sample"].get(a, 0.0) * n for a, n in counts.items())
+            + sum(self.fixed[key].values())
+            + self.checks[key]
+            for key, counts in self.expected.items()
+        )
+
+    def start(self) -> None:
+        self.reporter.start("all attacks", max(1, round(self.total())))
+
+    def skip(self, eps: float, label: str, names: list[str]) -> None:
+        """Attacks finished in an earlier session: no work left."""
+        counts = self.expected.get((self.eps.index(eps), label), {})
+        fixed = self.fixed.get((self.eps.index(eps), label), {})
+        for a in names:
+            counts[a] = fixed[a] = 0.0
+
+    def begin(self, eps: float, label: str, name: str, pool: int, names: list[str], first: bool) -> None:
+        """Attack ``name`` starts on ``pool`` samples; ``names`` the model's attacks still to run after it."""
+        key = (self.eps.index(eps), label)
+        if key not in self.expected:
+            return
+        counts = self.expected[key]
+        counts[name] = float(pool)
+        if not self.all_samples:
+            prior = self.models[label]["prior_first_success"] if first else 0.0
+            for a in names:
+                counts[a] = pool * (1 - prior)
+        self.start()
+
+    def advance(self, label: str, name: str, n: int) -> None:
+        cost = self.models.get(label, {}).get("cost_per_sample", {}).get(name, 0.0)
+        self.reporter.advance("all attacks", round(cost * n, 3))
+
+    def finished(self, eps: float, label: str, name: str) -> None:
+        self.reporter.advance("all attacks", round(self.fixed.get((self.eps.index(eps), label), {}).get(name, 0.0), 3))
+
+    def checked(self, eps: float, label: str) -> None:
+        self.reporter.advance("all attacks", round(self.checks.get((self.eps.index(eps), label), 0.0), 3))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -898,18 +1135,20 @@ def run_comparison(
     reporter=None,
     data_spec: str = "",
     dry_run: bool = False,
+    save_adversarial: str | Path | None = None,
 ) -> dict:
     """Attack several models (``models.Candidate``) on the same samples with the same seeds.
 
     Every model gets the suite's attacks (ODE-aware ones where it has an ODE); a model's transfer attacks take
     ``transfer_from`` (a label), else its own base (a hardened file), else the first other model. Returns the
     results document (schema v2: ``models`` and ``reference``; written to ``out``), or ``{"plan": ...}`` with
-    ``dry_run``.
+    ``dry_run``. ``save_adversarial``: as in :func:`run_evaluation`.
     """
     from .data import select_samples
     from .phases import Reporter
 
     reporter = reporter or Reporter()
+    bank = _bank(save_adversarial, dry_run)
     labels = [c.label for c in cands]
     if reference not in labels:
         raise UsageError(f"--reference {reference!r} is not among the models ({', '.join(labels)})")
@@ -954,7 +1193,7 @@ def run_comparison(
         },
         "config": {k_: (list(v) if isinstance(v, tuple) else v) for k_, v in asdict(cfg).items()},
         "plan": plan,
-        "estimate": {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")},
+        "estimate": _estimate_record(estimate),
         "n": len(indices),
         "indices": [int(i) for i in indices],
         "labels": [int(v) for v in y_all],
@@ -967,7 +1206,8 @@ def run_comparison(
         k_: v for k_, v in summarize_comparison(d).items() if k_ != "indices"
     }  # figures beside the flags
     state = EvaluationState.open(doc, out, check=_check_comparison_resume, summary=summary)
-    reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
+    work = _Work(estimate, cfg, reporter)
+    work.start()
     t_run = time.perf_counter()
 
     def model_checks(run: EpsRun, e: dict) -> None:
@@ -996,11 +1236,14 @@ def run_comparison(
         reporter=reporter,
         device=device,
         model_checks=model_checks,
+        work=work,
+        bank=bank,
     )
     reporter.end("all attacks")
     reporter.log(_paths_text({e["label"]: e["model"] for e in entries}))
-    # seconds_run: attacks and checks of this session, to compare with the estimate
-    return state.finish(seconds_run=time.perf_counter() - t_run)
+    seconds_run = time.perf_counter() - t_run  # attacks and checks of this session, to compare with the estimate
+    saved = _write_examples(bank, [e["label"] for e in entries], cfg, x_all, y_all, indices, doc, reporter)
+    return state.finish(seconds_run=seconds_run, **saved)
 
 
 def _check_comparison_resume(old: dict, doc: dict) -> None:
@@ -1082,10 +1325,17 @@ def plan_text(plan: dict) -> str:
             f"  {m['label']}: {', '.join(m['attacks']) or 'no attacks'}{src} "
             f"(clean {100 * m['clean_first_batch']:.0f}% on the timing batch; about {_duration(m['estimated_seconds'])})"
         )
+    mode = (
+        "every attack runs on every clean-correct sample"
+        if plan["mode"] == "all samples"
+        else "cascade: the first attack on the clean-correct samples, the later ones on the "
+        + "share of them it is expected not to fool (what one gradient-sign step did not fool: "
+        + ", ".join(f"{m['label']} {100 * (1 - m['prior_first_success']):.0f}%" for m in plan["models"])
+        + "; the progress bar follows the real counts)"
+    )
     lines.append(
         f"estimated time: about {_duration(plan['estimated_seconds'])} (timed on the first batch of "
-        f"{plan['timing_batch']} images; assumes every attack runs on every clean-correct sample, so a cascade "
-        "usually ends sooner" + ("; masking checks included" if plan.get("checks") else "") + ")"
+        f"{plan['timing_batch']} images; {mode}" + ("; masking checks included" if plan.get("checks") else "") + ")"
     )
     return "\n".join(lines)
 

@@ -44,8 +44,22 @@ _RUN = obj(
     required=("eps",),
 )
 _DESCRIPTION = obj({"text": string, "ode": opt(obj({"solver": opt(string)}))}, required=("text",))
+_NORMS = obj({"count": integer, "linf_median": finite, "linf_max": finite, "l2_median": finite, "l2_max": finite})
+_SAVED = obj(
+    {
+        "eps": finite,
+        "file": string,
+        "grid": opt(string),
+        "saved": integer,
+        "uint8": integer,
+        "float32": integer,
+        "norms": mapof(_NORMS),
+    },
+    required=("eps", "file", "norms"),
+)
 _DOCUMENT = obj(
     {
+        "adversarial_examples": mapof(listof(_SAVED)),
         "schema_version": integer,
         "config": obj(
             {
@@ -258,6 +272,15 @@ def _description(model: dict) -> dict:
     }
 
 
+def _run_time(doc: dict) -> str:
+    """The run's measured time next to the plan's estimate, where the document has them."""
+    est = (doc.get("estimate") or {}).get("seconds")
+    ran = doc.get("seconds_run")
+    return (f", attacks and checks {ran:.1f} s" if isinstance(ran, (int, float)) else "") + (
+        f" (estimated before the run: {est:.1f} s)" if isinstance(est, (int, float)) else ""
+    )
+
+
 def _file_data(res: Results) -> dict:
     """Everything the report shows about one base-vs-hardened results file (schema v1), as data."""
     doc, label = res.doc, res.label
@@ -291,7 +314,8 @@ def _file_data(res: Results) -> dict:
             iterations=iterations,
             run=f"{status}; started {started or '?'}"
             + (f", finished {finished}" if finished else "")
-            + f"; attack time base {seconds['base']:.1f} s, hardened {seconds['hardened']:.1f} s",
+            + f"; attack time base {seconds['base']:.1f} s, hardened {seconds['hardened']:.1f} s"
+            + _run_time(doc),
         ),
     }
     fd = {
@@ -310,6 +334,7 @@ def _file_data(res: Results) -> dict:
         "eps_not_started": not_started,
         "notes": _file_notes(label, doc, runs, not_started, complete),
         "attack_kinds": res.figures["kinds"],
+        "adversarial_examples": doc.get("adversarial_examples") or {},
     }
     fd["verdict"] = file_verdict(fd)
     return fd
@@ -378,7 +403,6 @@ def _comparison_data(res: Results) -> dict:
     reduced, iterations = _iterations(doc, res.figures["reduced"])
     model_tags = tags(len(models))
     plan = doc.get("plan", {})
-    est = (doc.get("estimate") or {}).get("seconds")
     spent = sum((r["models"].get(lab) or {}).get("seconds", 0.0) for r in runs for lab in models)
     header = {
         "results": label,
@@ -395,12 +419,7 @@ def _comparison_data(res: Results) -> dict:
             + f"; started {doc.get('started') or '?'}"
             + (f", finished {doc['finished']}" if doc.get("finished") else "")
             + f"; attack time {spent:.1f} s"
-            + (
-                f", attacks and checks {doc['seconds_run']:.1f} s"
-                if isinstance(doc.get("seconds_run"), (int, float))
-                else ""
-            )
-            + (f" (estimated before the run: {est:.1f} s)" if isinstance(est, (int, float)) else ""),
+            + _run_time(doc),
         ),
     }
     notes = []
@@ -428,6 +447,7 @@ def _comparison_data(res: Results) -> dict:
         "runs": runs,
         "notes": notes,
         "attack_kinds": res.figures["kinds"],
+        "adversarial_examples": doc.get("adversarial_examples") or {},
     }
     fd["verdict"] = comparison_verdict(fd)
     return fd
