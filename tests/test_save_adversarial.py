@@ -14,9 +14,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from sodef_cli.cli import app
-from sodef_cli.evaluate import AttackConfig, _keep, _Work, run_evaluation
+from sodef_cli.evaluate import AttackConfig, _keep, run_evaluation
 from sodef_cli.examples import ExampleBank, perturbation_norms, read_examples
 from sodef_cli.models import load_pair
+from sodef_cli.plan import AttackProgress
 from sodef_cli.report import render
 from sodef_cli.report.results import results_data
 
@@ -212,7 +213,7 @@ def test_the_progress_total_follows_the_real_counts():
         ]
     }
     rep = _Totals()
-    work = _Work(plan, AttackConfig(attacks=("fgsm",), eps=(0.1,)), rep)
+    work = AttackProgress(plan, AttackConfig(attacks=("fgsm",), eps=(0.1,)), rep)
     work.start()
     work.begin(0.1, "m", "a", 8, ["b"], first=True)  # 8 clean-correct samples: b expected on half of them
     work.advance("m", "a", 8)
