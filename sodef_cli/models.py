@@ -239,7 +239,7 @@ def describe_hardened(meta: dict) -> dict[str, Any]:
         linear = None
         ode = {k: getattr(cfg, k) for k in ("odefunc", "dim", "t1", "solver", "step_size")}
         step = f" step {cfg.step_size:g}" if cfg.solver in FIXED_SOLVERS else ""
-        text = f"SODEF head ({cfg.odefunc} ODE, dim {cfg.dim}, {cfg.solver}{step} solver, T={cfg.t1:g})"
+        text = f"SODEF head ({cfg.odefunc} ODE, dim {cfg.dim}, {cfg.solver} solver{step}, T={cfg.t1:g})"
     trained = None
     if isinstance(adv, dict):
         trained = {

@@ -119,5 +119,5 @@ def test_the_shipped_solver_is_the_one_described():
     d = describe_hardened(meta)
     assert d["ode"]["solver"] == "rk4"
     assert (
-        d["text"] == "SODEF head (sin ODE, dim 64, rk4 step 0.25 solver, T=5) fitted on the frozen backbone's features"
+        d["text"] == "SODEF head (sin ODE, dim 64, rk4 solver step 0.25, T=5) fitted on the frozen backbone's features"
     )
