@@ -251,6 +251,8 @@ def describe_hardened(meta: dict) -> dict[str, Any]:
         }
         stages = trained["stages"]
         text += (f" + last {stages} stage{'s' if stages > 1 else ''}" if stages else "") + " trained adversarially"
+        if adv.get("best_epoch") == 0:  # no epoch beat the start: the file holds the weights as they were
+            text += " (no epoch kept: the weights before training)"
     elif cfg.kind == "sodef":
         text += " fitted on the frozen backbone's features"
     else:

@@ -111,6 +111,17 @@ def test_model_card_of_a_linear_head_file_names_its_head_and_trained_stages(case
         assert "dopri5" not in out and "Head and solver" not in out
 
 
+def test_a_training_that_kept_no_epoch_says_so():
+    """Adversarial training whose selection kept the start (epoch 0) changed nothing. Break: describe the stages
+    as trained regardless of the epoch kept -> fails."""
+    meta = _meta("linear", "own", 4)
+    meta["metrics"]["adversarial"]["best_epoch"] = 0
+    assert describe_hardened(meta)["text"] == (
+        "linear head (the base's own classifier) + last 4 stages trained adversarially "
+        "(no epoch kept: the weights before training)"
+    )
+
+
 def test_the_shipped_solver_is_the_one_described():
     """A SODEF file whose harden chose a fixed-step solver for inference is attacked through that solver; the
     description names it. Break: describe the declared head.solver -> says dopri5."""
