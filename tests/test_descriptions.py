@@ -132,3 +132,32 @@ def test_the_shipped_solver_is_the_one_described():
     assert (
         d["text"] == "SODEF head (sin ODE, dim 64, rk4 solver step 0.25, T=5) fitted on the frozen backbone's features"
     )
+
+
+def test_a_comparison_describes_each_hardened_model_by_what_its_file_holds(tmp_path):
+    """The models of a several-model results file (``models[]``, written by ``models.load_candidate``) carry the
+    same description. Break: the comparison's model line reads the config's head section -> says "ODE"."""
+    meta = _meta("linear", "own", 4)
+    desc = describe_hardened(meta)
+    doc = {
+        **make_doc(),
+        "schema_version": 2,
+        "kind": "comparison",
+        "reference": "base",
+        "models": [
+            {"label": "base", "kind": "base", "backbone": "resnet18", "path": "b.safetensors"},
+            {
+                "label": "hardened",
+                "kind": "hardened",
+                "backbone": "resnet18",
+                "path": "h.safetensors",
+                "head": None,
+                "description": desc,
+                "has_ode": False,
+            },
+        ],
+    }
+    fd = results_data([doc], labels=["c.json"])["files"][0]
+    line = fd["header"]["model B"]
+    assert "hardened file, linear head (the base's own classifier) + last 4 stages trained adversarially" in line
+    assert "ODE" not in line and "solver" not in fd["verdict"]["text"]
