@@ -810,6 +810,7 @@ def summarize(doc: dict) -> dict:
         "difference": first.get("difference", {}),
         "checks": first["checks"],
         "curve": curve,
+        **({"adversarial_examples": doc["adversarial_examples"]} if doc.get("adversarial_examples") else {}),
     }
 
 
@@ -1070,6 +1071,7 @@ def summarize_comparison(doc: dict) -> dict:
         "models": first["models"],
         "difference": first["difference"],
         "curve": curve,
+        **({"adversarial_examples": doc["adversarial_examples"]} if doc.get("adversarial_examples") else {}),
     }
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from sodef_cli.cli import app
-from sodef_cli.evaluate import AttackConfig, _keep, run_evaluation
+from sodef_cli.evaluate import AttackConfig, _keep, run_evaluation, summarize
 from sodef_cli.examples import ExampleBank, perturbation_norms, read_examples
 from sodef_cli.models import load_pair
 from sodef_cli.plan import AttackProgress
@@ -131,6 +131,7 @@ def test_each_fooled_sample_keeps_the_first_attack_that_fooled_it(saved_run, har
 def test_the_report_shows_the_norms_and_the_html_embeds_the_grid(saved_run, tmp_path):
     """Break: leave the examples out of the report data, or link the grid instead of embedding it -> fails."""
     doc = saved_run[0]
+    assert summarize(doc)["adversarial_examples"] == doc["adversarial_examples"]  # sodef attack --json
     data = results_data([doc], labels=["r.json"])
     assert data["files"][0]["adversarial_examples"] == doc["adversarial_examples"]
     html = render(data, "html")
