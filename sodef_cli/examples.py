@@ -26,10 +26,11 @@ from typing import Any
 import torch
 
 from .errors import OutputError, UsageError
+from .io import EXAMPLES_FORMAT, FIRST_FORMAT_VERSION
 
 __all__ = ["ExampleBank", "FORMAT", "check_dir", "perturbation_norms", "file_names", "GRID_SAMPLES", "read_examples"]
 
-FORMAT = "sodef_cli/adversarial-examples"
+FORMAT = EXAMPLES_FORMAT
 GRID_SAMPLES = 16  # the PNG grid shows the first 16 fooled samples
 
 
@@ -140,7 +141,14 @@ class ExampleBank:
                 save_model_file(
                     self.directory / st_name,
                     tensors,
-                    {**meta, "format": FORMAT, "format_version": 1, "model": label, "eps": eps, "attacks": attacks},
+                    {
+                        **meta,
+                        "format": FORMAT,
+                        "format_version": FIRST_FORMAT_VERSION,
+                        "model": label,
+                        "eps": eps,
+                        "attacks": attacks,
+                    },
                 )
                 classes = meta.get("classes") or []
                 name = lambda c: classes[c] if 0 <= c < len(classes) else str(c)  # noqa: E731
