@@ -128,6 +128,9 @@ class RichReporter:
         self.progress.stop()
 
     def start(self, task: str, total: int) -> None:
+        if task in self.tasks:  # a running task started again: a new total, what is done stays (the plan's estimate)
+            self.progress.update(self.tasks[task], total=total)
+            return
         self.tasks[task] = self.progress.add_task(task, total=total, info="")
 
     def advance(self, task: str, n: int = 1, **metrics: Any) -> None:
@@ -524,6 +527,16 @@ def attack(
     out: Annotated[
         Path | None, typer.Option("--out", help="Results JSON (atomic; rerun with the same file to resume).")
     ] = None,
+    save_adversarial: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-adversarial",
+            help="Directory for each model's adversarial examples: the first attack's example that fooled each sample, "
+            "as uint8 (float32 where rounding undoes it) in one safetensors file, and a PNG grid of the first 16; "
+            "median and max Linf/L2 norms per attack go into the results and the report. Samples fooled in an "
+            "earlier session of a resumed run are not saved.",
+        ),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Attack one or several models over the same samples and report the worst case of each.
@@ -582,6 +595,7 @@ def attack(
                 data_spec=data,
                 dry_run=dry_run,
                 meta=infos[0]["meta"],
+                save_adversarial=save_adversarial,
             )  # the metadata read above, not read again
         else:
             cands = _candidates(models, infos, checkpoints, ds, distributed.device_for_rank(dev))
@@ -598,6 +612,7 @@ def attack(
                 reporter=rep,
                 data_spec=data,
                 dry_run=dry_run,
+                save_adversarial=save_adversarial,
             )
     if not distributed.is_main():
         return

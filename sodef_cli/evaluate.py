@@ -13,6 +13,7 @@ attacks already finished. What has been done lives in a typed state (``results.E
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import asdict, dataclass
@@ -24,10 +25,12 @@ import torch
 from .attacks import ATTACKS, AttackParams, Target, project, suite_attacks
 from .distributed import all_gather_objects, gather_merge, is_main, map_batches, mine
 from .errors import ModelError, ResultsError, UsageError
+from .examples import ExampleBank
 from .head import has_ode
 from .inference import logits
 from .inference import predict as _predict  # module global: tests spy on the judging of attacked images
 from .io import sha256_file, versions
+from .plan import AttackProgress, eps_text, estimate_plan, estimate_record, plan_text
 from .registry import ADAPTIVE_KINDS, NORMS, or_list
 from .results import AttackResult, EpsRun, EvaluationState, now, worst_case_flags
 from .stats import paired_difference, wilson
@@ -152,24 +155,6 @@ def masking_checks(run: dict) -> list[dict]:
     return checks
 
 
-def _target(name: str, base, hardened, fixed_step: float | None) -> Target:
-    if not has_ode(hardened):  # two plain classifiers, attacked alike: each is the other's transfer source
-        other = hardened if name == "base" else base
-        return Target(
-            name, base if name == "base" else hardened, other, features=(base if name == "base" else hardened).features
-        )
-    if name == "base":
-        return Target("base", base, base, features=base.features)
-    return Target(
-        "hardened",
-        hardened,
-        base,
-        fixed=hardened.variant("fixed", step_size=fixed_step),
-        bpda=hardened.variant("bpda"),
-        features=hardened.features,
-    )
-
-
 def _large_eps_check(hardened, base, x, y, cfg: AttackConfig, device) -> dict:
     """Accuracy under a budget that must break any model: not near zero = gradients are not informative."""
     eps = LARGE_EPS[cfg.norm]
@@ -244,6 +229,9 @@ def _batch_check(hardened, x, cfg: AttackConfig, device) -> dict:
 def _new_results(
     model_path: Path, meta: dict, data_desc: dict, cfg: AttackConfig, indices, labels, device, plan
 ) -> dict:
+    from .models import describe_hardened
+
+    desc = describe_hardened(meta)
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -252,7 +240,9 @@ def _new_results(
             "path": str(model_path),
             "sha256": sha256_file(model_path),
             "backbone": meta.get("backbone", {}).get("timm_name"),
-            "head": meta.get("config", {}).get("head", {}),
+            # what the file holds (models.describe_hardened): a linear-head file records no ODE settings
+            "head": meta.get("config", {}).get("head", {}) if desc["ode"] else None,
+            "description": desc,
             "base_classifier": meta.get("base_classifier"),
         },
         "data": data_desc,
@@ -321,16 +311,19 @@ def run_evaluation(
     data_spec: str = "",
     dry_run: bool = False,
     meta: dict | None = None,
+    save_adversarial: str | Path | None = None,
 ) -> dict:
     """Run the suite on base and hardened; returns the results document (also written to ``out``), or
     ``{"plan": ...}`` with ``dry_run`` (the plan is logged through ``reporter`` before the first attack either way).
 
     ``cfg`` is validated here. ``meta``: the file's metadata as ``models.describe_model`` already read and
-    checked it (not read again); None reads it."""
+    checked it (not read again); None reads it. ``save_adversarial``: a directory for each model's adversarial
+    examples (``examples.ExampleBank``), recorded under ``adversarial_examples``."""
     from .models import load_pair
     from .phases import Reporter
 
     reporter = reporter or Reporter()
+    bank = _bank(save_adversarial, dry_run)  # a bad directory fails before anything is loaded
     model_path = Path(model_path)
     base, hardened, meta = load_pair(model_path, device, meta=meta)
     fast_cpu_models((base, hardened), cfg, device)
@@ -356,43 +349,36 @@ def run_evaluation(
         "classes": list(data.classes),
         "test_size": len(data.test),
     }
-    ode = has_ode(hardened)
-    fixed_step = meta.get("config", {}).get("head", {}).get("step_size") if ode else None
-    entries = [
-        {"label": "base", "model": base, "attacks": plan["base"], "source": None if ode else hardened},
-        {
-            "label": "hardened",
-            "model": hardened,
-            "attacks": plan["hardened"],
-            "source": base,
-            "fixed": hardened.variant("fixed", step_size=fixed_step) if ode else None,
-            "judge_alone": ode and hardened.head.block.adaptive,
-        },
-    ]
+    fixed_step = meta.get("config", {}).get("head", {}).get("step_size") if has_ode(hardened) else None
+    entries = _pair_entries(base, hardened, plan, fixed_step)
     estimate = estimate_plan(entries, x_all, y_all, cfg, n_classes=len(classes), device=device) if is_main() else {}
     reporter.log(plan_text(estimate))
     if dry_run:
         return {"plan": estimate}
     fresh = _new_results(model_path, meta, data_desc, cfg, indices, y_all, device, plan)
-    fresh["estimate"] = {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")}
+    fresh["estimate"] = estimate_record(estimate)
     state = EvaluationState.open(fresh, out, check=_check_resume)
-    reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
-    cascade(
-        base,
-        hardened,
+    work = AttackProgress(estimate, cfg, reporter)
+    work.start()
+    t_run = time.perf_counter()
+    _cascade(
+        entries,
         x_all,
         y_all,
         cfg,
-        plan=plan,
         n_classes=len(classes),
-        fixed_step=fixed_step,
         state=state,
         reporter=reporter,
         device=device,
+        run_checks=_pair_checks(base, hardened, x_all, y_all, cfg, device, fixed_step),
+        work=work,
+        bank=bank,
     )
     reporter.end("all attacks")
     reporter.log(_paths_text({"base": base, "hardened": hardened}))
-    return state.finish()
+    seconds_run = time.perf_counter() - t_run  # attacks and checks of this session, to compare with the estimate
+    saved = _write_examples(bank, ["base", "hardened"], cfg, x_all, y_all, indices, fresh, reporter)
+    return state.finish(seconds_run=seconds_run, **saved)
 
 
 def _clean_flags(model, x_all: torch.Tensor, y_all: torch.Tensor, cfg: AttackConfig, device) -> list[bool]:
@@ -404,6 +390,48 @@ def _clean_flags(model, x_all: torch.Tensor, y_all: torch.Tensor, cfg: AttackCon
 def _check_samples(n: int, cfg: AttackConfig) -> torch.Tensor:
     """Positions of the samples the masking checks use: ``cfg.check_samples`` spread over the (interleaved) classes."""
     return torch.linspace(0, n - 1, min(cfg.check_samples, n)).round().long()
+
+
+def _pair_entries(base, hardened, plan: dict, fixed_step: float | None) -> list[dict]:
+    """The two models of one hardened file as cascade entries (``_cascade``), each with its own attack seeds."""
+    if has_ode(hardened):  # the base attacked through itself, the hardened model through its ODE copies too
+        fixed = hardened.variant("fixed", step_size=fixed_step)
+        bpda = hardened.variant("bpda")
+        targets = [Target("base", base, base), Target("hardened", hardened, base, fixed=fixed, bpda=bpda)]
+    else:  # two plain classifiers, attacked alike: each is the other's transfer source
+        targets = [Target("base", base, hardened), Target("hardened", hardened, base)]
+    return [
+        {
+            "label": t.name,
+            "model": t.model,
+            "attacks": plan[t.name],
+            "target": dataclasses.replace(t, features=t.model.features),
+            "source": t.base,
+            "fixed": t.fixed,
+            "seed_key": t.name,
+            # an adaptive solver's output depends on the rest of the batch: an example that fools the model in
+            # some batch composition is not counted robust (one extra forward per attacked sample)
+            "judge_alone": t.fixed is not None and hardened.head.block.adaptive,
+        }
+        for t in targets
+    ]
+
+
+def _pair_checks(base, hardened, x_all, y_all, cfg: AttackConfig, device, fixed_step):
+    """The masking checks of a hardened file, run once both models finished an eps: ``run -> finish_eps`` kwargs."""
+
+    def checks(run: EpsRun) -> dict:
+        extra = None
+        if cfg.checks and run.extra_checks is None and is_main():
+            sub = _check_samples(len(y_all), cfg)
+            extra = [_batch_check(hardened, x_all[sub], cfg, device)]
+            if has_ode(hardened):
+                extra.append(_surrogate_check(hardened, x_all[sub], cfg, device, fixed_step))
+            if run.models["hardened"].attacks:
+                extra.append(_large_eps_check(hardened, base, x_all[sub], y_all[sub], cfg, device))
+        return {"extra_checks": extra, "checks": masking_checks}
+
+    return checks
 
 
 def cascade(
@@ -420,43 +448,73 @@ def cascade(
     reporter,
     device,
 ) -> EvaluationState:
-    """Run every eps of ``cfg`` over both models into ``state`` (persisted after every attack), skipping finished
-    attacks and finished budgets."""
+    """Run every eps of ``cfg`` over both models of a hardened file into ``state`` (persisted after every attack),
+    skipping finished attacks and finished budgets."""
+    return _cascade(
+        _pair_entries(base, hardened, plan, fixed_step),
+        x_all,
+        y_all,
+        cfg,
+        n_classes=n_classes,
+        state=state,
+        reporter=reporter,
+        device=device,
+        run_checks=_pair_checks(base, hardened, x_all, y_all, cfg, device, fixed_step),
+    )
+
+
+def _cascade(
+    entries: list[dict],
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    cfg: AttackConfig,
+    *,
+    n_classes: int,
+    state: EvaluationState,
+    reporter,
+    device,
+    model_checks=None,
+    run_checks=None,
+    work: AttackProgress | None = None,
+    bank: ExampleBank | None = None,
+) -> EvaluationState:
+    """The one cascade loop: every eps of ``cfg``, every model of ``entries`` (``label``, ``model``, ``attacks``,
+    ``target``, ``seed_key``, ``judge_alone``) in order, finished attacks and budgets skipped. ``model_checks(run,
+    entry)`` runs after each model's attacks; ``run_checks(run)`` gives ``state.finish_eps``'s keyword arguments;
+    ``work`` counts the "all attacks" progress (``AttackProgress``); ``bank`` keeps each fooled sample's first example."""
     for eps in cfg.eps:
         run = state.eps_run(eps)
         if run.done:
             continue
-        for label, model in (("base", base), ("hardened", hardened)):
-            state.clean(run, label, lambda: _clean_flags(model, x_all, y_all, cfg, device))  # the same at every eps
-            # an adaptive solver's output depends on the rest of the batch: an example that fools the model in
-            # some batch composition is not counted robust (one extra forward per attacked sample)
-            judge_alone = label == "hardened" and has_ode(hardened) and hardened.head.block.adaptive
+        for e in entries:
+            model = e["model"]
+            state.clean(
+                run, e["label"], lambda: _clean_flags(model, x_all, y_all, cfg, device)
+            )  # the same at every eps
             _attack_model(
                 state,
                 run,
-                label,
+                e["label"],
                 model,
-                _target(label, base, hardened, fixed_step),
-                plan[label],
+                e["target"],
+                e["attacks"],
                 x_all,
                 y_all,
                 cfg,
                 eps=eps,
                 n_classes=n_classes,
-                seed_key=label,
-                judge_alone=judge_alone,
+                seed_key=e["seed_key"],
+                judge_alone=e["judge_alone"],
                 reporter=reporter,
                 device=device,
+                work=work,
+                bank=bank,
             )
-        extra = None
-        if cfg.checks and run.extra_checks is None and is_main():
-            sub = _check_samples(len(y_all), cfg)
-            extra = [_batch_check(hardened, x_all[sub], cfg, device)]
-            if has_ode(hardened):
-                extra.append(_surrogate_check(hardened, x_all[sub], cfg, device, fixed_step))
-            if run.models["hardened"].attacks:
-                extra.append(_large_eps_check(hardened, base, x_all[sub], y_all[sub], cfg, device))
-        state.finish_eps(run, extra_checks=extra, checks=masking_checks)
+            if model_checks is not None:
+                model_checks(run, e)
+        state.finish_eps(run, **(run_checks(run) if run_checks is not None else {}))
+        for e in entries if work is not None else ():
+            work.checked(eps, e["label"])
     return state
 
 
@@ -477,6 +535,8 @@ def _attack_model(
     judge_alone: bool,
     reporter,
     device,
+    work: AttackProgress | None = None,
+    bank: ExampleBank | None = None,
 ) -> None:
     """Run ``names`` on model ``label`` at ``run``'s eps (the cascade), each recorded in ``state`` once finished;
     finished attacks are skipped."""
@@ -486,12 +546,16 @@ def _attack_model(
             feats = map_batches(lambda a, b: target.features(x_all[a:b].to(device)).float(), len(y_all), cfg.batch_size)
         target.bank = (feats, y_all)
     clean = torch.tensor(mrec.clean, dtype=torch.bool)
-    for aname in names:
+    if work is not None:
+        work.skip(eps, label, [a for a in names if a in mrec.attacks])
+    for k, aname in enumerate(names):
         if aname in mrec.attacks:
             continue
         spec = ATTACKS[aname]
         pool = clean if cfg.all_samples else torch.tensor(mrec.robust(), dtype=torch.bool)
         idx = torch.nonzero(pool).flatten()
+        if work is not None:
+            work.begin(eps, label, aname, len(idx), names[k + 1 :], first=k == 0)
         flags: list[bool | None] = [None] * len(y_all)
         p = AttackParams(
             norm=cfg.norm,
@@ -503,6 +567,8 @@ def _attack_model(
         )
         task = f"{label}: {aname} (eps={eps:.4g})"
         reporter.start(task, len(idx))
+        if bank is not None:
+            bank.started(label, eps, aname)
         t0 = time.perf_counter()
         projected = 0
         for b, s in enumerate(range(0, len(idx), cfg.batch_size)):
@@ -515,17 +581,38 @@ def _attack_model(
             xp = project(xa, x, cfg.norm, eps)
             if (xp - xa).abs().max().item() > 1e-6:
                 projected += int(((xp - xa).flatten(1).abs().amax(1) > 1e-6).sum())
-            ok = _predict(model, xp, cfg.batch_size, device) == y.cpu()
+            pred = _predict(model, xp, cfg.batch_size, device)
+            ok = pred == y.cpu()
             if judge_alone:  # adaptive solver: robust only if also correct when judged on its own
-                ok &= _predict(model, xp, 1, device) == y.cpu()
+                alone = _predict(model, xp, 1, device)
+                pred = torch.where(ok, alone, pred)  # the wrong prediction, where one of the two is wrong
+                ok &= alone == y.cpu()
+            if bank is not None and not bool(ok.all()):  # --save-adversarial: the examples that fooled it
+                bad = ~ok
+                _keep(
+                    bank,
+                    model,
+                    label,
+                    aname,
+                    eps,
+                    j[bad].tolist(),
+                    xp[bad.to(xp.device)],
+                    y.cpu()[bad],
+                    pred[bad],
+                    cfg,
+                    device,
+                )
             for jj, good in zip(j.tolist(), ok.tolist()):
                 flags[jj] = bool(good)
             reporter.advance(task, len(j))
+            if work is not None:
+                work.advance(label, aname, len(j))
         flags = gather_merge(flags)
         seconds = max(all_gather_objects(time.perf_counter() - t0))
         projected = sum(all_gather_objects(projected))
         reporter.end(task)
-        reporter.advance("all attacks", 1)
+        if work is not None:
+            work.finished(eps, label, aname)
         state.record_attack(
             run,
             label,
@@ -539,6 +626,51 @@ def _attack_model(
                 projected=projected,
             ),
         )
+
+
+def _keep(bank: ExampleBank, model, label, aname, eps, positions, xf, yf, pf, cfg: AttackConfig, device) -> None:
+    """Keep the examples that fooled ``model``: rounded to uint8 where the rounded image still fools it (one more
+    forward pass), else as they are."""
+    xr = (xf.cpu() * 255).round() / 255
+    pr = _predict(model, xr, cfg.batch_size, device)
+    fools = pr != yf
+    bank.add(
+        label,
+        eps,
+        aname,
+        positions,
+        torch.where(fools.view(-1, 1, 1, 1), xr, xf.cpu()),
+        fools,
+        torch.where(fools, pr, pf),
+    )
+
+
+def _bank(directory: str | Path | None, dry_run: bool) -> ExampleBank | None:
+    """The example bank of ``--save-adversarial`` (its directory checked, and created unless ``dry_run``), or None."""
+    from .examples import check_dir
+
+    if directory is None:
+        return None
+    return ExampleBank(check_dir(directory, create=not dry_run))
+
+
+def _write_examples(bank, labels, cfg: AttackConfig, x_all, y_all, indices, doc: dict, reporter) -> dict:
+    """Write the bank's files (main process, after gathering every rank's examples); the results fields."""
+    if bank is None:
+        return {}
+    gathered = all_gather_objects(bank)
+    if not is_main():
+        return {}
+    bank.merge(gathered)
+    meta = {"classes": doc["data"]["classes"], "data": doc["data"]["spec"], "norm": cfg.norm}
+    saved = bank.write(labels=labels, eps_list=list(cfg.eps), x_all=x_all, y_all=y_all, indices=indices, meta=meta)
+    for lab, recs in saved.items():
+        for r in recs:
+            reporter.log(
+                f"adversarial examples of {lab} at eps {eps_text(r['eps'], cfg.norm)}: {r['saved']} in {r['file']} "
+                f"({r['uint8']} uint8, {r['float32']} float32)" + (f"; grid {r['grid']}" if r["grid"] else "")
+            )
+    return {"adversarial_examples": saved}
 
 
 def _ci(flags: list) -> list[float] | None:
@@ -678,98 +810,7 @@ def summarize(doc: dict) -> dict:
         "difference": first.get("difference", {}),
         "checks": first["checks"],
         "curve": curve,
-    }
-
-
-# ----------------------------------------------------------------------------------------------------
-# the plan: attacks per model, samples, and an estimated time from a timing of the first batch
-
-
-def _units(name: str, p: AttackParams) -> tuple[float, str]:
-    """(passes per attacked sample, "grad" or "forward") of one attack at its settings: a rough cost model."""
-    return ATTACKS[name].cost(p)
-
-
-def _time_passes(model, x: torch.Tensor, y: torch.Tensor, device) -> tuple[float, float, float]:
-    """(seconds per sample of a forward pass, of a forward + backward pass, clean accuracy) on one batch."""
-    import torch.nn.functional as F
-
-    x, y = x.to(device), y.to(device)
-    with torch.no_grad():
-        model(x[:1])  # warm-up (lazy initialization, allocator)
-        t0 = time.perf_counter()
-        acc = float((model(x).argmax(1) == y).float().mean())
-        fwd = time.perf_counter() - t0
-    xg = x.clone().requires_grad_(True)
-    t0 = time.perf_counter()
-    with torch.enable_grad():
-        (g,) = torch.autograd.grad(F.cross_entropy(model(xg), y), xg)
-    grad = time.perf_counter() - t0
-    return fwd / len(x), grad / len(x), acc
-
-
-def estimate_plan(
-    entries: list[dict], x: torch.Tensor, y: torch.Tensor, cfg: AttackConfig, *, n_classes: int, device
-) -> dict:
-    """The plan of a run with its estimated time, from timing one forward and one backward pass per model on the
-    first batch of the evaluated samples (at most 32 images).
-
-    ``entries``: ``{"label", "model", "attacks", "fixed" (fixed-step copy or None), "source" (transfer source or
-    None), "judge_alone"}`` per model. The estimate assumes every attack runs on every clean-correct sample (the
-    all-samples mode); the cascade attacks fewer, so it is an upper bound for a cascade.
-    """
-    m = min(len(y), cfg.batch_size, 32)
-    xb, yb = x[:m], y[:m]
-    timed: dict[int, tuple[float, float, float]] = {}
-
-    def cost(model) -> tuple[float, float, float]:
-        if id(model) not in timed:
-            timed[id(model)] = _time_passes(model, xb, yb, device)
-        return timed[id(model)]
-
-    t_start = time.perf_counter()
-    models, total = [], 0.0
-    for e in entries:
-        fwd, grad, acc = cost(e["model"])
-        per_eps = 0.0
-        for name in e["attacks"]:
-            kind = ATTACKS[name].kind
-            via = e["model"]
-            if kind == "transfer" and e.get("source") is not None:
-                via = e["source"]
-            elif kind == "fixed-step" and e.get("fixed") is not None:
-                via = e["fixed"]
-            f_via, g_via, _ = cost(via)
-            p = AttackParams(norm=cfg.norm, eps=cfg.eps[0], n_classes=n_classes, steps=cfg.steps, queries=cfg.queries)
-            units, what = _units(name, p)
-            per_sample = units * (g_via if what == "grad" else f_via) + fwd * (2 if e.get("judge_alone") else 1)
-            per_eps += per_sample * acc * len(y)
-        if cfg.checks:  # masking checks: PGD-20 at a very large eps, and forward passes in other batch compositions
-            m_chk = min(cfg.check_samples, len(y))
-            per_eps += m_chk * (20 * grad + 3 * fwd + (cost(e["fixed"])[0] if e.get("fixed") is not None else 0.0))
-        seconds = per_eps * len(cfg.eps)
-        total += seconds
-        models.append(
-            {
-                "label": e["label"],
-                "attacks": list(e["attacks"]),
-                "clean_first_batch": acc,
-                "seconds_per_sample_forward": fwd,
-                "seconds_per_sample_grad": grad,
-                "estimated_seconds": seconds,
-            }
-        )
-    return {
-        "n": int(len(y)),
-        "eps": list(cfg.eps),
-        "norm": cfg.norm,
-        "batch_size": cfg.batch_size,
-        "timing_batch": m,
-        "timing_seconds": time.perf_counter() - t_start,
-        "models": models,
-        "estimated_seconds": total,
-        "mode": "all samples" if cfg.all_samples else "cascade",
-        "checks": cfg.checks,
+        **({"adversarial_examples": doc["adversarial_examples"]} if doc.get("adversarial_examples") else {}),
     }
 
 
@@ -814,6 +855,7 @@ def _comparison_entries(cands: list, cfg: AttackConfig, *, n_classes: int, trans
                 "source_name": source_name,
                 "fixed": fixed,
                 "judge_alone": ode and c.model.head.block.adaptive,
+                "seed_key": "",  # the same seed for every model: attack randomness depends on the attack and eps only
                 "target": Target(
                     c.label,
                     c.model,
@@ -857,18 +899,20 @@ def run_comparison(
     reporter=None,
     data_spec: str = "",
     dry_run: bool = False,
+    save_adversarial: str | Path | None = None,
 ) -> dict:
     """Attack several models (``models.Candidate``) on the same samples with the same seeds.
 
     Every model gets the suite's attacks (ODE-aware ones where it has an ODE); a model's transfer attacks take
     ``transfer_from`` (a label), else its own base (a hardened file), else the first other model. Returns the
     results document (schema v2: ``models`` and ``reference``; written to ``out``), or ``{"plan": ...}`` with
-    ``dry_run``.
+    ``dry_run``. ``save_adversarial``: as in :func:`run_evaluation`.
     """
     from .data import select_samples
     from .phases import Reporter
 
     reporter = reporter or Reporter()
+    bank = _bank(save_adversarial, dry_run)
     labels = [c.label for c in cands]
     if reference not in labels:
         raise UsageError(f"--reference {reference!r} is not among the models ({', '.join(labels)})")
@@ -913,7 +957,7 @@ def run_comparison(
         },
         "config": {k_: (list(v) if isinstance(v, tuple) else v) for k_, v in asdict(cfg).items()},
         "plan": plan,
-        "estimate": {"seconds": estimate.get("estimated_seconds"), "timing_batch": estimate.get("timing_batch")},
+        "estimate": estimate_record(estimate),
         "n": len(indices),
         "indices": [int(i) for i in indices],
         "labels": [int(v) for v in y_all],
@@ -926,52 +970,44 @@ def run_comparison(
         k_: v for k_, v in summarize_comparison(d).items() if k_ != "indices"
     }  # figures beside the flags
     state = EvaluationState.open(doc, out, check=_check_comparison_resume, summary=summary)
-    reporter.start("all attacks", sum(len(v) for v in plan.values()) * len(cfg.eps))
+    work = AttackProgress(estimate, cfg, reporter)
+    work.start()
     t_run = time.perf_counter()
-    for eps in cfg.eps:
-        run = state.eps_run(eps)
-        if run.done:
-            continue
-        for e in entries:
-            lab, model = e["label"], e["model"]
-            state.clean(run, lab, lambda: _clean_flags(model, x_all, y_all, cfg, device))
-            # the same seed for every model: attack randomness depends on the attack and eps only
-            _attack_model(
-                state,
-                run,
-                lab,
-                model,
-                e["target"],
-                e["attacks"],
-                x_all,
-                y_all,
-                cfg,
-                eps=eps,
-                n_classes=k,
-                seed_key="",
-                judge_alone=e["judge_alone"],
-                reporter=reporter,
-                device=device,
+
+    def model_checks(run: EpsRun, e: dict) -> None:
+        mrec, model = run.model(e["label"]), e["model"]
+        if cfg.checks and mrec.checks is None and is_main():
+            sub = _check_samples(len(y_all), cfg)
+            extra = []
+            if has_ode(model):
+                extra += [
+                    _batch_check(model, x_all[sub], cfg, device),
+                    _surrogate_check(model, x_all[sub], cfg, device, e["fixed"].head.ode.step_size),
+                ]
+            if mrec.attacks:
+                extra.append(_large_eps_one(model, x_all[sub], y_all[sub], cfg, device, k))
+            state.record_model_checks(
+                run, e["label"], masking_checks({"models": {"hardened": mrec.to_dict()}, "extra_checks": extra})
             )
-            mrec = run.model(lab)
-            if cfg.checks and mrec.checks is None and is_main():
-                sub = _check_samples(len(y_all), cfg)
-                extra = []
-                if has_ode(model):
-                    extra += [
-                        _batch_check(model, x_all[sub], cfg, device),
-                        _surrogate_check(model, x_all[sub], cfg, device, e["fixed"].head.ode.step_size),
-                    ]
-                if mrec.attacks:
-                    extra.append(_large_eps_one(model, x_all[sub], y_all[sub], cfg, device, k))
-                state.record_model_checks(
-                    run, lab, masking_checks({"models": {"hardened": mrec.to_dict()}, "extra_checks": extra})
-                )
-        state.finish_eps(run)
+
+    _cascade(
+        entries,
+        x_all,
+        y_all,
+        cfg,
+        n_classes=k,
+        state=state,
+        reporter=reporter,
+        device=device,
+        model_checks=model_checks,
+        work=work,
+        bank=bank,
+    )
     reporter.end("all attacks")
     reporter.log(_paths_text({e["label"]: e["model"] for e in entries}))
-    # seconds_run: attacks and checks of this session, to compare with the estimate
-    return state.finish(seconds_run=time.perf_counter() - t_run)
+    seconds_run = time.perf_counter() - t_run  # attacks and checks of this session, to compare with the estimate
+    saved = _write_examples(bank, [e["label"] for e in entries], cfg, x_all, y_all, indices, doc, reporter)
+    return state.finish(seconds_run=seconds_run, **saved)
 
 
 def _check_comparison_resume(old: dict, doc: dict) -> None:
@@ -1035,43 +1071,8 @@ def summarize_comparison(doc: dict) -> dict:
         "models": first["models"],
         "difference": first["difference"],
         "curve": curve,
+        **({"adversarial_examples": doc["adversarial_examples"]} if doc.get("adversarial_examples") else {}),
     }
-
-
-def plan_text(plan: dict) -> str:
-    """The plan as the lines printed before a run (stderr)."""
-    if not plan:
-        return ""
-    lines = [
-        f"plan: {len(plan['models'])} model(s), {plan['n']} samples, {plan['norm']} eps "
-        + ", ".join(_eps_text(e, plan["norm"]) for e in plan["eps"])
-        + f", {plan['mode']}"
-    ]
-    for m in plan["models"]:
-        src = f"; transfer from {m['transfer_source']}" if m.get("transfer_source") else ""
-        lines.append(
-            f"  {m['label']}: {', '.join(m['attacks']) or 'no attacks'}{src} "
-            f"(clean {100 * m['clean_first_batch']:.0f}% on the timing batch; about {_duration(m['estimated_seconds'])})"
-        )
-    lines.append(
-        f"estimated time: about {_duration(plan['estimated_seconds'])} (timed on the first batch of "
-        f"{plan['timing_batch']} images; assumes every attack runs on every clean-correct sample, so a cascade "
-        "usually ends sooner" + ("; masking checks included" if plan.get("checks") else "") + ")"
-    )
-    return "\n".join(lines)
-
-
-def _eps_text(eps: float, norm: str) -> str:
-    k = eps * 255
-    return f"{round(k)}/255" if norm == "Linf" and eps > 0 and abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
-
-
-def _duration(s: float) -> str:
-    if s < 60:
-        return f"{s:.0f} s"
-    if s < 3600:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
 
 
 # ----------------------------------------------------------------------------------------------------

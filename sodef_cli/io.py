@@ -37,6 +37,7 @@ __all__ = [
     "versions",
     "BASE_FORMAT",
     "HARDENED_FORMAT",
+    "EXAMPLES_FORMAT",
     "FORMATS",
     "FORMAT_VERSION",
     "FIRST_FORMAT_VERSION",
@@ -46,6 +47,7 @@ __all__ = [
 BASE_FORMAT = "sodef_cli/base"  # `sodef pretrain`: a timm model with its own classifier
 HARDENED_FORMAT = "sodef_cli/hardened"  # `sodef harden`: the base, its baseline and the hardened head
 FORMATS = (BASE_FORMAT, HARDENED_FORMAT)
+EXAMPLES_FORMAT = "sodef_cli/adversarial-examples"  # `sodef attack --save-adversarial`: no model (examples.py)
 FORMAT_VERSION = (
     2  # the newest version read and written; 2: hardened files may hold tuned backbone stages and a linear head
 )

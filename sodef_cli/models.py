@@ -50,6 +50,7 @@ __all__ = [
     "describe_model",
     "check_comparable",
     "load_candidate",
+    "describe_hardened",
 ]
 
 
@@ -214,6 +215,51 @@ def _hardened(
     return HardenedClassifier(backbone, spec, head)
 
 
+_LINEAR_HEADS = {"own": "the base's own classifier", "probe": "a linear probe on the base's features"}
+
+
+def describe_hardened(meta: dict) -> dict[str, Any]:
+    """What a hardened file holds, from its metadata alone: the head it is built with and what adversarial
+    training changed. Every report and card describes a model from this, never from config sections that did not
+    apply (a linear-head file keeps the recipe's ODE settings in ``config.head`` though it has no ODE).
+
+    Returns:
+        ``head``: "sodef" or "linear"; ``linear``: for a linear head, "own" (the base's own classifier) or "probe";
+        ``ode``: the ODE as shipped (odefunc, dim, t1, solver, step_size; ``solver`` the fixed-step one chosen for
+        inference where ``harden`` chose one) or None; ``adversarial``: {stages, attack, eps, tensors} or None;
+        ``text``: one line, e.g. "linear head (the base's own classifier) + last 4 stages trained adversarially".
+    """
+    cfg = shipped_head_config(meta)
+    adv = (meta.get("metrics") or {}).get("adversarial")
+    ode = None
+    if cfg.kind == "linear":
+        linear = "own" if meta.get("base_classifier") == "own" else "probe"
+        text = f"linear head ({_LINEAR_HEADS[linear]})"
+    else:
+        linear = None
+        ode = {k: getattr(cfg, k) for k in ("odefunc", "dim", "t1", "solver", "step_size")}
+        step = f" step {cfg.step_size:g}" if cfg.solver in FIXED_SOLVERS else ""
+        text = f"SODEF head ({cfg.odefunc} ODE, dim {cfg.dim}, {cfg.solver} solver{step}, T={cfg.t1:g})"
+    trained = None
+    if isinstance(adv, dict):
+        trained = {
+            "stages": int(adv.get("stages") or 0),
+            "attack": adv.get("attack"),
+            "eps": adv.get("eps"),
+            "tensors": len(adv.get("trained_parameters") or []),
+            "tuned_backbone_tensors": len(adv.get("tuned_backbone_state") or []),
+        }
+        stages = trained["stages"]
+        text += (f" + last {stages} stage{'s' if stages > 1 else ''}" if stages else "") + " trained adversarially"
+        if adv.get("best_epoch") == 0:  # no epoch beat the start: the file holds the weights as they were
+            text += " (no epoch kept: the weights before training)"
+    elif cfg.kind == "sodef":
+        text += " fitted on the frozen backbone's features"
+    else:
+        text += ", nothing trained"
+    return {"head": cfg.kind, "linear": linear, "ode": ode, "adversarial": trained, "text": text}
+
+
 def load_pair(
     path: str | Path, device: str | torch.device = "cpu", *, meta: dict | None = None, solver: str = "shipped"
 ) -> tuple[BaseClassifier, HardenedClassifier, dict]:
@@ -346,7 +392,13 @@ def load_candidate(
             "input_size": meta["backbone"]["input_size"],
         }
         if hardened is not None:
-            desc.update(head=head, base_classifier=meta.get("base_classifier"), has_ode=has_ode(hardened))
+            what = describe_hardened(meta)  # what the file holds, not the config sections that did not apply
+            desc.update(
+                head=head if what["ode"] else None,
+                description=what,
+                base_classifier=meta.get("base_classifier"),
+                has_ode=has_ode(hardened),
+            )
             step = head.get("step_size") if has_ode(hardened) else None
             return Candidate(
                 label, hardened, desc, own_base=base, fixed_step=step, classes=list(meta.get("classes") or [])

@@ -39,7 +39,7 @@ __all__ = [
 class Reporter:
     """Progress callbacks. The CLI subclasses this with rich progress bars; the default does nothing."""
 
-    def start(self, task: str, total: int) -> None: ...
+    def start(self, task: str, total: int) -> None: ...  # again on a running task: its total changes
 
     def advance(self, task: str, n: int = 1, **metrics: Any) -> None: ...
 

@@ -783,6 +783,7 @@ def _one_block_of_each_type() -> list[dict]:
             "max Re(eig)",
             "hist caption",
         ),
+        b.image("an image", "does/not/exist.png", "image caption"),
     ]
 
 
@@ -810,6 +811,7 @@ def test_every_format_has_a_renderer_and_every_renderer_draws_every_block_type()
             "a chart",
             "some bars",
             "a histogram",
+            "an image",
         ):
             assert needle in text, (fmt, needle)
     check_html(texts["html"])

@@ -23,6 +23,7 @@ __all__ = [
     "Heading",
     "Hist",
     "HistSeries",
+    "Image",
     "Level",
     "Note",
     "Series",
@@ -34,6 +35,7 @@ __all__ = [
     "col",
     "heading",
     "hist",
+    "image",
     "kv",
     "note",
     "table",
@@ -152,13 +154,24 @@ class Hist(TypedDict):
     caption: str
 
 
-Block = Title | Heading | KV | Table | Note | Verdict | Chart | Bars | Hist
-BLOCK_TYPES = ("title", "heading", "kv", "table", "note", "verdict", "chart", "bars", "hist")
+class Image(TypedDict):
+    """A picture file (PNG) the report points to: embedded in HTML, linked in Markdown, named in the terminal."""
+
+    type: Literal["image"]
+    title: str
+    path: str
+    caption: str
 
 
-def drawers(title, heading, kv, table, chart, picture, note, verdict) -> dict[str, Callable]:
+Block = Title | Heading | KV | Table | Note | Verdict | Chart | Bars | Hist | Image
+BLOCK_TYPES = ("title", "heading", "kv", "table", "note", "verdict", "chart", "bars", "hist", "image")
+
+
+def drawers(title, heading, kv, table, chart, picture, note, verdict, image) -> dict[str, Callable]:
     """A renderer's ``{block type: drawing function}`` (bars and histograms share the picture function)."""
-    return dict(zip(BLOCK_TYPES, (title, heading, kv, table, note, verdict, chart, picture, picture), strict=True))
+    return dict(
+        zip(BLOCK_TYPES, (title, heading, kv, table, note, verdict, chart, picture, picture, image), strict=True)
+    )
 
 
 def title(text: str) -> Title:
@@ -213,3 +226,7 @@ def bars(title: str, groups: list[BarGroup], caption: str = "") -> Bars:
 
 def hist(title: str, series: list[HistSeries], xname: str, caption: str = "") -> Hist:
     return {"type": "hist", "title": title, "series": series, "xname": xname, "caption": caption}
+
+
+def image(title: str, path: str, caption: str = "") -> Image:
+    return {"type": "image", "title": title, "path": path, "caption": caption}

@@ -17,6 +17,7 @@ from typing import Any
 from ..config import ADAPTIVE_SOLVERS
 from ..errors import ModelFileError
 from ..inference_solver import summary_line as solver_line
+from ..models import describe_hardened
 from ..stats import decide
 from .blocks import (
     Block,
@@ -225,6 +226,7 @@ def card_data(meta: dict, *, path: str, diagnostics: dict | None = None, notes: 
         "classes": m["classes"] or [],
         "feature_dim": meta.get("feature_dim"),
         "base_classifier": meta.get("base_classifier"),
+        "description": describe_hardened(meta),  # the head the file is built with and what training changed
         "config": m["config"] or {},
         "metrics": m["metrics"] or {},
         "inference": meta.get("inference") if isinstance(meta.get("inference"), dict) else None,
@@ -371,15 +373,7 @@ def _detail_blocks(data: dict) -> list[Block]:
         else kv(
             "Head",
             [
-                [
-                    "head",
-                    "linear: "
-                    + (
-                        "the backbone's own classifier"
-                        if data["base_classifier"] == "own"
-                        else "a linear probe on the backbone's features"
-                    ),
-                ]
+                ["head", data["description"]["text"] if data.get("description") else "linear"],
             ],
         ),
     ]

@@ -9,7 +9,16 @@ import math
 from .blocks import Bars, Chart, Hist, HistSeries
 from .format import pct, pct_ci
 
-__all__ = ["BAR_GLYPHS", "bar_lines", "chart_lines", "hist_lines", "svg_bars", "svg_chart", "svg_hist"]
+__all__ = [
+    "BAR_GLYPHS",
+    "adversarial_grid_png",
+    "bar_lines",
+    "chart_lines",
+    "hist_lines",
+    "svg_bars",
+    "svg_chart",
+    "svg_hist",
+]
 
 _EIGHTHS = " ▏▎▍▌▋▊▉"
 _LEVELS = " ▁▂▃▄▅▆▇█"
@@ -290,3 +299,47 @@ def svg_hist(bl: Hist) -> str:
     out.append(f'<text x="{ml + pw / 2:.1f}" y="{mt + ph + 30}" text-anchor="middle">{e(bl.get("xname", ""))}</text>')
     out.append("</svg>")
     return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# raster: adversarial examples beside their clean images (PNG)
+
+
+def adversarial_grid_png(clean, adv, captions: list[str], columns: int = 4) -> bytes:
+    """A PNG of up to 16 samples, each a tile of three images (clean, adversarial, perturbation amplified around
+    mid-gray) above its caption. ``clean``/``adv``: (N, C, H, W) in [0, 1] (torch tensors); one amplification for
+    the whole grid (the largest |perturbation| to full contrast), named in the header."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    n = len(captions)
+    c, h, w = clean.shape[1:]
+    scale = max(1, 96 // max(h, w))
+    delta = (adv - clean).float()
+    amp = 0.5 / max(float(delta.abs().max()), 1e-12)
+    pad, text_h, header_h = 4, 14, 18
+    tile_w, tile_h = 3 * w * scale + 2 * pad, h * scale + text_h
+    cols = min(columns, n) or 1
+    rows = (n + cols - 1) // cols
+    width, height = cols * (tile_w + 2 * pad), header_h + rows * (tile_h + 2 * pad)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 3), f"each tile: clean | adversarial | perturbation x{amp:.0f} (gray = 0)", fill="black")
+
+    def picture(t) -> Image.Image:
+        a = (t.clamp(0, 1) * 255).round().cpu().numpy()
+        a = np.clip(a, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        img = Image.fromarray(a[:, :, 0] if c == 1 else a[:, :, :3], "L" if c == 1 else "RGB")
+        return img.resize((w * scale, h * scale), Image.NEAREST)
+
+    for i in range(n):
+        x0 = (i % cols) * (tile_w + 2 * pad) + pad
+        y0 = header_h + (i // cols) * (tile_h + 2 * pad) + pad
+        for j, t in enumerate((clean[i], adv[i], 0.5 + amp * delta[i])):
+            canvas.paste(picture(t), (x0 + j * (w * scale + pad), y0))
+        draw.text((x0, y0 + h * scale + 1), captions[i], fill="black")
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import html
 from collections.abc import Callable
+from pathlib import Path
 
-from .blocks import KV, Bars, Block, Chart, Heading, Hist, Note, Table, Title, Verdict, drawers
+from .blocks import KV, Bars, Block, Chart, Heading, Hist, Image, Note, Table, Title, Verdict, drawers
 from .pictures import svg_bars, svg_chart, svg_hist
 
 __all__ = ["render_blocks"]
@@ -95,7 +97,22 @@ def _verdict(bl: Verdict) -> list[str]:
     return [f'<div class="verdict {bl["level"]}"><b>{_e(label)}:</b> {_e(bl["text"])}</div>']
 
 
-_DRAW: dict[str, Callable[..., list[str]]] = drawers(_title, _heading, _kv, _table, _chart, _picture, _note, _verdict)
+def _image(bl: Image) -> list[str]:
+    """The PNG embedded (the page stays one file); a note where the file cannot be read."""
+    body = [f"<h2>{_e(bl['title'])}</h2>"]
+    try:
+        data = base64.b64encode(Path(bl["path"]).read_bytes()).decode("ascii")
+        body.append(f'<img alt="{_e(bl["title"])}" src="data:image/png;base64,{data}">')
+    except OSError:
+        body.append(f'<div class="note warn"><b>Note:</b> picture not found: {_e(bl["path"])}</div>')
+    if bl.get("caption"):
+        body.append(f'<p class="cap">{_e(bl["caption"])}</p>')
+    return body
+
+
+_DRAW: dict[str, Callable[..., list[str]]] = drawers(
+    _title, _heading, _kv, _table, _chart, _picture, _note, _verdict, _image
+)
 
 
 def render_blocks(blocks: list[Block]) -> str:

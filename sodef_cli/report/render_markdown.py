@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .blocks import KV, Bars, Block, Chart, Heading, Hist, Note, Table, Title, Verdict, drawers
+from .blocks import KV, Bars, Block, Chart, Heading, Hist, Image, Note, Table, Title, Verdict, drawers
 from .pictures import bar_lines, chart_lines, hist_lines
 
 __all__ = ["render_blocks"]
@@ -74,7 +74,16 @@ def _verdict(bl: Verdict) -> list[str]:
     return [f"**{_esc(label)}:** {_esc(bl['text'])}", ""]
 
 
-_DRAW: dict[str, Callable[..., list[str]]] = drawers(_title, _heading, _kv, _table, _chart, _picture, _note, _verdict)
+def _image(bl: Image) -> list[str]:
+    lines = [f"## {_esc(bl['title'])}", "", f"![{_esc(bl['title'])}]({bl['path'].replace(' ', '%20')})", ""]
+    if bl.get("caption"):
+        lines += [f"*{_esc(bl['caption'])}*", ""]
+    return lines
+
+
+_DRAW: dict[str, Callable[..., list[str]]] = drawers(
+    _title, _heading, _kv, _table, _chart, _picture, _note, _verdict, _image
+)
 
 
 def render_blocks(blocks: list[Block]) -> str:

@@ -11,7 +11,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderR
 from rich.table import Table as RichTable
 from rich.text import Text
 
-from .blocks import KV, Bars, Block, Chart, Heading, Hist, Note, Table, Title, Verdict, drawers
+from .blocks import KV, Bars, Block, Chart, Heading, Hist, Image, Note, Table, Title, Verdict, drawers
 from .pictures import BAR_GLYPHS, bar_lines, chart_lines, hist_lines
 
 __all__ = ["render_blocks", "to_text"]
@@ -130,8 +130,15 @@ def _verdict(bl: Verdict, prev: str) -> list[RenderableType]:
     return [Text(""), Text.assemble((label, "bold"), (bl["text"], _LEVEL_STYLE[bl["level"]]))]
 
 
+def _image(bl: Image, prev: str) -> list[RenderableType]:
+    out: list[RenderableType] = [Text(""), Text(bl["title"], style="bold"), Text(f"picture: {bl['path']}")]
+    if bl.get("caption"):
+        out.append(Text(bl["caption"], style="dim"))
+    return out
+
+
 _DRAW: dict[str, Callable[..., list[RenderableType]]] = drawers(
-    _title, _heading, _kv, _table, _chart, _picture, _note, _verdict
+    _title, _heading, _kv, _table, _chart, _picture, _note, _verdict, _image
 )
 
 

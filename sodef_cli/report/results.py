@@ -43,8 +43,23 @@ _RUN = obj(
     {"eps": finite, "models": mapof(_MODEL_RECORD), "checks": opt(listof(_CHECK)), "extra_checks": listof(_CHECK)},
     required=("eps",),
 )
+_DESCRIPTION = obj({"text": string, "ode": opt(obj({"solver": opt(string)}))}, required=("text",))
+_NORMS = obj({"count": integer, "linf_median": finite, "linf_max": finite, "l2_median": finite, "l2_max": finite})
+_SAVED = obj(
+    {
+        "eps": finite,
+        "file": string,
+        "grid": opt(string),
+        "saved": integer,
+        "uint8": integer,
+        "float32": integer,
+        "norms": mapof(_NORMS),
+    },
+    required=("eps", "file", "norms"),
+)
 _DOCUMENT = obj(
     {
+        "adversarial_examples": mapof(listof(_SAVED)),
         "schema_version": integer,
         "config": obj(
             {
@@ -57,14 +72,24 @@ _DOCUMENT = obj(
         ),
         "plan": mapof(listof(string)),
         "model": obj(
-            {"sha256": opt(string), "base_classifier": opt(string), "head": opt(obj({"solver": opt(string)}))}
+            {
+                "sha256": opt(string),
+                "base_classifier": opt(string),
+                "head": opt(obj({"solver": opt(string)})),
+                "description": opt(_DESCRIPTION),
+            }
         ),
         "data": obj({"classes": listof(anything)}),
         "versions": obj({}),
         "n": opt(integer),
         "estimate": opt(obj({})),
         "runs": listof(_RUN),
-        "models": listof(obj({"label": string, "head": opt(obj({})), "sha256": opt(string)}, required=("label",))),
+        "models": listof(
+            obj(
+                {"label": string, "head": opt(obj({})), "description": opt(_DESCRIPTION), "sha256": opt(string)},
+                required=("label",),
+            )
+        ),
         "reference": string,
     },
     required=("runs",),
@@ -232,6 +257,30 @@ def _setup(doc: dict, models: dict[str, str], attacks: str, samples: str, iterat
     }
 
 
+def _description(model: dict) -> dict:
+    """What a hardened model is (``text``) and its ODE as shipped (``ode``, None without one): the record
+    ``models.describe_hardened`` wrote, or for a file written before it, what its head settings say."""
+    if model.get("description"):
+        return {"text": model["description"]["text"], "ode": model["description"].get("ode")}
+    head = model.get("head") or {}
+    if not head or head.get("kind", "sodef") != "sodef":
+        return {"text": "linear head", "ode": None}
+    return {
+        "text": f"SODEF head ({head.get('odefunc', '?')} ODE, dim {head.get('dim', '?')}, "
+        f"{head.get('solver', '?')} solver, T={num(head.get('t1'))})",
+        "ode": head,
+    }
+
+
+def _run_time(doc: dict) -> str:
+    """The run's measured time next to the plan's estimate, where the document has them."""
+    est = (doc.get("estimate") or {}).get("seconds")
+    ran = doc.get("seconds_run")
+    return (f", attacks and checks {ran:.1f} s" if isinstance(ran, (int, float)) else "") + (
+        f" (estimated before the run: {est:.1f} s)" if isinstance(est, (int, float)) else ""
+    )
+
+
 def _file_data(res: Results) -> dict:
     """Everything the report shows about one base-vs-hardened results file (schema v1), as data."""
     doc, label = res.doc, res.label
@@ -244,7 +293,7 @@ def _file_data(res: Results) -> dict:
     complete = bool(doc.get("complete", False))
     reduced, iterations = _iterations(doc, res.figures["reduced"])
     model = doc.get("model", {})
-    head = model.get("head") or {}
+    desc = _description(model)
     seconds = {m: sum((r["models"].get(m) or {}).get("seconds", 0.0) for r in runs) for m in ("base", "hardened")}
     started, finished = doc.get("started"), doc.get("finished")
     status = "complete" if complete else "INTERRUPTED (partial results)"
@@ -258,18 +307,15 @@ def _file_data(res: Results) -> dict:
                 + (f" (sha256 {model['sha256'][:12]})" if model.get("sha256") else ""),
                 "backbone": f"{model.get('backbone') or '?'}, base classifier: "
                 + base_kind.get(model.get("base_classifier"), str(model.get("base_classifier"))),
-                "head": (
-                    f"{head.get('odefunc', '?')} ODE, dim {head.get('dim', '?')}, {head.get('solver', '?')} solver, T={num(head.get('t1'))}"
-                    if head
-                    else "-"
-                ),
+                "head": desc["text"],
             },
             attacks="".join(f"; {m}: {', '.join(v)}" for m, v in plan.items()),
             samples=f"n={doc.get('n', '?')}, seed {cfg.get('seed', '?')} (drawn class by class)",
             iterations=iterations,
             run=f"{status}; started {started or '?'}"
             + (f", finished {finished}" if finished else "")
-            + f"; attack time base {seconds['base']:.1f} s, hardened {seconds['hardened']:.1f} s",
+            + f"; attack time base {seconds['base']:.1f} s, hardened {seconds['hardened']:.1f} s"
+            + _run_time(doc),
         ),
     }
     fd = {
@@ -281,12 +327,14 @@ def _file_data(res: Results) -> dict:
         "cascade": not cfg.get("all_samples", False),
         "reduced_iterations": reduced,
         "evaluation": res.figures["evaluation"],
-        "solver": head.get("solver"),
+        "has_ode": desc["ode"] is not None,
+        "solver": (desc["ode"] or {}).get("solver"),  # a verdict names a solver only where the model has an ODE
         "header": header,
         "runs": runs,
         "eps_not_started": not_started,
         "notes": _file_notes(label, doc, runs, not_started, complete),
         "attack_kinds": res.figures["kinds"],
+        "adversarial_examples": doc.get("adversarial_examples") or {},
     }
     fd["verdict"] = file_verdict(fd)
     return fd
@@ -332,13 +380,8 @@ def _file_notes(label: str, doc: dict, runs: list[dict], not_started: list[float
 def _model_line(m: dict) -> str:
     """One line about a model of a comparison: what it is."""
     kind = m.get("kind")
-    head = m.get("head") or {}
     if kind == "hardened":
-        what = (
-            f"hardened file, {head.get('odefunc', '?')} ODE head ({head.get('solver', '?')}, dim {head.get('dim', '?')})"
-            if m.get("has_ode")
-            else "hardened file, linear head"
-        )
+        what = "hardened file, " + _description(m)["text"]
     elif kind == "base":
         adv = m.get("adversarial")
         what = "base file (`sodef pretrain`" + (f", {adv} adversarial training)" if adv and adv != "none" else ")")
@@ -360,7 +403,6 @@ def _comparison_data(res: Results) -> dict:
     reduced, iterations = _iterations(doc, res.figures["reduced"])
     model_tags = tags(len(models))
     plan = doc.get("plan", {})
-    est = (doc.get("estimate") or {}).get("seconds")
     spent = sum((r["models"].get(lab) or {}).get("seconds", 0.0) for r in runs for lab in models)
     header = {
         "results": label,
@@ -377,12 +419,7 @@ def _comparison_data(res: Results) -> dict:
             + f"; started {doc.get('started') or '?'}"
             + (f", finished {doc['finished']}" if doc.get("finished") else "")
             + f"; attack time {spent:.1f} s"
-            + (
-                f", attacks and checks {doc['seconds_run']:.1f} s"
-                if isinstance(doc.get("seconds_run"), (int, float))
-                else ""
-            )
-            + (f" (estimated before the run: {est:.1f} s)" if isinstance(est, (int, float)) else ""),
+            + _run_time(doc),
         ),
     }
     notes = []
@@ -410,6 +447,7 @@ def _comparison_data(res: Results) -> dict:
         "runs": runs,
         "notes": notes,
         "attack_kinds": res.figures["kinds"],
+        "adversarial_examples": doc.get("adversarial_examples") or {},
     }
     fd["verdict"] = comparison_verdict(fd)
     return fd

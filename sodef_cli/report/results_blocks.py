@@ -13,6 +13,7 @@ from .blocks import (
     chart,
     col,
     heading,
+    image,
     kv,
     note,
     table,
@@ -273,7 +274,52 @@ def _pair_blocks(files: list[dict], tags: list[str], multi: bool) -> list[Block]
     blocks += [note(n["text"], n["level"]) for fd in files for n in fd["notes"]]
     for tag, fd in zip(tags, files):
         blocks += _pair_checks(fd, tag, multi)
+    for tag, fd in zip(tags, files):
+        blocks += _example_blocks(fd, f"{tag}: " if multi else "")
     return blocks
+
+
+def _example_blocks(fd: dict, prefix: str) -> list[Block]:
+    """``--save-adversarial``: the norms of the saved perturbations per model, eps and attack, and each grid."""
+    saved = fd.get("adversarial_examples") or {}
+    rows, grids = [], []
+    for lab, recs in saved.items():
+        for r in recs:
+            for attack, nm in r["norms"].items():
+                rows.append(
+                    [
+                        f"{prefix}{lab}",
+                        fmt_eps(r["eps"], fd["norm"]),
+                        attack,
+                        str(nm["count"]),
+                        f"{nm['linf_median']:.4f}",
+                        f"{nm['linf_max']:.4f}",
+                        f"{nm['l2_median']:.3f}",
+                        f"{nm['l2_max']:.3f}",
+                    ]
+                )
+            if r.get("grid"):
+                grids.append(
+                    image(
+                        f"Adversarial examples: {prefix}{lab} at eps {fmt_eps(r['eps'], fd['norm'])}",
+                        r["grid"],
+                        f"the first 16 of {r['saved']} fooled samples (clean, adversarial, perturbation amplified); "
+                        f"all in {r['file']} ({r['uint8']} uint8, {r['float32']} float32 where rounding undoes them)",
+                    )
+                )
+    if not rows:  # nothing saved (or no sample fooled)
+        return []
+    right = lambda name: col(name, "right", "value")  # noqa: E731
+    return [
+        table(
+            "Saved adversarial examples: perturbation norms",
+            [col("model"), col("eps"), col("attack"), right("saved"), right("Linf median"), right("Linf max")]
+            + [right("L2 median"), right("L2 max")],
+            rows,
+            "per attack, the perturbations of the examples saved with --save-adversarial (the first attack in "
+            "cascade order that fooled each sample), in [0,1] pixel units",
+        )
+    ] + grids
 
 
 def _cascade_bars(items: list[tuple], norm: str | None) -> list[Block]:
@@ -381,6 +427,7 @@ def _comparison_blocks(fd: dict) -> list[Block]:
         )
     blocks.append(kv("Setup", [[k, v] for k, v in fd["header"].items() if k != "results"]))
     blocks += [note(n["text"], n["level"]) for n in fd["notes"]]
+    blocks += _example_blocks(fd, "")
     merged: dict[tuple, list[str]] = {}
     for r in fd["runs"]:
         for lab in models:

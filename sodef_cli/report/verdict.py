@@ -44,11 +44,11 @@ def file_verdict(fd: dict) -> dict:
         white_box_direct=claimed,
         white_box_claimed_gain_points=claimed_gain,
     )
-    solver = fd.get("solver")
+    solver = fd.get("solver") if fd.get("has_ode", True) else None  # no ODE, no solver to name
     through = (
-        (f"the adaptive solver ({solver})" if solver in ADAPTIVE_SOLVERS else f"the {solver} solver")
+        (f" through the adaptive solver ({solver})" if solver in ADAPTIVE_SOLVERS else f" through the {solver} solver")
         if solver
-        else "the solver"
+        else (" through the solver" if fd.get("has_ode") else "")
     )
     ev = fd["evaluation"]
     diff = r.get("difference", {})
@@ -79,9 +79,9 @@ def file_verdict(fd: dict) -> dict:
         + "; "
     )
     if claimed is None:
-        text += f"no direct white-box attack through {through} was run."
+        text += f"no direct white-box attack{through} was run."
     else:
-        text += f"white-box attacks through {through} claimed {pct(claimed)} ({claimed_gain:+.1f})."
+        text += f"white-box attacks{through} claimed {pct(claimed)} ({claimed_gain:+.1f})."
     others = [
         f"{fmt_eps(o['eps'], norm)} {100 * (o['models']['hardened']['worst_case'] - o['models']['base']['worst_case']):+.1f}"
         for o in usable[1:]
