@@ -3,6 +3,7 @@ and the frozen-backbone guarantee."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -41,8 +42,9 @@ def _recipe(tmp_path, text: str) -> Path:
 
 def test_defaults_without_recipe_or_overrides():
     cfg = resolve(HardenConfig)
-    assert cfg == HardenConfig()
-    assert cfg.head == HeadConfig()
+    # head.kind "auto" resolves: linear with the default training attack (the default path)
+    assert cfg == dataclasses.replace(HardenConfig(), head=dataclasses.replace(HeadConfig(), kind="linear"))
+    assert HardenConfig().head.kind == "auto"
 
 
 def test_precedence_defaults_recipe_overrides(tmp_path):

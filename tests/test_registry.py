@@ -301,6 +301,8 @@ def no_harden(monkeypatch):
                 "test_resnet",
                 "--data",
                 "demo",
+                "--head",
+                "sodef",
                 "--adv-attack",
                 "pgd",
                 "--set",

@@ -185,6 +185,8 @@ def test_head_dim_below_classes_fails_before_features_with_one_error_type(tmp_pa
             "16",
             "--dim",
             "4",
+            "--adv-attack",
+            "none",
             "--device",
             "cpu",
             "--out",
