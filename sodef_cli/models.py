@@ -253,6 +253,7 @@ def describe_hardened(meta: dict) -> dict[str, Any]:
         text += (f" + last {stages} stage{'s' if stages > 1 else ''}" if stages else "") + " trained adversarially"
         if adv.get("best_epoch") == 0:  # no epoch beat the start: the file holds the weights as they were
             text += " (no epoch kept: the weights before training)"
+            trained["kept_start"] = True
     elif cfg.kind == "sodef":
         text += " fitted on the frozen backbone's features"
     else:

@@ -193,3 +193,24 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
     assert res.exit_code == EXIT_INTERRUPTED
     text = " ".join(res.stderr.split())
     assert "rerun the same command with --resume to continue" in text and "no partial output" not in text
+
+
+def test_results_verdict_leads_with_a_file_that_kept_the_starting_weights():
+    """A results file of a model whose adversarial training kept no epoch: the verdict says so first.
+    Break: drop the kept_start flag from the verdict -> the verdict reads like any +0.0 result -> fails."""
+    from test_report import make_doc
+
+    from sodef_cli.report import results_data
+
+    doc = make_doc()
+    doc["model"]["description"] = {
+        "head": "linear",
+        "linear": "own",
+        "ode": None,
+        "adversarial": {"stages": 4, "attack": "nfgsm", "eps": 8 / 255, "tensors": 38, "kept_start": True},
+        "text": "linear head (the base's own classifier) + last 4 stages trained adversarially (no epoch kept: ...)",
+    }
+    text = results_data([doc])["files"][0]["verdict"]["text"]
+    assert text.startswith("Not hardened: adversarial training kept no epoch, so the file holds the starting weights")
+    del doc["model"]["description"]["adversarial"]["kept_start"]
+    assert not results_data([doc])["files"][0]["verdict"]["text"].startswith("Not hardened")

@@ -335,6 +335,8 @@ def _file_data(res: Results) -> dict:
         "notes": _file_notes(label, doc, runs, not_started, complete),
         "attack_kinds": res.figures["kinds"],
         "adversarial_examples": doc.get("adversarial_examples") or {},
+        # adversarial training kept the starting weights: the verdict says so before any figure
+        "kept_start": bool(((model.get("description") or {}).get("adversarial") or {}).get("kept_start")),
     }
     fd["verdict"] = file_verdict(fd)
     return fd

@@ -98,6 +98,11 @@ def file_verdict(fd: dict) -> dict:
         text += " No gradient-masking signature in the checks that ran."
     else:
         text += " Masking checks not run."
+    if fd.get("kept_start"):
+        text = (
+            "Not hardened: adversarial training kept no epoch, so the file holds the starting weights (see its card); "
+            + text
+        )
     if not fd["complete"]:
         text = "Provisional (interrupted run): " + text
     if fd["reduced_iterations"]:
