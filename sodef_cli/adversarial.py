@@ -398,9 +398,8 @@ def adversarial_train(
         for k, v in sd.items():
             state[k].copy_(v)
 
-    start = evaluate(0) if resume_state is None else None  # epoch 0: the starting point, a candidate like any other
-    if resume_state is not None:
-        start = resume_state[1]["history"][0]
+    # epoch 0: the starting point, a candidate like any other (a resumed run has its record already)
+    start = evaluate(0) if resume_state is None else resume_state[1]["history"][0]
 
     def eligible(rec: dict[str, Any]) -> bool:
         """An epoch may be kept unless it costs more clean accuracy than ``cfg.max_clean_drop`` points."""

@@ -98,30 +98,29 @@ class Checkpoint:
         return self.tensors, self.meta
 
     def _save(self, stage: str, tensors: dict[str, torch.Tensor], records: dict[str, Any]) -> None:
+        self.tensors.update({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()})
+        self.tensors["rng.torch"] = torch.get_rng_state()
+        self.tensors["rng.gen"] = self.generator.get_state()
+        self.meta.update(records, stage=stage)
+        self._write()
+
+    def _write(self) -> None:
+        """The checkpoint as it stands, written atomically (with the digest a resumed run must match)."""
         from safetensors.torch import save_file
 
         from .io import atomic_path
 
-        self.tensors.update({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()})
-        self.tensors["rng.torch"] = torch.get_rng_state()
-        self.tensors["rng.gen"] = self.generator.get_state()
-        self.meta.update(records, stage=stage, digest=self.digest)
+        self.meta["digest"] = self.digest
         with atomic_path(self.path) as tmp:
             save_file(self.tensors, str(tmp), metadata={self.KEY: json.dumps(self.meta)})
 
     def progress(self, name: str, tensors: dict[str, torch.Tensor], records: dict[str, Any]) -> None:
         """Save the progress of the unfinished stage ``name`` (replacing its previous progress), atomically."""
-        from safetensors.torch import save_file
-
-        from .io import atomic_path
-
         prefix = f"{name}."
         self.tensors = {k: v for k, v in self.tensors.items() if not k.startswith(prefix)}
         self.tensors.update({prefix + k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()})
         self.meta[f"{name}_progress"] = records
-        self.meta["digest"] = self.digest
-        with atomic_path(self.path) as tmp:
-            save_file(self.tensors, str(tmp), metadata={self.KEY: json.dumps(self.meta)})
+        self._write()
 
     def partial(self, name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """The progress of stage ``name`` an interrupted run saved, or None."""
