@@ -236,7 +236,9 @@ def _print_json(doc: Any) -> None:
 @app.command()
 @_handle
 def pretrain(
-    model: Annotated[str, typer.Argument(help="timm model name, e.g. resnet18 or test_resnet.")],
+    model: Annotated[
+        str | None, typer.Argument(help="timm model name, e.g. resnet18 or test_resnet (default: the recipe's model).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Output safetensors file.")] = Path("base.safetensors"),
     data: DataOpt = None,
     data_dir: DataDirOpt = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,6 +162,24 @@ def test_pretrain_builds_its_config(tmp_path, monkeypatch):
     assert (cfg.model, cfg.epochs, cfg.adversarial) == ("test_resnet", 2, "fgsm")
     assert cfg.adv_eps == pytest.approx(4 / 255)
     assert "wrote" in result.stdout
+
+
+def test_pretrain_takes_the_model_from_its_recipe(tmp_path, monkeypatch):
+    """`sodef pretrain --recipe recipes/demo-base.toml ...` (the README's line) needs no MODEL argument."""
+    seen = {}
+
+    def fake(cfg, out, *, reporter=None, **options):
+        seen["cfg"] = cfg
+        return {"out": str(out), "data": {"name": "demo"}, "test_clean_acc": 0.5, "best_epoch": 1, "seconds": 0.0}
+
+    monkeypatch.setattr(sodef_cli.pretrain, "pretrain", fake)
+    recipe = Path(__file__).parent.parent / "recipes" / "demo-base.toml"
+    out = str(tmp_path / "b.safetensors")
+    result = runner.invoke(app, ["pretrain", "--recipe", str(recipe), "--data", "demo", "--out", out])
+    assert result.exit_code == 0, result.output
+    assert (seen["cfg"].model, seen["cfg"].epochs) == ("test_resnet", 15)
+    result = runner.invoke(app, ["pretrain", "test_convnext", "--recipe", str(recipe), "--data", "demo", "--out", out])
+    assert seen["cfg"].model == "test_convnext"  # the argument wins over the recipe
 
 
 def test_version():

@@ -165,6 +165,13 @@ def test_unknown_timm_model_in_pretrain_suggests_names(tmp_path):
     assert not out.exists()
 
 
+def test_pretrain_without_a_model(tmp_path):
+    out = tmp_path / "b.safetensors"
+    result = runner.invoke(app, ["pretrain", "--data", "demo", "--out", str(out), "--device", "cpu"])
+    error_of(result, 2, "no model given", 'recipe with model = "NAME"')
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("kind", sorted(BAD_FILE_MESSAGES))
 @pytest.mark.parametrize("command", ["attack", "report"])
 def test_bad_hardened_files(command, kind, bad_model_files, tmp_path):
