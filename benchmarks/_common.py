@@ -255,6 +255,15 @@ def append_results(benchmark: str, env: dict[str, Any], figures: str, *, path: s
     return p
 
 
+def choice_list(text: str, choices, what: str) -> list[str]:
+    """The comma-separated names of ``text``, each one of ``choices``; SystemExit naming the unknown ones."""
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    unknown = [a for a in names if a not in choices]
+    if unknown or not names:
+        raise SystemExit(f"unknown {what}(s) {unknown}; choose from {', '.join(choices)}")
+    return names
+
+
 def run_sodef(args: list[str], env: dict, log: str | Path | None = None) -> tuple[dict, float, float]:
     """Run ``python -m sodef_cli ARGS --json`` as its own process: (parsed stdout, wall seconds, peak RSS MiB of it alone).
 

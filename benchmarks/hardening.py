@@ -34,7 +34,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import OUT_DIR, ROOT, append_results, environment, run_sodef, setup, write_json
+from _common import OUT_DIR, ROOT, append_results, choice_list, environment, run_sodef, setup, write_json
 
 LINEAR_ATTACKS = ["apgd-ce", "apgd-t", "transfer-apgd-ce", "transfer-pgd", "feature", "square"]
 ODE_ATTACKS = ["fixed-step-apgd-ce", "fixed-step-pgd", "bpda-apgd-ce"]
@@ -97,15 +97,19 @@ def _cheap(attack: str, epochs: int, *sets: str, head: str = "linear") -> list[s
 def _arm(name: str, args, env: dict) -> dict:
     """Harden (unless A) and attack one arm; reuses finished files unless --fresh."""
     work = Path(args.work)
-    rec_path = work / f"arm_{name}.json"
+    model = work / f"arm_{name}.safetensors"
+    cmd = ["harden", args.base, "--data", args.data, "--recipe", args.recipe, "--out", str(model), "--json"]
+    return harden_and_attack(work / f"arm_{name}", [*cmd, *ARMS[name][1](args)], model, args, env)
+
+
+def harden_and_attack(stem: Path, harden_cmd: list[str], model: Path, args, env: dict) -> dict:
+    """Run ``sodef HARDEN_CMD`` (which writes ``model``), then ``sodef attack`` on it; the record goes to STEM.json
+    and the logs beside it. A finished record is reused unless ``args.fresh``."""
+    rec_path = stem.with_name(stem.name + ".json")
     if rec_path.exists() and not args.fresh:
         return json.loads(rec_path.read_text())
-    model = work / f"arm_{name}.safetensors"
-    rec: dict = {"arm": name, "model": str(model)}
-    extra = ARMS[name][1](args)
-    cmd = ["harden", args.base, "--data", args.data, "--recipe", args.recipe, "--out", str(model), "--json", *extra]
-    rec["harden_command"] = "sodef " + " ".join(cmd)
-    summary, wall, peak = run_sodef(cmd, env, log=work / f"arm_{name}.harden.log")
+    rec: dict = {"model": str(model), "harden_command": "sodef " + " ".join(harden_cmd)}
+    summary, wall, peak = run_sodef(harden_cmd, env, log=stem.with_name(stem.name + ".harden.log"))
     rec["harden"] = {
         "wall_s": wall,
         "peak_rss_mib": peak,
@@ -113,6 +117,7 @@ def _arm(name: str, args, env: dict) -> dict:
         "base": summary["base"],
         "hardened": summary["hardened"],
         "check": summary.get("check"),
+        "path": summary.get("path"),
         "adversarial": {
             k: v
             for k, v in (summary.get("adversarial") or {}).items()
@@ -122,7 +127,7 @@ def _arm(name: str, args, env: dict) -> dict:
     sodef = summary["hardened"].get("head", "sodef") == "sodef"
     attacks = args.attacks.split(",") if args.attacks else LINEAR_ATTACKS[:2] + ODE_ATTACKS + LINEAR_ATTACKS[2:]
     attacks = [a for a in attacks if sodef or a not in ODE_ATTACKS]  # a linear head has no ODE
-    results = work / f"arm_{name}.results.json"
+    results = stem.with_name(stem.name + ".results.json")
     acmd = [
         "attack",
         str(model),
@@ -139,7 +144,7 @@ def _arm(name: str, args, env: dict) -> dict:
         "--json",
     ]
     rec["attack_command"] = "sodef " + " ".join(acmd)
-    _, wall, peak = run_sodef(acmd, env, log=work / f"arm_{name}.attack.log")
+    _, wall, peak = run_sodef(acmd, env, log=stem.with_name(stem.name + ".attack.log"))
     rec["attack"] = {"wall_s": wall, "peak_rss_mib": peak, "results": str(results)}
     rec_path.write_text(json.dumps(rec, indent=1))
     return rec
@@ -157,7 +162,7 @@ def _flags(results: dict, model: str, attacks=None) -> tuple[list[bool], list[bo
     return (clean[:k], worst[:k]) if k else (clean, worst)
 
 
-def analyze(records: dict[str, dict], prefix: int | None = None) -> dict:
+def analyze(records: dict[str, dict], prefix: int | None = None, descriptions: dict[str, str] | None = None) -> dict:
     """The ablation table as data: per arm clean and worst case (Wilson 95%), gain over A (paired 95%, McNemar).
 
     ``prefix``: compare arms attacked on different numbers of samples on the first ``prefix`` of them (the sample
@@ -192,7 +197,7 @@ def analyze(records: dict[str, dict], prefix: int | None = None) -> dict:
         cdiff = paired_difference(a_clean, clean)
         rec = records[name]
         rows[name] = {
-            "description": ARMS[name][0],
+            "description": (descriptions or {}).get(name) or ARMS[name][0],
             "clean": sum(clean) / n,
             "clean_ci95": wilson(sum(clean), n),
             "clean_gain_points": 100 * cdiff["diff"],
@@ -329,10 +334,7 @@ def main() -> None:
     args = ap.parse_args()
     args.device, args.repeats = "cpu", 1
     device = setup(args)
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown or not arms:
-        raise SystemExit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+    arms = choice_list(args.arms, ARMS, "arm")
     Path(args.work).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
