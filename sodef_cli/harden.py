@@ -574,7 +574,7 @@ def _require_gain_failed(cfg: HardenConfig, summary: dict[str, Any]) -> str | No
         return None
     warning = (summary.get("adversarial") or {}).get("selection_warning")
     if warning:
-        return f"--require-gain: {warning}"
+        return f"{'--require-gain' if c.require_gain else '--require-significant-gain'}: {warning}"
     check = summary.get("check") or {}
     return check.get("require_gain_rule") if check.get("require_gain_failed") else None
 

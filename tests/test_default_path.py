@@ -125,7 +125,9 @@ def test_no_eligible_epoch_fails_loudly(tmp_path, monkeypatch):
     summary = json.loads(res.stdout)
     assert summary["adversarial"]["best_epoch"] == 0
     assert summary["adversarial"]["selection_warning"] == adv.NO_ELIGIBLE_EPOCH
-    assert "no epoch met the clean constraint: the file holds the starting weights" in " ".join(res.stderr.split())
+    assert "--require-gain: no epoch met the clean constraint: the file holds the starting weights" in " ".join(
+        res.stderr.split()
+    )
     meta = read_metadata(out)  # written, and the card says it
     assert meta["metrics"]["adversarial"]["selection_warning"] == adv.NO_ELIGIBLE_EPOCH
     card = runner.invoke(app, ["report", str(out)])
@@ -133,6 +135,9 @@ def test_no_eligible_epoch_fails_loudly(tmp_path, monkeypatch):
     calls["clean"] = 0
     res = runner.invoke(app, [*args, "--json"])  # without --require-gain: written, exit 0, still said
     assert res.exit_code == 0 and "no epoch met the clean constraint" in " ".join(res.stderr.split())
+    calls["clean"] = 0
+    res = runner.invoke(app, [*args, "--json", "--require-significant-gain"])  # the message names the flag given
+    assert res.exit_code == 1 and "--require-significant-gain: no epoch met" in " ".join(res.stderr.split())
     assert adv.selection_warning(0, [{"epoch": 0}, {"epoch": 1, "eligible": True, "rejected": False}]) == (
         adv.NO_BETTER_EPOCH
     )
