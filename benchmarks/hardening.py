@@ -1,7 +1,7 @@
 """The hardening ablation: which adversarial training mode makes the demo base more robust under adaptive attack?
 
     python benchmarks/hardening.py --data CIFAR_DIR [--base sodef_cli/assets/demo_base.safetensors]
-        [--recipe recipes/adversarial.toml] [--arms A,B,C,D,E,F] [--n 1000] [--jobs 2] [--threads 1]
+        [--recipe recipes/adversarial.toml] [--arms A,B,C,D,E,F] [--n 1000] [--jobs 2] [--threads 1] [--screen]
 
 CIFAR_DIR is CIFAR-10 in ImageFolder layout (``train/<class>/*.jpg`` and ``test/<class>/*.jpg``). Every trained arm
 starts from the same base with the same data, the same epoch budget and the same optimizer settings (those of
@@ -23,7 +23,8 @@ that need an ODE run only on the SODEF arms. A's worst case is the base under th
 (``BASE_ATTACKS``); an arm's worst case is its hardened model under every attack of its run, transfer and feature
 attacks included, so the comparison leans against the arms. The gain over A comes with a paired 95% interval and an
 exact McNemar p-value from the per-sample flags. Each arm's files stay in ``--work``; finished arms are reused
-(``--fresh`` reruns them). Writes JSON, appends a row to benchmarks/RESULTS.md and prints a markdown table.
+(``--fresh`` reruns them). ``--screen`` hardens only and tabulates each arm's wall time and its selection's validation
+figures (clean and PGD-10 on the validation images, start -> kept): a cheap first look before the attacks. Writes JSON, appends a row to benchmarks/RESULTS.md and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -99,15 +100,25 @@ def _arm(name: str, args, env: dict) -> dict:
     work = Path(args.work)
     model = work / f"arm_{name}.safetensors"
     cmd = ["harden", args.base, "--data", args.data, "--recipe", args.recipe, "--out", str(model), "--json"]
-    return harden_and_attack(work / f"arm_{name}", [*cmd, *ARMS[name][1](args)], model, args, env)
+    return harden_and_attack(work / f"arm_{name}", [*cmd, *ARMS[name][1](args)], model, args, env, not args.screen)
 
 
-def harden_and_attack(stem: Path, harden_cmd: list[str], model: Path, args, env: dict) -> dict:
-    """Run ``sodef HARDEN_CMD`` (which writes ``model``), then ``sodef attack`` on it; the record goes to STEM.json
-    and the logs beside it. A finished record is reused unless ``args.fresh``."""
-    rec_path = stem.with_name(stem.name + ".json")
+def harden_and_attack(stem: Path, harden_cmd: list[str], model: Path, args, env: dict, attack: bool = True) -> dict:
+    """Run ``sodef HARDEN_CMD`` (which writes ``model``), then (``attack``) ``sodef attack`` on it; the record goes to
+    STEM.json (STEM.harden.json after the harden step) and the logs beside it. Finished steps are reused unless
+    ``args.fresh``."""
+    rec_path, harden_path = (stem.with_name(stem.name + suffix) for suffix in (".json", ".harden.json"))
     if rec_path.exists() and not args.fresh:
         return json.loads(rec_path.read_text())
+    if harden_path.exists() and model.exists() and not args.fresh:
+        rec = json.loads(harden_path.read_text())
+    else:
+        rec = _harden(harden_cmd, model, stem, env)
+        harden_path.write_text(json.dumps(rec, indent=1))
+    return _attack(rec, stem, model, args, env) if attack else rec
+
+
+def _harden(harden_cmd: list[str], model: Path, stem: Path, env: dict) -> dict:
     rec: dict = {"model": str(model), "harden_command": "sodef " + " ".join(harden_cmd)}
     summary, wall, peak = run_sodef(harden_cmd, env, log=stem.with_name(stem.name + ".harden.log"))
     rec["harden"] = {
@@ -124,7 +135,11 @@ def harden_and_attack(stem: Path, harden_cmd: list[str], model: Path, args, env:
             if k not in ("trained_parameters", "trained_state", "tuned_backbone_state")
         },
     }
-    sodef = summary["hardened"].get("head", "sodef") == "sodef"
+    return rec
+
+
+def _attack(rec: dict, stem: Path, model: Path, args, env: dict) -> dict:
+    sodef = rec["harden"]["hardened"].get("head", "sodef") == "sodef"
     attacks = args.attacks.split(",") if args.attacks else LINEAR_ATTACKS[:2] + ODE_ATTACKS + LINEAR_ATTACKS[2:]
     attacks = [a for a in attacks if sodef or a not in ODE_ATTACKS]  # a linear head has no ODE
     results = stem.with_name(stem.name + ".results.json")
@@ -146,7 +161,7 @@ def harden_and_attack(stem: Path, harden_cmd: list[str], model: Path, args, env:
     rec["attack_command"] = "sodef " + " ".join(acmd)
     _, wall, peak = run_sodef(acmd, env, log=stem.with_name(stem.name + ".attack.log"))
     rec["attack"] = {"wall_s": wall, "peak_rss_mib": peak, "results": str(results)}
-    rec_path.write_text(json.dumps(rec, indent=1))
+    stem.with_name(stem.name + ".json").write_text(json.dumps(rec, indent=1))
     return rec
 
 
@@ -279,6 +294,42 @@ def capacity(records: dict[str, dict], data_spec: str, n: int = 1000, steps: int
     return out
 
 
+def screen(records: dict[str, dict]) -> dict[str, dict]:
+    """What a harden run alone says about an arm (no attack): wall time, the epoch kept, and the selection's figures
+    on its validation images (clean and PGD-10, start -> kept). A screen, not the adaptive worst case."""
+    rows = {}
+    for name, rec in records.items():
+        adv = rec["harden"]["adversarial"]
+        hist = {h["epoch"]: h for h in adv["history"]}
+        start, kept = hist[0], hist[adv["best_epoch"]]
+        rows[name] = {
+            "description": ARMS[name][0],
+            "harden_s": rec["harden"]["wall_s"],
+            "epochs": adv["epochs_run"],
+            "kept_epoch": adv["best_epoch"],
+            "val_clean": [start["val_clean_acc"], kept["val_clean_acc"]],
+            "val_pgd": [start["val_pgd_acc"], kept["val_pgd_acc"]],
+            "best_val_pgd_any_epoch": max(h["val_pgd_acc"] for h in adv["history"]),
+            "selection_warning": adv.get("selection_warning"),
+            "val_images": (adv.get("select") or {}).get("n"),
+        }
+    return rows
+
+
+def screen_table(rows: dict[str, dict]) -> str:
+    lines = [
+        "| arm | what | harden wall | kept epoch | val clean % start -> kept | val PGD-10 % start -> kept | best val PGD-10 of any epoch |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in sorted(rows.items()):
+        lines.append(
+            f"| {name} | {r['description']} | {r['harden_s'] / 60:.1f} min | {r['kept_epoch']}/{r['epochs']} | "
+            f"{100 * r['val_clean'][0]:.1f} -> {100 * r['val_clean'][1]:.1f} | "
+            f"{100 * r['val_pgd'][0]:.1f} -> {100 * r['val_pgd'][1]:.1f} | {100 * r['best_val_pgd_any_epoch']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def table(doc: dict) -> str:
     pct = lambda v: f"{100 * v:.1f}"
     ci = lambda c: f"[{100 * c[0]:.1f}, {100 * c[1]:.1f}]"
@@ -325,6 +376,12 @@ def main() -> None:
     ap.add_argument("--work", default=str(OUT_DIR / "hardening"), help="folder for the arms' files")
     ap.add_argument("--fresh", action="store_true", help="rerun arms that already have results in --work")
     ap.add_argument(
+        "--screen",
+        action="store_true",
+        help="harden only (no attack): wall time and the selection's validation figures per arm; a later run without"
+        " --screen attacks the same files",
+    )
+    ap.add_argument(
         "--capacity",
         action="store_true",
         help="also measure PGD-10 accuracy on 1,000 training against 1,000 test images per model (what limits the gain)",
@@ -339,6 +396,24 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         records = dict(zip(arms, pool.map(lambda a: _arm(a, args, env), arms)))
+    if args.screen:
+        rows = screen(records)
+        write_json({"data": args.data, "base": args.base, "env": environment(device), "screen": rows}, args.out)
+        print(screen_table(rows))
+        if args.results:
+            figures = "; ".join(
+                f"{k} {r['harden_s']:.0f}s kept {r['kept_epoch']}/{r['epochs']} val clean "
+                f"{100 * r['val_clean'][0]:.1f}->{100 * r['val_clean'][1]:.1f} val PGD-10 "
+                f"{100 * r['val_pgd'][0]:.1f}->{100 * r['val_pgd'][1]:.1f}"
+                for k, r in rows.items()
+            )
+            append_results(
+                f"hardening.py --screen (harden only, {args.threads} threads)",
+                environment(device),
+                figures,
+                path=args.results,
+            )
+        return
     doc = {
         "data": args.data,
         "base": args.base,
