@@ -61,7 +61,8 @@ def run_arch(arch: str, args, env: dict) -> dict:
     model = work / f"{arch}_hardened.safetensors"
     cmd = ["harden", str(base), "--data", args.data, "--out", str(model), "--json"]  # the default: no recipe
     rec = harden_and_attack(work / arch, cmd, model, args, env)
-    doc = analyze({arch: rec}, descriptions={arch: f"the default, from the {arch} base"})
+    attacks = args.attacks.split(",") if args.attacks else None
+    doc = analyze({arch: rec}, descriptions={arch: f"the default, from the {arch} base"}, attacks=attacks)
     doc["pretrain"] = pre
     doc["parameters"] = parameters(base)
     if args.capacity:

@@ -16,6 +16,7 @@ same ``--n`` test images:
 - F: D with the SODEF head in place of the linear one;
 - G-L: cheaper training attacks and budgets for the default (issue 20): N-FGSM, FGSM with random start, PGD-2/3, an
   eps ramp, fewer epochs and validation images;
+- M, N: the whole 8-minute budget: N-FGSM for 14 epochs, PGD-2 for 10;
 - F2 (F'): the default's attack, budget and selection with the SODEF head.
 
 The attack list is the adaptive suite without FAB-T and SPSA (too slow on CPU; ``--attacks`` changes it); attacks
@@ -68,6 +69,9 @@ ARMS = {
     ),
     "K": ("PGD-3, 5 epochs, selection on 1,000", lambda a: _cheap("pgd", 5, "adversarial.steps=3")),
     "L": ("N-FGSM, 6 epochs, selection on 500", lambda a: _cheap("nfgsm", 6, "adversarial.select_n=500")),
+    # the whole 8-minute budget: more epochs of the cheap step (M), or of a two-step attack (N)
+    "M": ("N-FGSM, 14 epochs, selection on 1,000", lambda a: _cheap("nfgsm", 14)),
+    "N": ("PGD-2, 10 epochs, selection on 1,000", lambda a: _cheap("pgd", 10, "adversarial.steps=2")),
     # F': the default's attack, budget and selection with the SODEF head (fixed-step solver, stability terms): decides
     # whether the default keeps the SODEF head (README, "The default path")
     "F2": (
@@ -177,11 +181,17 @@ def _flags(results: dict, model: str, attacks=None) -> tuple[list[bool], list[bo
     return (clean[:k], worst[:k]) if k else (clean, worst)
 
 
-def analyze(records: dict[str, dict], prefix: int | None = None, descriptions: dict[str, str] | None = None) -> dict:
+def analyze(
+    records: dict[str, dict],
+    prefix: int | None = None,
+    descriptions: dict[str, str] | None = None,
+    attacks: list[str] | None = None,
+) -> dict:
     """The ablation table as data: per arm clean and worst case (Wilson 95%), gain over A (paired 95%, McNemar).
 
     ``prefix``: compare arms attacked on different numbers of samples on the first ``prefix`` of them (the sample
-    order is prefix-consistent: the first 500 of 1,000 images drawn with a seed are the 500 drawn with it)."""
+    order is prefix-consistent: the first 500 of 1,000 images drawn with a seed are the 500 drawn with it).
+    ``attacks``: count only these attacks (runs that ran more are compared on the same list)."""
     from sodef_cli.stats import paired_difference, wilson
 
     docs = {name: json.loads(Path(r["attack"]["results"]).read_text()) for name, r in records.items()}
@@ -191,7 +201,8 @@ def analyze(records: dict[str, dict], prefix: int | None = None, descriptions: d
     indices = {tuple(d["indices"][:prefix] if prefix else d["indices"]) for d in docs.values()}
     if len(indices) != 1:
         raise SystemExit("the arms were attacked on different samples; rerun with the same --n and seed (or --prefix)")
-    a_runs = {name: _flags(d, "base", BASE_ATTACKS) for name, d in docs.items()}
+    base_attacks = [a for a in BASE_ATTACKS if attacks is None or a in attacks]
+    a_runs = {name: _flags(d, "base", base_attacks) for name, d in docs.items()}
     a_clean, a_worst = next(iter(a_runs.values()))
     same = all(w == a_worst and c == a_clean for c, w in a_runs.values())
     n = len(a_worst)
@@ -203,11 +214,11 @@ def analyze(records: dict[str, dict], prefix: int | None = None, descriptions: d
             "worst_case": sum(a_worst) / n,
             "worst_case_ci95": wilson(sum(a_worst), n),
             "harden_s": 0.0,
-            "attacks": list(BASE_ATTACKS),
+            "attacks": base_attacks,
         }
     }
     for name, d in docs.items():
-        clean, worst = _flags(d, "hardened")
+        clean, worst = _flags(d, "hardened", attacks)
         diff = paired_difference(a_worst, worst)
         cdiff = paired_difference(a_clean, clean)
         rec = records[name]
@@ -225,7 +236,7 @@ def analyze(records: dict[str, dict], prefix: int | None = None, descriptions: d
             "discordant_base_only_arm_only": diff["discordant"],
             "harden_s": rec["harden"]["wall_s"],
             "attack_s": rec["attack"]["wall_s"],
-            "attacks": list(d["runs"][0]["models"]["hardened"]["attacks"]),
+            "attacks": [a for a in d["runs"][0]["models"]["hardened"]["attacks"] if attacks is None or a in attacks],
             "trained": (rec["harden"]["adversarial"] or {}).get("summary"),
             "best_epoch": (rec["harden"]["adversarial"] or {}).get("best_epoch"),
             "command": rec["harden_command"],
