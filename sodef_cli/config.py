@@ -519,7 +519,7 @@ def validate(cfg: Any) -> None:
         _validate_adversarial(cfg)
     if isinstance(cfg, PretrainConfig):
         if not cfg.model:
-            raise UsageError("no model given: pass a timm name (e.g. resnet18) or a recipe with model = \"NAME\"")
+            raise UsageError('no model given: pass a timm name (e.g. resnet18) or a recipe with model = "NAME"')
         if cfg.adversarial not in PRETRAIN_ATTACKS:
             raise UsageError(f"adversarial must be {or_list(PRETRAIN_ATTACKS, quote=True)}")
         if cfg.epochs < 1 or cfg.batch_size < 1:
