@@ -55,7 +55,8 @@ def parameters(path: Path) -> int:
     return sum(p.numel() for p in load_base(str(path), "cpu").parameters())
 
 
-def run_arch(arch: str, args, env: dict) -> dict:
+def run_arch(arch: str, args, env: dict, data=None) -> dict:
+    """Base, default harden, attack and analysis of one architecture; ``data``: the loaded data set for --capacity."""
     base, pre = base_file(arch, args, env)
     work = Path(args.work)
     model = work / f"{arch}_hardened.safetensors"
@@ -66,7 +67,7 @@ def run_arch(arch: str, args, env: dict) -> dict:
     doc["pretrain"] = pre
     doc["parameters"] = parameters(base)
     if args.capacity:
-        doc["capacity"] = capacity({arch: rec}, args.data)
+        doc["capacity"] = capacity({arch: rec}, data if data is not None else args.data)
     return doc
 
 
@@ -114,9 +115,12 @@ def main() -> None:
     archs = choice_list(args.archs, ARCHS, "architecture")
     Path(args.work).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(args.threads)}
+    from sodef_cli.data import load_data
+
+    data = load_data(args.data) if args.capacity else None  # decoded once for every architecture's capacity figures
     docs = {}
     for arch in archs:  # one at a time: the harden wall times are the figures
-        docs[arch] = run_arch(arch, args, env)
+        docs[arch] = run_arch(arch, args, env, data)
         print(table({arch: docs[arch]}), flush=True)
     write_json({"data": args.data, "env": environment(device), "archs": docs}, args.out)
     print(table(docs))

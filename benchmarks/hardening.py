@@ -273,11 +273,12 @@ def head_decision(f2: dict, f2_worst: list[bool], default_worst: list[bool]) -> 
     }
 
 
-def capacity(records: dict[str, dict], data_spec: str, n: int = 1000, steps: int = 10) -> dict:
+def capacity(records: dict[str, dict], data_spec, n: int = 1000, steps: int = 10) -> dict:
     """What limits the gain: PGD accuracy on training images against test images, for the base and every arm.
 
     A model whose robust accuracy on the images it was trained on is barely above its test figure has no capacity
-    left to fit the adversarial objective (underfitting); a large gap is overfitting.
+    left to fit the adversarial objective (underfitting); a large gap is overfitting. ``data_spec``: a ``--data``
+    string, or data already loaded with ``sodef_cli.data.load_data`` (callers measuring several bases decode once).
     """
     import torch
 
@@ -285,7 +286,7 @@ def capacity(records: dict[str, dict], data_spec: str, n: int = 1000, steps: int
     from sodef_cli.data import load_data, select_samples
     from sodef_cli.models import load_pair
 
-    data = load_data(data_spec)
+    data = load_data(data_spec) if isinstance(data_spec, str) else data_spec
     tr, te = select_samples(data.train.labels, n, 1), select_samples(data.test.labels, n, 1)
     out: dict = {}
     for name, rec in records.items():
