@@ -244,7 +244,7 @@ def analyze(
     out = {"n": n, "a_consistent_across_runs": same, "rows": rows}
     if "F2" in docs and DEFAULT_ARM in docs:
         out["head_decision"] = head_decision(
-            rows["F2"], _flags(docs["F2"], "hardened")[1], _flags(docs[DEFAULT_ARM], "hardened")[1]
+            rows["F2"], _flags(docs["F2"], "hardened", attacks)[1], _flags(docs[DEFAULT_ARM], "hardened", attacks)[1]
         )
     return out
 
@@ -433,7 +433,7 @@ def main() -> None:
         "env": environment(device),
         "jobs": args.jobs,
         "threads": args.threads,
-        **analyze(records, args.prefix or None),
+        **analyze(records, args.prefix or None, attacks=args.attacks.split(",") if args.attacks else None),
     }
     if args.capacity:
         doc["capacity"] = capacity(records, args.data)
